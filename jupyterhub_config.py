@@ -1,0 +1,49 @@
+"""JupyterHub wiring for the TRE: read settings from the environment, pick the parts.
+
+All behaviour lives in ``sde_spawner``; this file only connects it. Settings (env):
+SDE_STATE_DIR (hub state, default ./var), SDE_DB_URL (registry + audit database),
+SDE_EXTRACTS_DIR, SDE_WORKSPACE_IMAGE, SDE_PUBLIC_BIND (default http://127.0.0.1:8000),
+SDE_HUB_PORT (hub API port workspaces reach through their gateway, default 8081),
+SDE_PROXY_API_PORT (default 8001, loopback only),
+SDE_OBJECT_PREFIX (Docker object names and labels, default sde), SDE_DEMO_PASSWORD.
+"""
+
+import os
+from pathlib import Path
+
+from sde_spawner.db import upgrade
+
+c = get_config()  # noqa: F821 - provided by JupyterHub
+
+state = Path(os.environ.get("SDE_STATE_DIR", "var")).resolve()
+state.mkdir(parents=True, exist_ok=True)
+db_url = os.environ.get("SDE_DB_URL", f"sqlite:///{state}/registry.sqlite")
+upgrade(db_url)
+
+c.JupyterHub.bind_url = os.environ.get("SDE_PUBLIC_BIND", "http://127.0.0.1:8000")
+# Workspaces reach the hub API through their own network's gateway; the host firewall
+# (sde_spawner.firewall) lets workspace networks reach this port and nothing else.
+c.JupyterHub.hub_bind_url = f"http://0.0.0.0:{os.environ.get('SDE_HUB_PORT', '8081')}"
+c.ConfigurableHTTPProxy.api_url = (
+    f"http://127.0.0.1:{os.environ.get('SDE_PROXY_API_PORT', '8001')}"
+)
+c.JupyterHub.db_url = f"sqlite:///{state}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
+c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
+c.JupyterHub.cleanup_servers = False  # a hub restart leaves running workspaces running
+c.JupyterHub.allow_named_servers = True
+c.JupyterHub.named_server_limit_per_user = 5
+
+c.JupyterHub.spawner_class = "sde"
+c.SDESpawner.registry_url = db_url
+c.SDESpawner.extracts_dir = os.environ.get("SDE_EXTRACTS_DIR", str(state / "extracts"))
+c.SDESpawner.prefix = os.environ.get("SDE_OBJECT_PREFIX", "sde")
+c.SDESpawner.image = os.environ.get("SDE_WORKSPACE_IMAGE", "sde-notebook:latest")
+c.Spawner.default_url = "/lab"
+c.Spawner.start_timeout = 120
+c.Spawner.http_timeout = 60
+
+c.JupyterHub.authenticator_class = "sde_spawner.auth.DemoAuthenticator"
+c.DemoAuthenticator.registry_url = db_url
+c.DemoAuthenticator.demo_password = os.environ.get("SDE_DEMO_PASSWORD", "demo")
+c.Authenticator.admin_users = {"admin"}

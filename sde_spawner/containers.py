@@ -1,0 +1,161 @@
+"""Pure builders: registry facts and settings -> Docker names, network, volume and container specs.
+
+No I/O here (in the style of kubespawner's ``objects.py``): the spawner calls these and hands
+the dicts to Docker, and tests compare whole dicts, so a dropped ``cap_drop`` or a writable
+``/data`` fails a test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import string
+from dataclasses import dataclass
+
+LABEL_PREFIX = "org.sde-tre"
+BRIDGE_PREFIX = "sde"  # host interface names of workspace networks: sde + 12 hex (<= 15 chars)
+WORKSPACE_HOME = "/home/researcher"
+DATA_MOUNT = "/data"
+WORKSPACE_UID = "1000:1000"
+# The embedded DNS server of user-defined networks forwards names it does not know to the
+# container's upstream servers. A workspace gets an upstream that can never answer: the
+# unspecified address, i.e. its own (empty) loopback, so no query leaves the container.
+SINKHOLE_DNS = "0.0.0.0"  # noqa: S104 - an address nothing answers on, not a bind
+SLUG_RE = re.compile(r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$")
+
+_SAFE = set(string.ascii_lowercase + string.digits + "-")
+
+
+def escape(text: str) -> str:
+    """Docker-safe, collision-free form of an arbitrary name (like escapism: '_' + hex).
+
+    The output never contains '__', which is what joins person and project in names.
+    """
+    out = []
+    for ch in text:
+        if ch in _SAFE:
+            out.append(ch)
+        else:
+            out.append("".join(f"_{b:02x}" for b in ch.encode()))
+    return "".join(out)
+
+
+def _short(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return f"{text[: limit - 11]}-{digest}"
+
+
+@dataclass(frozen=True)
+class WorkspaceNames:
+    container: str
+    network: str
+    bridge: str
+    home_volume: str
+
+
+def workspace_names(username: str, project: str, prefix: str = "sde") -> WorkspaceNames:
+    """Names of every Docker object of one person's workspace on one project."""
+    base = _short(f"{prefix}-{escape(username)}__{escape(project)}", 100)
+    bridge = BRIDGE_PREFIX + hashlib.sha256(f"{prefix}/{base}".encode()).hexdigest()[:12]
+    return WorkspaceNames(
+        container=base,
+        network=f"{base}-net",
+        bridge=bridge,
+        home_volume=f"{base}-home",
+    )
+
+
+def labels(username: str, project: str, prefix: str = "sde") -> dict[str, str]:
+    return {
+        f"{LABEL_PREFIX}.managed-by": prefix,
+        f"{LABEL_PREFIX}.user": username,
+        f"{LABEL_PREFIX}.project": project,
+    }
+
+
+def network_spec(names: WorkspaceNames, object_labels: dict[str, str]) -> dict:
+    """A network of the workspace's own: internal (no forwarding out), no inter-container
+    traffic, on a host bridge whose name the host firewall matches."""
+    return {
+        "name": names.network,
+        "driver": "bridge",
+        "internal": True,
+        "check_duplicate": True,
+        "labels": dict(object_labels),
+        "options": {
+            "com.docker.network.bridge.name": names.bridge,
+            "com.docker.network.bridge.enable_icc": "false",
+            "com.docker.network.bridge.enable_ip_masquerade": "false",
+        },
+    }
+
+
+def volume_spec(names: WorkspaceNames, object_labels: dict[str, str]) -> dict:
+    return {"name": names.home_volume, "driver": "local", "labels": dict(object_labels)}
+
+
+@dataclass(frozen=True)
+class Limits:
+    mem_limit: str = "2g"
+    cpu_limit: float = 1.0
+    pids_limit: int = 256
+    tmp_size: str = "256m"
+
+
+def container_spec(
+    *,
+    names: WorkspaceNames,
+    image: str,
+    command: list[str],
+    env: dict[str, str],
+    extract_dir: str,
+    limits: Limits,
+    object_labels: dict[str, str],
+    port: int = 8888,
+) -> dict:
+    """docker-py ``create_container`` kwargs of a locked-room workspace.
+
+    ``host_config`` holds ``create_host_config`` kwargs (the spawner converts it).
+    """
+    return {
+        "image": image,
+        "name": names.container,
+        "command": list(command),
+        "environment": dict(env),
+        "user": WORKSPACE_UID,
+        "working_dir": WORKSPACE_HOME,
+        "hostname": "workspace",
+        "labels": dict(object_labels),
+        "ports": {f"{port}/tcp": None},
+        "host_config": {
+            "network_mode": names.network,
+            "dns": [SINKHOLE_DNS],
+            "read_only": True,
+            "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={limits.tmp_size},mode=1777"},  # noqa: S108
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges:true"],
+            "privileged": False,
+            "ipc_mode": "private",
+            "pids_limit": limits.pids_limit,
+            "mem_limit": limits.mem_limit,
+            "memswap_limit": limits.mem_limit,
+            "nano_cpus": int(limits.cpu_limit * 1e9),
+            "mounts": [
+                {
+                    "Target": WORKSPACE_HOME,
+                    "Source": names.home_volume,
+                    "Type": "volume",
+                    "ReadOnly": False,
+                },
+                {
+                    "Target": DATA_MOUNT,
+                    "Source": extract_dir,
+                    "Type": "bind",
+                    "ReadOnly": True,
+                },
+            ],
+            "auto_remove": False,
+        },
+    }

@@ -1,0 +1,1 @@
+"""Minimum-dataset extracts: the columns and rows one member may see, written read-only."""

@@ -1,0 +1,78 @@
+"""Database plumbing shared by the registry and the audit trail.
+
+Owns the declarative ``Base`` every table hangs off, engine creation (SQLite by default,
+PostgreSQL by URL) and schema upgrades through Alembic, so the hub, the CLI and the tests
+all reach one schema the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import MetaData, create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+DEFAULT_DB_URL = "sqlite:///sde-registry.sqlite"
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every SDE table (registry and audit)."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def make_engine(url: str = DEFAULT_DB_URL, **kwargs) -> Engine:
+    """Create an engine; SQLite gets foreign keys, WAL and a busy timeout."""
+    if url.startswith("sqlite"):
+        kwargs.setdefault("connect_args", {"timeout": 30})
+    engine = create_engine(url, **kwargs)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            if ":memory:" not in url:
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.close()
+
+    return engine
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+MIGRATIONS_DIR = Path(__file__).parent / "registry" / "migrations"
+
+
+def alembic_config(url: str):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Bring the database at ``url`` to ``revision`` (idempotent)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def open_db(url: str = DEFAULT_DB_URL, *, migrate: bool = True) -> sessionmaker[Session]:
+    """Upgrade the schema (unless told not to) and return a session factory."""
+    if migrate:
+        upgrade(url)
+    return make_sessionmaker(make_engine(url))

@@ -1,0 +1,122 @@
+"""Host firewall for workspace networks.
+
+Docker ``internal`` networks stop forwarding beyond the bridge, but a container still reaches
+the host itself through the bridge gateway, so every host listener bound to 0.0.0.0 would be
+in reach. Every workspace network's bridge is named ``sde<hex>`` (see
+:mod:`sde_spawner.containers`), so one chain matched on ``-i sde+`` closes that: replies to
+connections the host opened (the proxy talking to JupyterLab) pass, new connections reach only
+the allowed ports (the hub API), everything else is rejected.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+from sde_spawner.containers import BRIDGE_PREFIX
+
+CHAIN = "SDE-INPUT"
+
+
+class FirewallError(RuntimeError):
+    pass
+
+
+def rules(allowed_tcp_ports: list[int], interface: str = BRIDGE_PREFIX + "+") -> list[list[str]]:
+    """The rules of the SDE chain, in order (``iptables -A CHAIN`` arguments)."""
+    out = [["-i", interface, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]]
+    for port in sorted(set(allowed_tcp_ports)):
+        out.append(
+            [
+                "-i",
+                interface,
+                "-p",
+                "tcp",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "NEW",
+                "--dport",
+                str(port),
+                "-j",
+                "ACCEPT",
+            ]
+        )
+    out.append(["-i", interface, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"])
+    out.append(["-i", interface, "-j", "REJECT", "--reject-with", "icmp-port-unreachable"])
+    return out
+
+
+def _exe(name: str) -> str:
+    exe = shutil.which(name)
+    if exe is None:
+        raise FirewallError(f"{name} is not installed; workspaces cannot be isolated from the host")
+    return exe
+
+
+def _iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [_exe("iptables"), "-w", *args], capture_output=True, text=True, check=False
+    )
+    if check and proc.returncode != 0:
+        raise FirewallError(f"iptables {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc
+
+
+def restore_script(allowed_tcp_ports: list[int]) -> str:
+    """``iptables-restore --noflush`` input replacing the chain in one atomic commit."""
+    lines = ["*filter", f":{CHAIN} - [0:0]", f"-F {CHAIN}"]
+    lines += [f"-A {CHAIN} " + " ".join(rule) for rule in rules(allowed_tcp_ports)]
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+_PORT_RE = re.compile(r"--dport (\d+) ")
+
+
+def allowed_ports() -> list[int]:
+    """The ports the installed chain lets workspaces open connections to."""
+    return sorted({int(m.group(1)) for r in installed_rules() for m in [_PORT_RE.search(r)] if m})
+
+
+def _write(ports: list[int]) -> list[list[str]]:
+    proc = subprocess.run(
+        [_exe("iptables-restore"), "-w", "--noflush"],
+        input=restore_script(ports),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise FirewallError(f"iptables-restore failed: {proc.stderr.strip()}")
+    if _iptables("-C", "INPUT", "-j", CHAIN, check=False).returncode != 0:
+        _iptables("-I", "INPUT", "1", "-j", CHAIN)
+    return rules(ports)
+
+
+def apply(allowed_tcp_ports: list[int]) -> list[list[str]]:
+    """Install the SDE chain allowing these ports too (several hubs may share a host), and
+    jump to it first from INPUT. Idempotent; the chain is replaced in one atomic commit."""
+    return _write(sorted(set(allowed_ports()) | set(allowed_tcp_ports)))
+
+
+def revoke(tcp_port: int) -> list[list[str]]:
+    """Stop allowing one port (the chain and its REJECT rules stay)."""
+    return _write([p for p in allowed_ports() if p != tcp_port])
+
+
+def remove() -> None:
+    """Take the chain out entirely (used by tests that prove the rules matter)."""
+    while _iptables("-C", "INPUT", "-j", CHAIN, check=False).returncode == 0:
+        _iptables("-D", "INPUT", "-j", CHAIN)
+    if _iptables("-n", "-L", CHAIN, check=False).returncode == 0:
+        _iptables("-F", CHAIN)
+        _iptables("-X", CHAIN)
+
+
+def installed_rules() -> list[str]:
+    if shutil.which("iptables") is None:
+        return []
+    proc = _iptables("-S", CHAIN, check=False)
+    return proc.stdout.splitlines() if proc.returncode == 0 else []

@@ -1,0 +1,163 @@
+"""ORM models of the registry: people, projects, agreements, memberships, datasets, grants.
+
+A *grant* is the minimum dataset: for one membership and one dataset, the columns and the
+row filter that member may see. Everything the spawner decides is read from these rows.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from datetime import date, datetime
+
+from sqlalchemy import (
+    Date,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from sde_spawner.db import Base
+
+
+class PersonStatus(enum.StrEnum):
+    active = "active"
+    suspended = "suspended"
+
+
+class ProjectStatus(enum.StrEnum):
+    draft = "draft"  # entered, not yet approved by the Data Access Committee
+    approved = "approved"
+    suspended = "suspended"
+    closed = "closed"
+
+
+class Purpose(enum.StrEnum):
+    """Permitted purposes. Insurance and marketing are deliberately absent."""
+
+    research = "research"
+    public_health = "public_health"
+    service_evaluation = "service_evaluation"
+    clinical_audit = "clinical_audit"
+    planning = "planning"
+
+
+FORBIDDEN_PURPOSES = frozenset({"insurance", "marketing"})
+
+
+class Role(enum.StrEnum):
+    researcher = "researcher"
+    output_checker = "output_checker"
+    project_lead = "project_lead"
+
+
+WORKSPACE_ROLES = frozenset({Role.researcher, Role.project_lead})
+
+
+def _enum(cls):
+    return Enum(cls, native_enum=False, length=32, validate_strings=True)
+
+
+class Person(Base):
+    __tablename__ = "person"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    email: Mapped[str] = mapped_column(String(200), default="")
+    status: Mapped[PersonStatus] = mapped_column(_enum(PersonStatus), default=PersonStatus.active)
+    training_expires: Mapped[date | None] = mapped_column(Date, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
+
+    memberships: Mapped[list[Membership]] = relationship(back_populates="person")
+
+
+class Project(Base):
+    __tablename__ = "project"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(40), unique=True)
+    title: Mapped[str] = mapped_column(String(300))
+    status: Mapped[ProjectStatus] = mapped_column(_enum(ProjectStatus), default=ProjectStatus.draft)
+    dac_reference: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    dac_approved_on: Mapped[date | None] = mapped_column(Date, nullable=True)
+    ethics_reference: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    purpose: Mapped[Purpose] = mapped_column(_enum(Purpose), default=Purpose.research)
+    lay_summary: Mapped[str] = mapped_column(Text, default="")
+    required_approvals: Mapped[int] = mapped_column(Integer, default=2)
+    created_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
+
+    agreements: Mapped[list[Agreement]] = relationship(
+        back_populates="project", order_by="Agreement.starts_on"
+    )
+    memberships: Mapped[list[Membership]] = relationship(back_populates="project")
+
+
+class Agreement(Base):
+    """A signed data sharing / access agreement covering a project for a period."""
+
+    __tablename__ = "agreement"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
+    reference: Mapped[str] = mapped_column(String(100))
+    signed_on: Mapped[date | None] = mapped_column(Date, nullable=True)
+    starts_on: Mapped[date] = mapped_column(Date)
+    ends_on: Mapped[date] = mapped_column(Date)
+    data_deletion_on: Mapped[date] = mapped_column(Date)
+
+    project: Mapped[Project] = relationship(back_populates="agreements")
+    __table_args__ = (UniqueConstraint("project_id", "reference"),)
+
+
+class Membership(Base):
+    __tablename__ = "membership"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"))
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"))
+    role: Mapped[Role] = mapped_column(_enum(Role))
+
+    person: Mapped[Person] = relationship(back_populates="memberships")
+    project: Mapped[Project] = relationship(back_populates="memberships")
+    grants: Mapped[list[Grant]] = relationship(back_populates="membership")
+    __table_args__ = (UniqueConstraint("person_id", "project_id", "role"),)
+
+
+class Dataset(Base):
+    __tablename__ = "dataset"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(40), unique=True)
+    title: Mapped[str] = mapped_column(String(300), default="")
+    source_path: Mapped[str] = mapped_column(Text)  # CSV or Parquet file on the hub host
+
+
+class Grant(Base):
+    """The minimum dataset of one membership: which columns and rows of one dataset."""
+
+    __tablename__ = "grant"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    membership_id: Mapped[int] = mapped_column(ForeignKey("membership.id", ondelete="CASCADE"))
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("dataset.id", ondelete="CASCADE"))
+    columns_json: Mapped[str] = mapped_column(Text, default="[]")
+    row_filter: Mapped[str] = mapped_column(Text, default="")
+
+    membership: Mapped[Membership] = relationship(back_populates="grants")
+    dataset: Mapped[Dataset] = relationship()
+    __table_args__ = (UniqueConstraint("membership_id", "dataset_id"),)
+
+    @property
+    def columns(self) -> list[str]:
+        return json.loads(self.columns_json)
+
+    @columns.setter
+    def columns(self, value: list[str]) -> None:
+        self.columns_json = json.dumps(list(value))

@@ -1,0 +1,71 @@
+"""Fixtures shared by the Docker and security tiers (the unit tier needs none of them)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+
+import pytest
+
+from tests.support import REPO, Hub, OutsideHost
+
+NOTEBOOK_IMAGE = "sde-notebook:latest"
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # noqa: BLE001
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs a running Docker engine: {exc}")
+        pytest.skip(f"no Docker engine answers: {exc}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def notebook_image(docker_client):
+    import docker
+
+    try:
+        docker_client.images.get(NOTEBOOK_IMAGE)
+    except docker.errors.ImageNotFound:
+        subprocess.run(["bash", str(REPO / "scripts" / "build-images.sh")], check=True)
+    return NOTEBOOK_IMAGE
+
+
+def remove_prefixed(client, prefix: str) -> None:
+    """Remove every container, network and volume a test hub with ``prefix`` created."""
+    flt = {"label": f"org.sde-tre.managed-by={prefix}"}
+    for c in client.containers.list(all=True, filters=flt):
+        c.remove(force=True)
+    for n in client.networks.list(filters=flt):
+        n.remove()
+    for v in client.volumes.list(filters=flt):
+        v.remove(force=True)
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory, docker_client, notebook_image):
+    from sde_spawner import firewall
+
+    prefix = f"sdet{uuid.uuid4().hex[:6]}"
+    h = Hub(tmp_path_factory.mktemp("hub"), prefix)
+    h.seed()
+    h.start()
+    yield h
+    h.stop()
+    remove_prefixed(docker_client, prefix)
+    firewall.revoke(h.hub_port)
+
+
+@pytest.fixture(scope="session")
+def outside_host():
+    host = OutsideHost(uuid.uuid4().hex[:6]).start()
+    yield host
+    host.stop()

@@ -1,0 +1,268 @@
+"""Attack cases run from inside a real workspace: no route out, no DNS, no neighbours, no host.
+
+Each probe is paired with a control in which the same probe *does* get through (a container
+on an ordinary bridge, the firewall taken out, the host side reaching a workspace), so a
+probe that cannot see a breach cannot pass by accident.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import uuid
+
+import pytest
+
+from sde_spawner import firewall
+from sde_spawner.containers import workspace_names
+from tests.support import User, wait_for
+
+pytestmark = pytest.mark.docker
+
+PROJECT = "diabetes-outcomes"
+
+PROBE = r"""
+import json, socket, sys
+def tcp(host, port, timeout=3):
+    s = socket.socket()
+    s.settimeout(timeout)
+    try:
+        s.connect((host, port))
+        s.settimeout(1)
+        try:
+            data = s.recv(64)
+        except socket.timeout:
+            data = b""
+        return "open:" + data.decode(errors="replace").strip()[:20]
+    except OSError as e:
+        return type(e).__name__ + ":" + str(e.errno)
+    finally:
+        s.close()
+def udp(host, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.sendto(b"sde-probe", (host, port))
+        return "sent"
+    except OSError as e:
+        return type(e).__name__ + ":" + str(e.errno)
+def resolve(name):
+    try:
+        return socket.getaddrinfo(name, 80)[0][4][0]
+    except OSError as e:
+        return "fail:" + type(e).__name__
+def dns_raw(server, name, timeout=3):
+    q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"".join(
+        bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00\x00\x01\x00\x01"
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(timeout)
+    try:
+        s.sendto(q, (server, 53))
+        data = s.recv(512)
+        answers = int.from_bytes(data[6:8], "big")
+        return f"rcode={data[3] & 15} answers={answers}"
+    except OSError as e:
+        return "fail:" + type(e).__name__
+def default_route():
+    rows = open("/proc/net/route").read().splitlines()[1:]
+    return any(r.split()[1] == "00000000" for r in rows)
+ops = json.loads(sys.argv[1])
+out = {}
+for key, (fn, *args) in ops.items():
+    out[key] = globals()[fn](*args)
+print(json.dumps(out))
+"""
+
+
+def probe(container, **ops) -> dict:
+    res = container.exec_run(["python3", "-c", PROBE, json.dumps(ops)])
+    out = res.output.decode(errors="replace")
+    assert res.exit_code == 0, out
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def ensure_running(hub, user: User, docker_client):
+    info = user.server(PROJECT)
+    if not (info and info["ready"]):
+        r = user.spawn_with_form(PROJECT, PROJECT)
+        assert r.status_code == 302, r.text[-1500:]
+        user.wait_ready(PROJECT)
+    return docker_client.containers.get(workspace_names(user.name, PROJECT, hub.prefix).container)
+
+
+@pytest.fixture(scope="module")
+def alice_ws(hub, docker_client):
+    return ensure_running(hub, User(hub, "alice"), docker_client)
+
+
+@pytest.fixture(scope="module")
+def bob_ws(hub, docker_client):
+    return ensure_running(hub, User(hub, "bob"), docker_client)
+
+
+def gateway_of(container) -> str:
+    container.reload()
+    net = next(iter(container.attrs["NetworkSettings"]["Networks"].values()))
+    return net["Gateway"]
+
+
+def ip_of(container) -> str:
+    container.reload()
+    return next(iter(container.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
+
+
+@pytest.fixture(scope="module")
+def open_bridge_box(docker_client, notebook_image):
+    """Control: the same image on an ordinary (not internal) bridge network."""
+    tag = uuid.uuid4().hex[:6]
+    net = docker_client.networks.create(f"sdetest-open-{tag}", driver="bridge")
+    box = docker_client.containers.run(
+        notebook_image, ["sleep", "600"], name=f"sdetest-open-{tag}", network=net.name,
+        detach=True, user="1000:1000",
+    )
+    yield box
+    box.remove(force=True)
+    net.remove()
+
+
+class HostListener:
+    """A listener the test starts on the host side, on every address (0.0.0.0)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("0.0.0.0", 0))  # noqa: S104 - the point: a listener on every address
+        self.sock.listen(8)
+        self.sock.settimeout(0.5)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            conn.sendall(b"host\n")
+            conn.close()
+
+    def close(self):
+        self._stop = True
+        self.thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def host_listener():
+    listener = HostListener()
+    yield listener
+    listener.close()
+
+
+# ---- no route out ------------------------------------------------------------------------
+def test_outside_host_is_unreachable_from_the_workspace(alice_ws, outside_host):
+    before = len(outside_host.hits())
+    out = probe(
+        alice_ws,
+        tcp=["tcp", outside_host.ip, outside_host.tcp_port],
+        udp=["udp", outside_host.ip, outside_host.udp_port],
+        route=["default_route"],
+    )
+    assert not out["tcp"].startswith("open"), out
+    assert out["route"] is False
+    assert outside_host.hits()[before:] == []
+
+
+def test_control_outside_host_is_reachable_from_an_ordinary_bridge(open_bridge_box, outside_host):
+    before = len(outside_host.hits())
+    out = probe(open_bridge_box, tcp=["tcp", outside_host.ip, outside_host.tcp_port],
+                route=["default_route"])
+    assert out == {"tcp": "open:outside", "route": True}
+    assert any(h.startswith("tcp ") for h in outside_host.hits()[before:])
+
+
+# ---- no DNS ----------------------------------------------------------------------------------
+def test_no_name_resolves_and_no_query_leaves(alice_ws, outside_host):
+    before = len(outside_host.hits())
+    out = probe(
+        alice_ws,
+        name=["resolve", "outside.sde-test.invalid"],
+        raw=["dns_raw", "127.0.0.11", "outside.sde-test.invalid"],
+        hub=["resolve", "hub"],
+    )
+    assert out["name"].startswith("fail:") and out["hub"].startswith("fail:"), out
+    assert out["raw"].startswith("fail:") or "answers=0" in out["raw"], out
+    code, resolv = alice_ws.exec_run(["cat", "/etc/resolv.conf"])
+    servers = [ln.split()[1] for ln in resolv.decode().splitlines() if ln.startswith("nameserver")]
+    assert servers == ["127.0.0.11"]
+    assert outside_host.hits()[before:] == []
+
+
+def test_control_dns_probe_sees_a_reachable_resolver(docker_client, notebook_image, outside_host):
+    """A container whose upstream resolver is the outside host does leak the query there."""
+    tag = uuid.uuid4().hex[:6]
+    net = docker_client.networks.create(f"sdetest-dns-{tag}", driver="bridge")
+    box = docker_client.containers.run(
+        notebook_image, ["sleep", "120"], name=f"sdetest-dns-{tag}", network=net.name,
+        detach=True, dns=[outside_host.ip],
+    )
+    try:
+        before = len(outside_host.hits())
+        probe(box, raw=["dns_raw", "127.0.0.11", "leak.sde-test.invalid", 2])
+        wait_for(lambda: any(h.startswith("udp ") for h in outside_host.hits()[before:]), 10,
+                 "the leaked DNS query at the outside host")
+    finally:
+        box.remove(force=True)
+        net.remove()
+
+
+# ---- no neighbours ---------------------------------------------------------------------------
+def test_another_users_workspace_is_unreachable(alice_ws, bob_ws):
+    bob_ip = ip_of(bob_ws)
+    out = probe(alice_ws, bob=["tcp", bob_ip, 8888])
+    assert not out["bob"].startswith("open"), out
+    # control: from the host side bob's server does answer on that address and port
+    with socket.create_connection((bob_ip, 8888), timeout=5):
+        pass
+
+
+# ---- of the host, only the hub API --------------------------------------------------------
+def test_only_the_hub_api_is_reachable_on_the_host(hub, alice_ws, host_listener):
+    gw = gateway_of(alice_ws)
+    out = probe(
+        alice_ws,
+        hub=["tcp", gw, hub.hub_port],
+        proxy_public=["tcp", gw, hub.port],
+        proxy_api=["tcp", gw, hub.proxy_api_port],
+        listener=["tcp", gw, host_listener.port],
+        postgres=["tcp", gw, 5432],
+        ssh=["tcp", gw, 22],
+    )
+    assert out["hub"].startswith("open"), out
+    for key in ("proxy_public", "proxy_api", "listener", "postgres", "ssh"):
+        assert out[key].startswith("ConnectionRefusedError"), (key, out)
+    assert host_listener.accepted == 0
+    code, text = alice_ws.exec_run(
+        ["python3", "-c",
+         f"import urllib.request;print(urllib.request.urlopen('http://{gw}:{hub.hub_port}"
+         f"/hub/api/', timeout=5).status)"]
+    )
+    assert text.decode().strip() == "200", text
+
+
+def test_control_without_the_firewall_the_host_listener_is_reached(hub, alice_ws, host_listener):
+    gw = gateway_of(alice_ws)
+    allowed = firewall.allowed_ports()
+    firewall.remove()
+    try:
+        out = probe(alice_ws, listener=["tcp", gw, host_listener.port])
+    finally:
+        firewall.apply(allowed)
+    assert out["listener"] == "open:host", out
+    assert host_listener.accepted == 1
+    out = probe(alice_ws, listener=["tcp", gw, host_listener.port])
+    assert out["listener"].startswith("ConnectionRefusedError"), out

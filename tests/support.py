@@ -1,0 +1,274 @@
+"""Test support for the Docker and security tiers: a real hub, real users, a real outside host.
+
+* :class:`Hub` runs ``jupyterhub -f jupyterhub_config.py`` as a subprocess on loopback ports
+  with its own state directory, registry and Docker object prefix, seeded with the demo.
+* :class:`User` logs in through the real login form and acts through the hub's pages and API.
+* :class:`OutsideHost` is a network namespace behind a veth pair with TCP and UDP listeners
+  that record what reaches them: the "internet" a workspace must not reach.
+
+Traffic goes only to loopback, to containers these fixtures create and to the namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.25):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - reported below if it never succeeds
+            last = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out waiting for {what} (last error: {last!r})")
+
+
+class Hub:
+    def __init__(self, state_dir: Path, prefix: str):
+        self.state_dir = state_dir
+        self.prefix = prefix
+        self.port = free_port()
+        self.hub_port = free_port()
+        self.proxy_api_port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.db_url = f"sqlite:///{state_dir}/registry.sqlite"
+        self.data_dir = state_dir / "data"
+        self.proc: subprocess.Popen | None = None
+        self.log_path = state_dir / "hub.log"
+
+    @property
+    def env(self) -> dict:
+        env = dict(os.environ)
+        env.update(
+            SDE_STATE_DIR=str(self.state_dir),
+            SDE_DB_URL=self.db_url,
+            SDE_PUBLIC_BIND=self.url,
+            SDE_HUB_PORT=str(self.hub_port),
+            SDE_PROXY_API_PORT=str(self.proxy_api_port),
+            SDE_OBJECT_PREFIX=self.prefix,
+            SDE_DEMO_PASSWORD="demo",
+        )
+        return env
+
+    def admin(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "sde_spawner.cli", "--db", self.db_url, *args],
+            capture_output=True, text=True, env=self.env, check=False,
+        )
+
+    def seed(self) -> None:
+        res = self.admin("demo-seed", str(self.data_dir))
+        assert res.returncode == 0, res.stderr + res.stdout
+
+    def start(self) -> None:
+        self._log = log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyterhub", "-f", str(REPO / "jupyterhub_config.py")],
+            cwd=self.state_dir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        wait_for(self._up, 60, "the hub to answer")
+
+    def _up(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"hub exited: {self.log_tail()}")
+        return requests.get(f"{self.url}/hub/api/", timeout=2).status_code == 200
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+        self._log.close()
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def events(self, **filters) -> list[dict]:
+        """Audit events, read through ``sde-admin audit export``."""
+        out = self.state_dir / "events.jsonl"
+        res = self.admin("audit", "export", "--out", str(out))
+        assert res.returncode == 0, res.stderr
+        rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+        return [r for r in rows if all(r.get(k) == v for k, v in filters.items())]
+
+
+class User:
+    """A person using the hub through its real login form, pages and API."""
+
+    def __init__(self, hub: Hub, name: str, password: str = "demo"):
+        self.hub = hub
+        self.name = name
+        self.s = requests.Session()
+        self.s.get(f"{hub.url}/hub/login", timeout=10)
+        r = self.s.post(
+            f"{hub.url}/hub/login",
+            data={"username": name, "password": password, "_xsrf": self.xsrf},
+            allow_redirects=False, timeout=20,
+        )
+        self.logged_in = r.status_code == 302 and "/hub/login" not in r.headers.get("location", "")
+        self._token = None
+
+    @property
+    def xsrf(self) -> str:
+        return self.s.cookies.get("_xsrf", "")
+
+    @property
+    def token(self) -> str:
+        if self._token is None:
+            r = self.s.post(
+                f"{self.hub.url}/hub/api/users/{self.name}/tokens",
+                json={"expires_in": 3600, "note": "test"},
+                headers={"X-XSRFToken": self.xsrf}, timeout=10,
+            )
+            r.raise_for_status()
+            self._token = r.json()["token"]
+        return self._token
+
+    def api(self, method: str, path: str, **kw) -> requests.Response:
+        headers = {"Authorization": f"token {self.token}", **kw.pop("headers", {})}
+        return requests.request(
+            method, f"{self.hub.url}/hub/api{path}", headers=headers, timeout=120, **kw
+        )
+
+    def spawn_page(self, server: str) -> requests.Response:
+        return self.s.get(f"{self.hub.url}/hub/spawn/{self.name}/{server}", timeout=30)
+
+    def spawn_with_form(self, server: str, project: str) -> requests.Response:
+        return self.s.post(
+            f"{self.hub.url}/hub/spawn/{self.name}/{server}",
+            data={"project": project, "_xsrf": self.xsrf}, allow_redirects=False, timeout=120,
+        )
+
+    def server(self, server: str) -> dict | None:
+        r = self.api("GET", f"/users/{self.name}")
+        r.raise_for_status()
+        return r.json()["servers"].get(server)
+
+    def wait_ready(self, server: str, timeout: float = 120) -> dict:
+        def ready():
+            info = self.server(server)
+            if info is None:
+                raise RuntimeError(f"server {server} is gone: {self.hub.log_tail(30)}")
+            return info if info["ready"] else None
+
+        return wait_for(ready, timeout, f"{self.name}/{server} to be ready", interval=0.5)
+
+    def stop(self, server: str) -> None:
+        r = self.api("DELETE", f"/users/{self.name}/servers/{server}")
+        assert r.status_code in (202, 204), r.text
+        wait_for(lambda: self.server(server) is None, 60, f"{self.name}/{server} to stop")
+
+    def workspace_get(self, server: str, path: str) -> requests.Response:
+        return requests.get(
+            f"{self.hub.url}/user/{self.name}/{server}/{path.lstrip('/')}",
+            headers={"Authorization": f"token {self.token}"}, timeout=30,
+        )
+
+
+XSRF_FIELD = re.compile(r'name="_xsrf" value="([^"]+)"')
+
+
+class OutsideHost:
+    """A host outside every Docker network: a netns behind a veth pair, with listeners."""
+
+    def __init__(self, tag: str, subnet: str = "10.213.77"):
+        self.ns = f"sdetest-{tag}"
+        self.host_if = f"vsh{tag}"[:15]
+        self.ns_if = f"vsn{tag}"[:15]
+        self.gateway = f"{subnet}.1"
+        self.ip = f"{subnet}.2"
+        self.tcp_port = 18080
+        self.udp_port = 53
+        self.log = Path(f"/tmp/{self.ns}.log")  # noqa: S108 - test-only, created by us
+        self.listener: subprocess.Popen | None = None
+
+    def _ip(self, *args):
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+
+    def start(self) -> OutsideHost:
+        self.stop()
+        self._ip("netns", "add", self.ns)
+        self._ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
+        self._ip("link", "set", self.ns_if, "netns", self.ns)
+        self._ip("addr", "add", f"{self.gateway}/30", "dev", self.host_if)
+        self._ip("link", "set", self.host_if, "up")
+        for args in (
+            ["addr", "add", f"{self.ip}/30", "dev", self.ns_if],
+            ["link", "set", self.ns_if, "up"],
+            ["link", "set", "lo", "up"],
+            ["route", "add", "default", "via", self.gateway],
+        ):
+            self._ip("netns", "exec", self.ns, "ip", *args)
+        self.log.write_text("")
+        self.listener = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, sys.executable, "-c", _LISTENER,
+             str(self.tcp_port), str(self.udp_port), str(self.log)],
+        )
+        wait_for(lambda: "ready" in self.log.read_text(), 10, "outside host listener")
+        return self
+
+    def hits(self) -> list[str]:
+        return [ln for ln in self.log.read_text().splitlines() if ln != "ready"]
+
+    def stop(self) -> None:
+        if self.listener is not None:
+            self.listener.terminate()
+            self.listener.wait(10)
+            self.listener = None
+        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, check=False)
+
+
+# A plain socket listener (http.server would block on reverse DNS inside the namespace):
+# answers TCP with one line and records every TCP connection and UDP datagram.
+_LISTENER = r"""
+import socket, sys, threading
+tcp_port, udp_port, log = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+def note(s):
+    with open(log, "a") as fh:
+        fh.write(s + "\n")
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("0.0.0.0", tcp_port)); t.listen(16)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", udp_port))
+def udp():
+    while True:
+        data, addr = u.recvfrom(4096)
+        note(f"udp {addr[0]} {len(data)}")
+threading.Thread(target=udp, daemon=True).start()
+note("ready")
+while True:
+    c, addr = t.accept()
+    note(f"tcp {addr[0]}")
+    c.sendall(b"outside\n"); c.close()
+"""

@@ -1,0 +1,119 @@
+"""Whole-dict tests of the pure Docker builders: a dropped control fails here."""
+
+import re
+
+from sde_spawner.containers import (
+    Limits,
+    container_spec,
+    escape,
+    labels,
+    network_spec,
+    volume_spec,
+    workspace_names,
+)
+
+
+def test_escape_is_injective_and_docker_safe():
+    names = ["alice", "Alice", "a.lice", "a-lice", "a_2elice", "ünï", "a/../b", "a b", "x@y.org"]
+    escaped = [escape(n) for n in names]
+    assert len(set(escaped)) == len(names)
+    for e in escaped:
+        assert re.fullmatch(r"[a-z0-9_-]+", e) and "__" not in e
+    # person/project split is unambiguous even with '-' and '_' in the inputs
+    pairs = [("a--b", "c"), ("a", "b--c"), ("a_", "b"), ("a", "_b"), ("a__b", "c")]
+    assert len({workspace_names(u, p).container for u, p in pairs}) == len(pairs)
+
+
+def test_names_are_bounded_and_bridge_fits_ifnamsiz():
+    n = workspace_names("alice", "diabetes-outcomes")
+    assert n.container == "sde-alice__diabetes-outcomes"
+    assert n.network == "sde-alice__diabetes-outcomes-net"
+    assert n.home_volume == "sde-alice__diabetes-outcomes-home"
+    assert re.fullmatch(r"sde[0-9a-f]{12}", n.bridge)
+    long = workspace_names("x" * 300, "p" * 40)
+    assert len(long.container) <= 100 and len(long.bridge) <= 15
+    assert workspace_names("x" * 300, "p" * 40) == long
+    assert workspace_names("x" * 299 + "y", "p" * 40).container != long.container
+
+
+def test_network_spec_whole():
+    n = workspace_names("bob", "proj-a")
+    assert network_spec(n, labels("bob", "proj-a")) == {
+        "name": "sde-bob__proj-a-net",
+        "driver": "bridge",
+        "internal": True,
+        "check_duplicate": True,
+        "labels": {
+            "org.sde-tre.managed-by": "sde",
+            "org.sde-tre.user": "bob",
+            "org.sde-tre.project": "proj-a",
+        },
+        "options": {
+            "com.docker.network.bridge.name": n.bridge,
+            "com.docker.network.bridge.enable_icc": "false",
+            "com.docker.network.bridge.enable_ip_masquerade": "false",
+        },
+    }
+
+
+def test_volume_spec_whole():
+    n = workspace_names("bob", "proj-a")
+    assert volume_spec(n, {"k": "v"}) == {
+        "name": "sde-bob__proj-a-home",
+        "driver": "local",
+        "labels": {"k": "v"},
+    }
+
+
+def test_container_spec_whole():
+    n = workspace_names("bob", "proj-a")
+    spec = container_spec(
+        names=n,
+        image="sde-notebook:latest",
+        command=["jupyterhub-singleuser"],
+        env={"JUPYTERHUB_API_TOKEN": "t"},
+        extract_dir="/srv/extracts/proj-a/bob",
+        limits=Limits(mem_limit="1G", cpu_limit=0.5, pids_limit=128, tmp_size="64m"),
+        object_labels={"k": "v"},
+    )
+    assert spec == {
+        "image": "sde-notebook:latest",
+        "name": "sde-bob__proj-a",
+        "command": ["jupyterhub-singleuser"],
+        "environment": {"JUPYTERHUB_API_TOKEN": "t"},
+        "user": "1000:1000",
+        "working_dir": "/home/researcher",
+        "hostname": "workspace",
+        "labels": {"k": "v"},
+        "ports": {"8888/tcp": None},
+        "host_config": {
+            "network_mode": "sde-bob__proj-a-net",
+            "dns": ["0.0.0.0"],
+            "read_only": True,
+            "tmpfs": {"/tmp": "rw,nosuid,nodev,size=64m,mode=1777"},
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges:true"],
+            "privileged": False,
+            "ipc_mode": "private",
+            "pids_limit": 128,
+            "mem_limit": "1G",
+            "memswap_limit": "1G",
+            "nano_cpus": 500_000_000,
+            "mounts": [
+                {"Target": "/home/researcher", "Source": "sde-bob__proj-a-home",
+                 "Type": "volume", "ReadOnly": False},
+                {"Target": "/data", "Source": "/srv/extracts/proj-a/bob",
+                 "Type": "bind", "ReadOnly": True},
+            ],
+            "auto_remove": False,
+        },
+    }
+
+
+def test_no_docker_socket_or_host_paths_besides_the_extract():
+    n = workspace_names("bob", "proj-a")
+    spec = container_spec(names=n, image="i", command=[], env={}, extract_dir="/x",
+                          limits=Limits(), object_labels={})
+    binds = [m for m in spec["host_config"]["mounts"] if m["Type"] == "bind"]
+    assert binds == [{"Target": "/data", "Source": "/x", "Type": "bind", "ReadOnly": True}]
+    assert "docker.sock" not in repr(spec)
