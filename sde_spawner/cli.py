@@ -618,7 +618,7 @@ def _print_rows(rows: list[dict], as_json: bool) -> None:
 
 def _attach_audit() -> None:
     try:
-        from sde_spawner.audit.cli import audit as audit_group
+        from sde_spawner.audit.cli import audit_group
     except ImportError:  # pragma: no cover - the audit package ships with this one
         return
     main.add_command(audit_group)

@@ -40,7 +40,7 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.25):
             value = predicate()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - reported below if it never succeeds
+        except Exception as exc:
             last = exc
         time.sleep(interval)
     raise TimeoutError(f"timed out waiting for {what} (last error: {last!r})")
@@ -76,7 +76,10 @@ class Hub:
     def admin(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "sde_spawner.cli", "--db", self.db_url, *args],
-            capture_output=True, text=True, env=self.env, check=False,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            check=False,
         )
 
     def seed(self) -> None:
@@ -87,7 +90,10 @@ class Hub:
         self._log = log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jupyterhub", "-f", str(REPO / "jupyterhub_config.py")],
-            cwd=self.state_dir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=self.state_dir,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         wait_for(self._up, 60, "the hub to answer")
 
@@ -126,7 +132,7 @@ class Hub:
 class User:
     """A person using the hub through its real login form, pages and API."""
 
-    def __init__(self, hub: Hub, name: str, password: str = "demo"):
+    def __init__(self, hub: Hub, name: str, password: str = "demo"):  # noqa: S107 - demo login
         self.hub = hub
         self.name = name
         self.s = requests.Session()
@@ -134,7 +140,8 @@ class User:
         r = self.s.post(
             f"{hub.url}/hub/login",
             data={"username": name, "password": password, "_xsrf": self.xsrf},
-            allow_redirects=False, timeout=20,
+            allow_redirects=False,
+            timeout=20,
         )
         self.logged_in = r.status_code == 302 and "/hub/login" not in r.headers.get("location", "")
         self._token = None
@@ -149,7 +156,8 @@ class User:
             r = self.s.post(
                 f"{self.hub.url}/hub/api/users/{self.name}/tokens",
                 json={"expires_in": 3600, "note": "test"},
-                headers={"X-XSRFToken": self.xsrf}, timeout=10,
+                headers={"X-XSRFToken": self.xsrf},
+                timeout=10,
             )
             r.raise_for_status()
             self._token = r.json()["token"]
@@ -167,7 +175,9 @@ class User:
     def spawn_with_form(self, server: str, project: str) -> requests.Response:
         return self.s.post(
             f"{self.hub.url}/hub/spawn/{self.name}/{server}",
-            data={"project": project, "_xsrf": self.xsrf}, allow_redirects=False, timeout=120,
+            data={"project": project, "_xsrf": self.xsrf},
+            allow_redirects=False,
+            timeout=120,
         )
 
     def server(self, server: str) -> dict | None:
@@ -192,7 +202,8 @@ class User:
     def workspace_get(self, server: str, path: str) -> requests.Response:
         return requests.get(
             f"{self.hub.url}/user/{self.name}/{server}/{path.lstrip('/')}",
-            headers={"Authorization": f"token {self.token}"}, timeout=30,
+            headers={"Authorization": f"token {self.token}"},
+            timeout=30,
         )
 
 
@@ -210,7 +221,7 @@ class OutsideHost:
         self.ip = f"{subnet}.2"
         self.tcp_port = 18080
         self.udp_port = 53
-        self.log = Path(f"/tmp/{self.ns}.log")  # noqa: S108 - test-only, created by us
+        self.log = Path(f"/tmp/{self.ns}.log")
         self.listener: subprocess.Popen | None = None
 
     def _ip(self, *args):
@@ -232,8 +243,18 @@ class OutsideHost:
             self._ip("netns", "exec", self.ns, "ip", *args)
         self.log.write_text("")
         self.listener = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, sys.executable, "-c", _LISTENER,
-             str(self.tcp_port), str(self.udp_port), str(self.log)],
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.ns,
+                sys.executable,
+                "-c",
+                _LISTENER,
+                str(self.tcp_port),
+                str(self.udp_port),
+                str(self.log),
+            ],
         )
         wait_for(lambda: "ready" in self.log.read_text(), 10, "outside host listener")
         return self

@@ -7,15 +7,17 @@ survives a hub restart; stopping it removes container and network but keeps the 
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import io
 import json
 import re
 
 import pytest
+import requests
 
 from sde_spawner.containers import workspace_names
-from tests.support import User
+from tests.support import User, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -51,7 +53,9 @@ def test_form_offers_only_eligible_projects_with_reasons_for_the_rest(alice):
     page = alice.spawn_page(PROJECT).text
     radios = re.findall(r'name="project" value="([^"]+)"', page)
     assert radios == [PROJECT]
-    assert re.search(r"<strong>cardio-audit</strong>: agreement DSA-003 ended \d{4}-\d\d-\d\d", page)
+    assert re.search(
+        r"<strong>cardio-audit</strong>: agreement DSA-003 ended \d{4}-\d\d-\d\d", page
+    )
 
 
 def test_workspace_answers_through_the_proxy(alice, alice_ws):
@@ -85,9 +89,12 @@ def test_container_is_hardened_as_inspected(hub, alice_ws):
 
 
 def test_inside_the_room_no_root_no_caps_read_only(alice_ws):
-    code, out = run_py(alice_ws, r"""
+    code, out = run_py(
+        alice_ws,
+        r"""
 import os, errno, json
-status = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\t" in l)
+lines = open("/proc/self/status").read().splitlines()
+status = dict(l.split(":\t", 1) for l in lines if ":\t" in l)
 def try_write(path):
     try:
         with open(path, "w") as fh:
@@ -104,15 +111,22 @@ print(json.dumps({
     "tmp_write": try_write("/tmp/ok"), "home_write": try_write(os.path.expanduser("~/ok.txt")),
     "docker_sock": os.path.exists("/var/run/docker.sock") or os.path.exists("/run/docker.sock"),
 }))
-""")
+""",
+    )
     assert code == 0, out
     facts = json.loads(out.strip().splitlines()[-1])
     assert facts == {
-        "uid": 1000, "gid": 1000,
-        "capeff": "0000000000000000", "capbnd": "0000000000000000", "nnp": "1",
-        "root_write": "EROFS", "etc_write": "EROFS",
-        "data_write": "EROFS", "data_overwrite": "EROFS",
-        "tmp_write": "written", "home_write": "written",
+        "uid": 1000,
+        "gid": 1000,
+        "capeff": "0000000000000000",
+        "capbnd": "0000000000000000",
+        "nnp": "1",
+        "root_write": "EROFS",
+        "etc_write": "EROFS",
+        "data_write": "EROFS",
+        "data_overwrite": "EROFS",
+        "tmp_write": "written",
+        "home_write": "written",
         "docker_sock": False,
     }
 
@@ -128,6 +142,7 @@ def test_data_holds_only_the_granted_columns_and_rows(hub, alice_ws, docker_clie
     assert list(rows[0]) == ["pseudo_id", "age", "sex", "region", "diagnosis", "hba1c"]
     assert len(rows) == 500  # alice: all rows, no postcode, no admission date
     code, out = run_py(alice_ws, "import os; print(sorted(os.listdir('/data')))")
+    assert code == 0, out
     assert out.strip() == "['MANIFEST.json', 'patients.csv', 'patients.parquet']"
 
     bob = User(hub, "bob")
@@ -169,11 +184,23 @@ def _assert_nothing_left(hub, client, user, project):
     ("server", "options", "reason"),
     [
         ("cardio-audit", {"project": "cardio-audit"}, r"agreement DSA-003 ended \d{4}-\d\d-\d\d"),
-        ("", {"project": "no-such-project"}, "you are not a member of project no-such-project|no such project"),
+        (
+            "",
+            {"project": "no-such-project"},
+            "you are not a member of project no-such-project|no such project",
+        ),
         ("", {"project": "../../etc"}, "unknown project '../../etc'"),
         ("", {"project": "x" * 5000}, "unknown project 'xxxx"),
-        ("", {"project": PROJECT, "image": "sdetest-busybox:local"}, "option(s) 'image' cannot be set"),
-        ("", {"project": PROJECT, "volumes": {"/": "/host"}}, "option(s) 'volumes' cannot be set"),
+        (
+            "",
+            {"project": PROJECT, "image": "sdetest-busybox:local"},
+            r"option\(s\) 'image' cannot be set",
+        ),
+        (
+            "",
+            {"project": PROJECT, "volumes": {"/": "/host"}},
+            r"option\(s\) 'volumes' cannot be set",
+        ),
         ("", {"project": ["a"]}, "unknown project"),
         ("other", {"project": PROJECT}, "can only open project 'other'"),
     ],
@@ -198,8 +225,20 @@ def test_missing_dataset_file_is_one_clear_error_and_nothing_is_left(hub, docker
         ["dataset", "add", "vanishing", str(src)],
         ["project", "add", "vanish-proj", "--title", "V", "--ethics-ref", "E1"],
         ["project", "approve", "vanish-proj", "--dac-ref", "D1", "--dac-date", "2026-01-01"],
-        ["agreement", "add", "vanish-proj", "A1", "--signed", "2026-01-01", "--start",
-         "2026-01-01", "--end", "2030-01-01", "--delete-by", "2030-06-01"],
+        [
+            "agreement",
+            "add",
+            "vanish-proj",
+            "A1",
+            "--signed",
+            "2026-01-01",
+            "--start",
+            "2026-01-01",
+            "--end",
+            "2030-01-01",
+            "--delete-by",
+            "2030-06-01",
+        ],
         ["member", "add", "vanish-proj", "alice", "--role", "researcher"],
         ["grant", "add", "vanish-proj", "alice", "vanishing", "--columns", "pid"],
     ):
@@ -209,11 +248,37 @@ def test_missing_dataset_file_is_one_clear_error_and_nothing_is_left(hub, docker
     alice = User(hub, "alice")
     r = alice.api("POST", "/users/alice/servers/vanish-proj", json={"project": "vanish-proj"})
     assert r.status_code == 500
-    assert r.json()["message"] == (
-        f"Workspace not started: dataset source {src} is missing"
-    )
+    assert r.json()["message"] == (f"Workspace not started: dataset source {src} is missing")
     assert hub.events(action="spawn.refused", actor="alice")[-1]["project"] == "vanish-proj"
     _assert_nothing_left(hub, docker_client, "alice", "vanish-proj")
+
+
+STEPS = [
+    "Checking approvals",
+    "Preparing your data",
+    "Isolating your workspace network",
+    "Starting your workspace",
+    "Workspace started; connecting",
+]
+
+
+def progress_messages(user, server) -> list[str]:
+    """The hub's progress event stream (server-sent events) for one start."""
+    r = requests.get(
+        f"{user.hub.url}/hub/api/users/{user.name}/servers/{server}/progress",
+        headers={"Authorization": f"token {user.token}"},
+        stream=True,
+        timeout=120,
+    )
+    out = []
+    with r:
+        for line in r.iter_lines(decode_unicode=True):
+            if line and line.startswith("data:"):
+                event = json.loads(line[5:])
+                out.append(event.get("message", ""))
+                if event.get("ready") or event.get("failed"):
+                    break
+    return out
 
 
 def test_hub_restart_keeps_the_workspace_reachable(hub, alice, alice_ws):
@@ -236,7 +301,19 @@ def test_stop_removes_container_and_network_and_keeps_home(hub, alice, alice_ws,
     assert not [x for x in docker_client.networks.list(names=[n.network]) if x.name == n.network]
     assert docker_client.volumes.get(n.home_volume)
     assert hub.events(action="workspace.stopped", actor="alice")
-    assert alice.spawn_with_form(PROJECT, PROJECT).status_code == 302
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        posted = pool.submit(
+            alice.api, "POST", f"/users/alice/servers/{PROJECT}", json={"project": PROJECT}
+        )
+        wait_for(
+            lambda: (alice.server(PROJECT) or {}).get("pending") == "spawn",
+            30,
+            "the spawn to be pending",
+            interval=0.05,
+        )
+        messages = progress_messages(alice, PROJECT)
+        assert posted.result().status_code in (201, 202), posted.result().text
+    assert [m for m in messages if m in STEPS] == STEPS, messages
     alice.wait_ready(PROJECT)
     again = docker_client.containers.get(n.container)
     code, out = run_py(again, "print(open('/home/researcher/notes.txt').read())")

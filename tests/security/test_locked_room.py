@@ -117,8 +117,12 @@ def open_bridge_box(docker_client, notebook_image):
     tag = uuid.uuid4().hex[:6]
     net = docker_client.networks.create(f"sdetest-open-{tag}", driver="bridge")
     box = docker_client.containers.run(
-        notebook_image, ["sleep", "600"], name=f"sdetest-open-{tag}", network=net.name,
-        detach=True, user="1000:1000",
+        notebook_image,
+        ["sleep", "600"],
+        name=f"sdetest-open-{tag}",
+        network=net.name,
+        detach=True,
+        user="1000:1000",
     )
     yield box
     box.remove(force=True)
@@ -131,7 +135,7 @@ class HostListener:
     def __init__(self):
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("0.0.0.0", 0))  # noqa: S104 - the point: a listener on every address
+        self.sock.bind(("0.0.0.0", 0))
         self.sock.listen(8)
         self.sock.settimeout(0.5)
         self.port = self.sock.getsockname()[1]
@@ -179,8 +183,11 @@ def test_outside_host_is_unreachable_from_the_workspace(alice_ws, outside_host):
 
 def test_control_outside_host_is_reachable_from_an_ordinary_bridge(open_bridge_box, outside_host):
     before = len(outside_host.hits())
-    out = probe(open_bridge_box, tcp=["tcp", outside_host.ip, outside_host.tcp_port],
-                route=["default_route"])
+    out = probe(
+        open_bridge_box,
+        tcp=["tcp", outside_host.ip, outside_host.tcp_port],
+        route=["default_route"],
+    )
     assert out == {"tcp": "open:outside", "route": True}
     assert any(h.startswith("tcp ") for h in outside_host.hits()[before:])
 
@@ -197,6 +204,7 @@ def test_no_name_resolves_and_no_query_leaves(alice_ws, outside_host):
     assert out["name"].startswith("fail:") and out["hub"].startswith("fail:"), out
     assert out["raw"].startswith("fail:") or "answers=0" in out["raw"], out
     code, resolv = alice_ws.exec_run(["cat", "/etc/resolv.conf"])
+    assert code == 0
     servers = [ln.split()[1] for ln in resolv.decode().splitlines() if ln.startswith("nameserver")]
     assert servers == ["127.0.0.11"]
     assert outside_host.hits()[before:] == []
@@ -207,14 +215,21 @@ def test_control_dns_probe_sees_a_reachable_resolver(docker_client, notebook_ima
     tag = uuid.uuid4().hex[:6]
     net = docker_client.networks.create(f"sdetest-dns-{tag}", driver="bridge")
     box = docker_client.containers.run(
-        notebook_image, ["sleep", "120"], name=f"sdetest-dns-{tag}", network=net.name,
-        detach=True, dns=[outside_host.ip],
+        notebook_image,
+        ["sleep", "120"],
+        name=f"sdetest-dns-{tag}",
+        network=net.name,
+        detach=True,
+        dns=[outside_host.ip],
     )
     try:
         before = len(outside_host.hits())
         probe(box, raw=["dns_raw", "127.0.0.11", "leak.sde-test.invalid", 2])
-        wait_for(lambda: any(h.startswith("udp ") for h in outside_host.hits()[before:]), 10,
-                 "the leaked DNS query at the outside host")
+        wait_for(
+            lambda: any(h.startswith("udp ") for h in outside_host.hits()[before:]),
+            10,
+            "the leaked DNS query at the outside host",
+        )
     finally:
         box.remove(force=True)
         net.remove()
@@ -246,10 +261,13 @@ def test_only_the_hub_api_is_reachable_on_the_host(hub, alice_ws, host_listener)
     for key in ("proxy_public", "proxy_api", "listener", "postgres", "ssh"):
         assert out[key].startswith("ConnectionRefusedError"), (key, out)
     assert host_listener.accepted == 0
-    code, text = alice_ws.exec_run(
-        ["python3", "-c",
-         f"import urllib.request;print(urllib.request.urlopen('http://{gw}:{hub.hub_port}"
-         f"/hub/api/', timeout=5).status)"]
+    _, text = alice_ws.exec_run(
+        [
+            "python3",
+            "-c",
+            f"import urllib.request;print(urllib.request.urlopen('http://{gw}:{hub.hub_port}"
+            f"/hub/api/', timeout=5).status)",
+        ]
     )
     assert text.decode().strip() == "200", text
 

@@ -100,10 +100,18 @@ def test_container_spec_whole():
             "memswap_limit": "1G",
             "nano_cpus": 500_000_000,
             "mounts": [
-                {"Target": "/home/researcher", "Source": "sde-bob__proj-a-home",
-                 "Type": "volume", "ReadOnly": False},
-                {"Target": "/data", "Source": "/srv/extracts/proj-a/bob",
-                 "Type": "bind", "ReadOnly": True},
+                {
+                    "Target": "/home/researcher",
+                    "Source": "sde-bob__proj-a-home",
+                    "Type": "volume",
+                    "ReadOnly": False,
+                },
+                {
+                    "Target": "/data",
+                    "Source": "/srv/extracts/proj-a/bob",
+                    "Type": "bind",
+                    "ReadOnly": True,
+                },
             ],
             "auto_remove": False,
         },
@@ -112,8 +120,9 @@ def test_container_spec_whole():
 
 def test_no_docker_socket_or_host_paths_besides_the_extract():
     n = workspace_names("bob", "proj-a")
-    spec = container_spec(names=n, image="i", command=[], env={}, extract_dir="/x",
-                          limits=Limits(), object_labels={})
+    spec = container_spec(
+        names=n, image="i", command=[], env={}, extract_dir="/x", limits=Limits(), object_labels={}
+    )
     binds = [m for m in spec["host_config"]["mounts"] if m["Type"] == "bind"]
     assert binds == [{"Target": "/data", "Source": "/x", "Type": "bind", "ReadOnly": True}]
     assert "docker.sock" not in repr(spec)

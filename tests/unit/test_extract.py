@@ -19,14 +19,14 @@ from sde_spawner.datasets.extract import (
 @pytest.fixture
 def source(tmp_path):
     p = tmp_path / "src.csv"
-    p.write_text(
-        "id,age,region,secret\n1,17,north,x\n2,40,north,y\n3,65,south,z\n4,30,east,w\n"
-    )
+    p.write_text("id,age,region,secret\n1,17,north,x\n2,40,north,y\n3,65,south,z\n4,30,east,w\n")
     return p
 
 
 def test_columns_and_rows(source):
-    t = extract_table(GrantSpec("pat", str(source), ("id", "age"), "age >= 18 and region == 'north'"))
+    t = extract_table(
+        GrantSpec("pat", str(source), ("id", "age"), "age >= 18 and region == 'north'")
+    )
     assert t.column_names == ["id", "age"]
     assert t.to_pydict() == {"id": [2], "age": [40]}
 
@@ -82,7 +82,9 @@ def test_build_is_read_only_reused_and_atomic(source, tmp_path):
     build_extract(grants, target)
     assert sorted(os.listdir(target)) == ["MANIFEST.json", "pat.csv", "pat.parquet"]
     assert pq.read_table(target / "pat.parquet").to_pydict() == {
-        "id": [1, 2], "region": ["north", "north"]}
+        "id": [1, 2],
+        "region": ["north", "north"],
+    }
     assert pacsv.read_csv(target / "pat.csv").num_rows == 2
     for f in target.iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == 0o444
@@ -109,5 +111,5 @@ def test_parquet_source(tmp_path, source):
     t = extract_table(GrantSpec("p", str(tmp_path / "s.parquet"), ("id",), "age < 20"))
     assert t.to_pydict() == {"id": [1]}
     (tmp_path / "s.txt").write_text("x")
-    with pytest.raises(ExtractError, match="only .csv and .parquet"):
+    with pytest.raises(ExtractError, match=r"only \.csv and \.parquet"):
         extract_table(GrantSpec("p", str(tmp_path / "s.txt"), ("id",)))

@@ -1,0 +1,44 @@
+# The two commands that matter: `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export SDE_TEST_POSTGRES_URL ?= postgresql+psycopg2://sde:sde@127.0.0.1:5432/sde_test
+
+.PHONY: demo test test-unit test-docker test-security lint images system venv bench clean-demo
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+system:
+	bash scripts/ensure-system.sh
+
+images: venv system
+	PYTHON=$(CURDIR)/$(PY) bash scripts/build-images.sh
+
+## make demo: the whole system on http://127.0.0.1:8000 (log in as alice / demo)
+demo: images
+	$(VENV)/bin/sde-admin --db sqlite:///$(CURDIR)/var/demo/registry.sqlite demo-seed var/demo/data
+	SDE_STATE_DIR=var/demo PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/jupyterhub -f jupyterhub_config.py
+
+## make test: every tier (unit, docker, security) against a real engine
+test: venv
+	bash scripts/ensure-system.sh --test
+	PYTHON=$(CURDIR)/$(PY) bash scripts/build-images.sh
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -p no:cacheprovider tests
+	$(VENV)/bin/ruff check .
+
+test-unit: venv
+	$(PY) -m pytest -q tests/unit
+
+lint: venv
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean-demo:
+	rm -rf var/demo
