@@ -4,11 +4,12 @@ All behaviour lives in ``sde_spawner``; this file only connects it. Settings (en
 SDE_STATE_DIR (hub state, default ./var), SDE_DB_URL (registry + audit database),
 SDE_EXTRACTS_DIR, SDE_WORKSPACE_IMAGE, SDE_PUBLIC_BIND (default http://127.0.0.1:8000),
 SDE_HUB_PORT (hub API port workspaces reach through their gateway, default 8081),
-SDE_PROXY_API_PORT (default 8001, loopback only),
+SDE_PROXY_API_PORT (default 8001, loopback only), SDE_SERVICE_PORT (the sde service, 9100),
 SDE_OBJECT_PREFIX (Docker object names and labels, default sde), SDE_DEMO_PASSWORD.
 """
 
 import os
+import sys
 from pathlib import Path
 
 from sde_spawner.db import upgrade
@@ -42,6 +43,30 @@ c.SDESpawner.image = os.environ.get("SDE_WORKSPACE_IMAGE", "sde-notebook:latest"
 c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 60
+
+# The `sde` service: output checking and audit ingestion. People reach it through the proxy
+# (/services/sde/); workspaces reach it directly on its port, which the host firewall opens
+# to them besides the hub API.
+service_port = int(os.environ.get("SDE_SERVICE_PORT", "9100"))
+c.JupyterHub.services = [
+    {
+        "name": "sde",
+        "url": f"http://127.0.0.1:{service_port}",
+        "command": [sys.executable, "-m", "sde_spawner.services"],
+        "environment": {
+            "SDE_DB_URL": db_url,
+            "SDE_STATE_DIR": str(state),
+            "SDE_SERVICE_BIND_IP": "0.0.0.0",  # noqa: S104 - reached via workspace gateways
+        },
+        "oauth_no_confirm": True,
+        "display": True,
+    }
+]
+c.JupyterHub.load_roles = [
+    {"name": "user", "scopes": ["self", "access:services!service=sde"]},
+    {"name": "sde-service", "services": ["sde"], "scopes": ["read:users", "list:users"]},
+]
+c.SDESpawner.service_port = service_port
 
 c.JupyterHub.authenticator_class = "sde_spawner.auth.DemoAuthenticator"
 c.DemoAuthenticator.registry_url = db_url

@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 
 from docker.errors import APIError, NotFound
 from dockerspawner import DockerSpawner
+from sqlalchemy import select
 from tornado import web
 from traitlets import Bool, Float, Integer, List, Unicode, default
 
@@ -40,6 +41,7 @@ from sde_spawner.containers import (
 )
 from sde_spawner.datasets.extract import ExtractError, build_extract
 from sde_spawner.db import DEFAULT_DB_URL, make_engine, make_sessionmaker
+from sde_spawner.registry.models import Workspace
 from sde_spawner.registry.store import Eligibility, eligibility, projects_for
 
 _SESSIONMAKERS: dict = {}
@@ -105,6 +107,16 @@ class SDESpawner(DockerSpawner):
         help="Name of the hub's container when the hub runs in Docker: it is attached to every "
         "workspace network and workspaces reach it by that name.",
     ).tag(config=True)
+
+    service_port = Integer(
+        0,
+        help="Port of the hub-side `sde` service (export requests, audit ingestion) on the "
+        "host. Workspaces get SDE_SERVICE_URL and the host firewall admits this port. 0: none.",
+    ).tag(config=True)
+
+    service_prefix = Unicode("/services/sde/", help="URL prefix of the `sde` service.").tag(
+        config=True
+    )
 
     drop_default_route = Bool(
         True,
@@ -220,6 +232,50 @@ class SDESpawner(DockerSpawner):
                 outcome=outcome,
                 reason=reason,
                 details={"server": self.name, **(details or {})},
+            )
+
+    def _record_started(self, datasets: list[str]) -> None:
+        """The open-workspace row and its audit event, in one transaction."""
+        Session = _sessionmaker(self.registry_url)
+        with Session() as session, session.begin():
+            self._close_workspace_rows(session)
+            session.add(
+                Workspace(
+                    username=self.user.name,
+                    server_name=self.name,
+                    project_slug=self.project,
+                    container=self.object_name,
+                    started_at=self._now(),
+                )
+            )
+            audit.append(
+                session,
+                "spawn.started",
+                actor=self.user.name,
+                project=self.project,
+                details={"server": self.name, "container": self.object_name, "datasets": datasets},
+            )
+
+    def _close_workspace_rows(self, session) -> None:
+        for ws in session.scalars(
+            select(Workspace).where(
+                Workspace.username == self.user.name,
+                Workspace.server_name == self.name,
+                Workspace.stopped_at.is_(None),
+            )
+        ):
+            ws.stopped_at = self._now()
+
+    def _record_stopped(self, project: str) -> None:
+        Session = _sessionmaker(self.registry_url)
+        with Session() as session, session.begin():
+            self._close_workspace_rows(session)
+            audit.append(
+                session,
+                "workspace.stopped",
+                actor=self.user.name,
+                project=project,
+                details={"server": self.name},
             )
 
     async def record(self, action, **kwargs):
@@ -349,10 +405,7 @@ class SDESpawner(DockerSpawner):
                     status=500,
                 )
         self._event(90, "Workspace started; connecting")
-        await self.record(
-            "spawn.started",
-            details={"container": self.object_name, "datasets": [g.dataset for g in found.grants]},
-        )
+        await self._in_thread(self._record_started, [g.dataset for g in found.grants])
         return ip_port
 
     async def _drop_default_route(self) -> None:
@@ -453,7 +506,17 @@ class SDESpawner(DockerSpawner):
         return urlparse(self.hub.api_url).port or 80
 
     def _firewall_ports(self) -> list[int]:
-        return [self._hub_port(), *self.firewall_extra_ports]
+        extra = [self.service_port] if self.service_port else []
+        return [self._hub_port(), *extra, *self.firewall_extra_ports]
+
+    def get_env(self):
+        env = super().get_env()
+        if self.service_port and self.hub_connect_url:
+            host = urlparse(self.hub_connect_url).hostname
+            env["SDE_SERVICE_URL"] = f"http://{host}:{self.service_port}{self.service_prefix}"
+        if self.project:
+            env["SDE_PROJECT"] = self.project
+        return env
 
     async def create_object(self):
         spec = container_spec(
@@ -493,7 +556,7 @@ class SDESpawner(DockerSpawner):
         if project:
             self.project = project
             await self._remove_network()
-            await self.record("workspace.stopped")
+            await self._in_thread(self._record_stopped, project)
         self.project = ""
 
 

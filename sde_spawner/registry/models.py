@@ -161,3 +161,21 @@ class Grant(Base):
     @columns.setter
     def columns(self, value: list[str]) -> None:
         self.columns_json = json.dumps(list(value))
+
+
+class Workspace(Base):
+    """A started workspace: which (person, JupyterHub server) is working on which project.
+
+    Written by the spawner on start and stop; services read it to turn a workspace's server
+    token into (person, project), and the lifecycle sweep to find rooms to close.
+    """
+
+    __tablename__ = "workspace"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), index=True)
+    server_name: Mapped[str] = mapped_column(String(255), default="")
+    project_slug: Mapped[str] = mapped_column(String(40), index=True)
+    container: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

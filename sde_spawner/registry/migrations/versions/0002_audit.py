@@ -8,9 +8,8 @@ The trigger SQL is a frozen copy of sde_spawner/audit/models.py at the time of w
 database and a ``create_all`` database reject the same writes.
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = "0002"
 down_revision = "0001"

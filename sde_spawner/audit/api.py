@@ -1,0 +1,182 @@
+"""Audit ingestion from workspaces: ``POST {prefix}api/audit/events``.
+
+The caller is identified by its token through the hub (see
+:mod:`sde_spawner.services.identity`); the actor and project of every event come from that,
+never from the body, and a body that tries to set them is refused. Only the activity kinds a
+workspace reports are accepted. A batch is all or nothing, in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+
+from tornado import web
+
+from sde_spawner import audit
+from sde_spawner.services.identity import WorkspaceIdentity, identify_workspace
+
+WORKSPACE_ACTIONS = frozenset(
+    {
+        "file.opened",
+        "file.saved",
+        "file.renamed",
+        "file.deleted",
+        "file.uploaded",
+        "terminal.opened",
+        "kernel.started",
+        "kernel.stopped",
+        "code.executed",
+        "download.blocked",
+        "export.refused",
+        "audit.lost",
+    }
+)
+MAX_BATCH = 500
+MAX_BODY = 2 * 1024 * 1024
+MAX_DETAILS = 64 * 1024
+
+
+class BadBatch(ValueError):
+    pass
+
+
+def validate_batch(body: dict) -> list[dict]:
+    """The events of a workspace batch, checked; ``BadBatch`` with the reason otherwise."""
+    if not isinstance(body, dict) or not isinstance(body.get("events"), list):
+        raise BadBatch("body must be a JSON object with a list 'events'")
+    events = body["events"]
+    if not 0 < len(events) <= MAX_BATCH:
+        raise BadBatch(f"a batch holds 1 to {MAX_BATCH} events")
+    out = []
+    for i, ev in enumerate(events):
+        if not isinstance(ev, dict):
+            raise BadBatch(f"event {i} is not an object")
+        forged = {"actor", "project", "user", "seq", "hash", "prev_hash"} & set(ev)
+        if forged:
+            raise BadBatch(
+                f"event {i}: {', '.join(sorted(forged))} is set by the hub, not the caller"
+            )
+        unknown = set(ev) - {"action", "details", "outcome", "reason"}
+        if unknown:
+            raise BadBatch(f"event {i}: unknown field(s) {', '.join(sorted(unknown))}")
+        action = ev.get("action")
+        if action not in WORKSPACE_ACTIONS:
+            raise BadBatch(f"event {i}: action {str(action)[:60]!r} is not a workspace activity")
+        outcome = ev.get("outcome", "allowed")
+        if outcome not in ("allowed", "denied", "error"):
+            raise BadBatch(f"event {i}: outcome must be allowed, denied or error")
+        details = ev.get("details") or {}
+        if not isinstance(details, dict):
+            raise BadBatch(f"event {i}: details must be an object")
+        text = json.dumps(details, sort_keys=True)
+        if len(text) > MAX_DETAILS:
+            details = {
+                "truncated": True,
+                "sha256": hashlib.sha256(text.encode()).hexdigest(),
+                "head": text[:4096],
+            }
+        reason = ev.get("reason")
+        out.append(
+            {
+                "action": action,
+                "outcome": outcome,
+                "details": details,
+                "reason": str(reason)[:500] if reason is not None else None,
+            }
+        )
+    return out
+
+
+class AuditEventsHandler(web.RequestHandler):
+    """Workspaces post their activity here with their own server token."""
+
+    def check_xsrf_cookie(self):  # token-authenticated API, no cookies
+        return
+
+    async def _identify(self) -> WorkspaceIdentity:
+        auth = self.request.headers.get("Authorization", "")
+        token = auth[6:].strip() if auth.lower().startswith("token ") else ""
+        if not token:
+            raise web.HTTPError(401, "a workspace token is required")
+        hub_auth = self.settings["hub_auth"]
+        whoami = self._whoami = await hub_auth.user_for_token(token, sync=False)
+        Session = self.settings["sessionmaker"]
+
+        def lookup():
+            with Session() as s:
+                return identify_workspace(s, whoami)
+
+        ident = await asyncio.to_thread(lookup)
+        if ident is None:
+            raise web.HTTPError(403, "only a running workspace's own token may report activity")
+        return ident
+
+    async def post(self):
+        self._whoami = None
+        try:
+            if len(self.request.body) > MAX_BODY:
+                raise web.HTTPError(413, f"batch larger than {MAX_BODY} bytes")
+            ident = await self._identify()
+            try:
+                events = validate_batch(json.loads(self.request.body or b"null"))
+            except (ValueError, BadBatch) as exc:
+                raise web.HTTPError(400, str(exc)) from None
+        except web.HTTPError as exc:
+            await self._record_refusal(exc)
+            raise
+        Session = self.settings["sessionmaker"]
+
+        def write():
+            with Session() as s, s.begin():
+                audit.append_many(
+                    s,
+                    [
+                        {
+                            **ev,
+                            "actor": ident.username,
+                            "project": ident.project,
+                            "details": {
+                                **ev["details"],
+                                "source": "workspace",
+                                "server": ident.server_name,
+                            },
+                        }
+                        for ev in events
+                    ],
+                )
+
+        await asyncio.to_thread(write)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"accepted": len(events)}))
+
+    async def _record_refusal(self, exc: web.HTTPError) -> None:
+        """A refused report is itself a denied action: audit it, naming the token's owner."""
+        who = (self._whoami or {}).get("name") or "(unidentified)"
+        Session = self.settings["sessionmaker"]
+
+        def write():
+            with Session() as s, s.begin():
+                audit.append(
+                    s,
+                    "audit.ingest.refused",
+                    actor=str(who)[:64],
+                    outcome="denied",
+                    reason=exc.log_message,
+                    details={"status": exc.status_code, "remote": self.request.remote_ip},
+                )
+
+        await asyncio.to_thread(write)
+
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None))[1]
+        message = getattr(exc, "log_message", None) or self._reason
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": status_code, "message": message}))
+
+
+def routes(prefix: str) -> list[tuple]:
+    from jupyterhub.utils import url_path_join
+
+    return [(url_path_join(prefix, "api/audit/events"), AuditEventsHandler)]

@@ -1,0 +1,1 @@
+"""The hub-side JupyterHub service ``sde``: output checking pages and APIs, audit ingestion."""

@@ -1,0 +1,77 @@
+"""The ``sde`` JupyterHub service: one tornado app for the output-checking pages and APIs and
+the audit-ingestion API, reached by people through the proxy and by workspaces directly
+through the one extra port the host firewall opens for them.
+
+Run by JupyterHub as a managed service (``python -m sde_spawner.services``); settings come
+from the environment JupyterHub sets (``JUPYTERHUB_*``) and ``SDE_*``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
+from jupyterhub.utils import url_path_join
+from tornado import web
+
+from sde_spawner.db import DEFAULT_DB_URL, make_engine, make_sessionmaker
+
+
+@dataclass
+class ServiceSettings:
+    prefix: str
+    bind_ip: str
+    port: int
+    db_url: str
+    state_dir: str
+
+    @classmethod
+    def from_env(cls) -> ServiceSettings:
+        prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/sde/")
+        url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:9100"))
+        return cls(
+            prefix=prefix if prefix.endswith("/") else prefix + "/",
+            bind_ip=os.environ.get("SDE_SERVICE_BIND_IP", url.hostname or "127.0.0.1"),
+            port=url.port or 9100,
+            db_url=os.environ.get("SDE_DB_URL", DEFAULT_DB_URL),
+            state_dir=os.environ.get("SDE_STATE_DIR", "var"),
+        )
+
+
+class HealthHandler(web.RequestHandler):
+    def get(self):
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"service": "sde", "ok": True}))
+
+
+def make_app(settings: ServiceSettings, *, hub_auth: HubOAuth | None = None) -> web.Application:
+    from sde_spawner.audit import api as audit_api
+
+    hub_auth = hub_auth or HubOAuth(
+        api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""), cache_max_age=60
+    )
+    sessionmaker = make_sessionmaker(make_engine(settings.db_url))
+    p = settings.prefix
+    routes = [
+        (url_path_join(p, "api/health"), HealthHandler),
+        (url_path_join(p, "oauth_callback"), HubOAuthCallbackHandler),
+        *audit_api.routes(p),
+    ]
+    try:
+        from sde_spawner.checking import handlers as checking
+    except ImportError:  # the checking package is optional until it lands
+        checking = None
+    if checking is not None:
+        routes += checking.routes(p)
+    return web.Application(
+        routes,
+        hub_auth=hub_auth,
+        sessionmaker=sessionmaker,
+        sde=settings,
+        cookie_secret=os.urandom(32),
+        xsrf_cookies=False,
+        template_path=os.path.join(os.path.dirname(__file__), "..", "checking", "templates"),
+    )

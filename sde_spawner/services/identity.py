@@ -1,0 +1,77 @@
+"""Who is calling: a workspace (its server token) or a person (their browser login).
+
+A workspace's ``$JUPYTERHUB_API_TOKEN`` carries exactly one server-access scope,
+``access:servers!server=USER/SERVER``; the hub's whoami answer for it is the only thing we
+trust. (USER, SERVER) is then looked up in the ``workspace`` table the spawner keeps, which
+names the project. The actor is therefore always stamped hub side, never read from a body.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from sde_spawner.registry.models import Workspace
+
+_SERVER_SCOPE = re.compile(r"^access:servers!server=([^/]+)/(.*)$")
+
+
+def _server_token_scopes(user: str, server: str) -> frozenset[str]:
+    """Everything a workspace's server token may hold (JupyterHub's `server` role, expanded).
+
+    A token with any other scope is a person's own token (or a service's), not a workspace's.
+    """
+    return frozenset(
+        {
+            f"access:servers!server={user}/{server}",
+            f"users:activity!user={user}",
+            f"read:users:activity!user={user}",
+            f"read:users:groups!user={user}",
+            f"read:users:name!user={user}",
+        }
+    )
+
+
+@dataclass(frozen=True)
+class WorkspaceIdentity:
+    username: str
+    server_name: str
+    project: str
+    workspace_id: int
+
+
+def server_of_scopes(scopes: list[str]) -> tuple[str, str] | None:
+    """(user, server) when the scopes are those of a server token, else None."""
+    servers = [m.groups() for s in scopes if (m := _SERVER_SCOPE.match(s))]
+    if len(servers) != 1 or not set(scopes) <= _server_token_scopes(*servers[0]):
+        return None
+    return servers[0]
+
+
+def workspace_for(session: Session, username: str, server_name: str) -> WorkspaceIdentity | None:
+    """The open workspace of (user, server), if the spawner recorded one."""
+    ws = session.scalar(
+        select(Workspace)
+        .where(
+            Workspace.username == username,
+            Workspace.server_name == server_name,
+            Workspace.stopped_at.is_(None),
+        )
+        .order_by(Workspace.id.desc())
+    )
+    if ws is None:
+        return None
+    return WorkspaceIdentity(ws.username, ws.server_name, ws.project_slug, ws.id)
+
+
+def identify_workspace(session: Session, whoami: dict | None) -> WorkspaceIdentity | None:
+    """Turn the hub's whoami model of a token into a workspace identity, or None."""
+    if not whoami or str(whoami.get("kind", "user")).lower() != "user":
+        return None
+    pair = server_of_scopes(list(whoami.get("scopes") or []))
+    if pair is None or pair[0] != whoami.get("name"):
+        return None
+    return workspace_for(session, *pair)

@@ -1,0 +1,40 @@
+"""Which tokens count as a workspace's own: exactly a server token's scopes, nothing more."""
+
+import pytest
+
+from sde_spawner.services.identity import server_of_scopes
+
+SERVER = [
+    "access:servers!server=alice/proj-a",
+    "read:users:activity!user=alice",
+    "read:users:groups!user=alice",
+    "read:users:name!user=alice",
+    "users:activity!user=alice",
+]
+
+
+def test_server_token_is_recognised():
+    assert server_of_scopes(SERVER) == ("alice", "proj-a")
+    assert server_of_scopes(["access:servers!server=alice/"]) == ("alice", "")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "servers!user=alice",
+        "tokens!user=alice",
+        "access:servers!user=alice",
+        "read:users!user=alice",
+        "admin:users",
+        "access:servers!server=alice/other",
+        "users:activity!user=bob",
+        "access:services!service=sde",
+    ],
+)
+def test_anything_broader_is_a_personal_token(extra):
+    assert server_of_scopes([*SERVER, extra]) is None
+
+
+def test_other_users_server_scope_does_not_match_their_activity_scopes():
+    assert server_of_scopes(["access:servers!server=bob/p", "users:activity!user=alice"]) is None
+    assert server_of_scopes([]) is None
