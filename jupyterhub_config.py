@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from sde_spawner.db import upgrade
+from sde_spawner.hub_events import make_log_function
 
 c = get_config()  # noqa: F821 - provided by JupyterHub
 
@@ -25,9 +26,7 @@ c.JupyterHub.bind_url = os.environ.get("SDE_PUBLIC_BIND", "http://127.0.0.1:8000
 # Workspaces reach the hub API through their own network's gateway; the host firewall
 # (sde_spawner.firewall) lets workspace networks reach this port and nothing else.
 c.JupyterHub.hub_bind_url = f"http://0.0.0.0:{os.environ.get('SDE_HUB_PORT', '8081')}"
-c.ConfigurableHTTPProxy.api_url = (
-    f"http://127.0.0.1:{os.environ.get('SDE_PROXY_API_PORT', '8001')}"
-)
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{os.environ.get('SDE_PROXY_API_PORT', '8001')}"
 c.JupyterHub.db_url = f"sqlite:///{state}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
 c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
@@ -67,6 +66,9 @@ c.JupyterHub.load_roles = [
     {"name": "sde-service", "services": ["sde"], "scopes": ["read:users", "list:users"]},
 ]
 c.SDESpawner.service_port = service_port
+
+# Token creation, spawn/stop requests, admin API calls and logouts go to the audit trail.
+c.JupyterHub.tornado_settings = {"log_function": make_log_function(db_url)}
 
 c.JupyterHub.authenticator_class = "sde_spawner.auth.DemoAuthenticator"
 c.DemoAuthenticator.registry_url = db_url

@@ -13,12 +13,13 @@ from jupyterhub.auth import Authenticator
 from traitlets import Unicode
 
 from sde_spawner import audit
+from sde_spawner.hub_events import AuditedLogoutMixin
 from sde_spawner.registry.models import PersonStatus
 from sde_spawner.registry.store import get_person
 from sde_spawner.spawner import _sessionmaker
 
 
-class DemoAuthenticator(Authenticator):
+class DemoAuthenticator(AuditedLogoutMixin, Authenticator):
     """Accepts registered, active people with the shared demo password."""
 
     registry_url = Unicode(help="SQLAlchemy URL of the registry.").tag(config=True)
