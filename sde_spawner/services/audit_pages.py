@@ -1,0 +1,162 @@
+"""The audit side of the ``sde`` service: periodic signed checkpoints and the admin page.
+
+Checkpoints: every ``SDE_AUDIT_CHECKPOINT_SECONDS`` (default 300) the service signs the
+chain's head (HMAC-SHA256, key file created 0600 on first use) into the ``audit_checkpoint``
+table and an append-only JSON Lines file beside it, so a truncated tail is detected.
+
+Admin page ``{prefix}audit/``: hub admins only (``SDE_AUDIT_ADMINS``); filters by person,
+project, action and time; shows the verify result and offers the JSON Lines export.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import secrets
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlencode
+
+from jupyterhub.services.auth import HubOAuthenticated
+from jupyterhub.utils import url_path_join
+from tornado import template, web
+
+from sde_spawner import audit
+
+log = logging.getLogger(__name__)
+_LOADER = template.Loader(os.path.join(os.path.dirname(__file__), "templates"))
+
+
+def audit_paths(state_dir: str) -> tuple[Path, Path]:
+    base = Path(os.environ.get("SDE_AUDIT_DIR", os.path.join(state_dir, "audit")))
+    key = Path(os.environ.get("SDE_AUDIT_KEY_FILE", base / "checkpoint.key"))
+    file = Path(os.environ.get("SDE_AUDIT_CHECKPOINT_FILE", base / "checkpoints.jsonl"))
+    return key, file
+
+
+def ensure_key(path: Path) -> bytes:
+    """The checkpoint key, created (random, 0600) if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return audit.load_key_file(path)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
+    return audit.load_key_file(path)
+
+
+def write_checkpoint(sessionmaker, key: bytes, file: Path):
+    with sessionmaker() as s, s.begin():
+        return audit.checkpoint(s, key, file=file)
+
+
+async def checkpoint_loop(sessionmaker, state_dir: str) -> None:
+    interval = float(os.environ.get("SDE_AUDIT_CHECKPOINT_SECONDS", "300"))
+    key_path, file = audit_paths(state_dir)
+    key = ensure_key(key_path)
+    while True:
+        try:
+            cp = await asyncio.to_thread(write_checkpoint, sessionmaker, key, file)
+            log.info("audit checkpoint at seq %s", cp.seq)
+        except Exception:
+            log.exception("audit checkpoint failed")
+        await asyncio.sleep(interval)
+
+
+FILTER_ARGS = ("person", "project", "action", "since", "until")
+
+
+def _admins() -> set[str]:
+    return {a.strip() for a in os.environ.get("SDE_AUDIT_ADMINS", "admin").split(",") if a.strip()}
+
+
+def _time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise web.HTTPError(400, f"not a date/time: {value[:40]!r}") from None
+
+
+class AuditPageHandler(HubOAuthenticated, web.RequestHandler):
+    """The audit trail for hub admins: filters, verify status, JSON Lines export."""
+
+    def _filters(self) -> dict:
+        return {
+            "actor": self.get_argument("person", None) or None,
+            "project": self.get_argument("project", None) or None,
+            "action": self.get_argument("action", None) or None,
+            "since": _time(self.get_argument("since", None)),
+            "until": _time(self.get_argument("until", None)),
+        }
+
+    async def _admin_only(self, user: dict) -> None:
+        if user["name"] in _admins():
+            return
+        Session = self.settings["sessionmaker"]
+
+        def deny():
+            with Session() as s, s.begin():
+                audit.append(
+                    s,
+                    "audit.page.refused",
+                    actor=user["name"],
+                    outcome="denied",
+                    reason="not an audit administrator",
+                )
+
+        await asyncio.to_thread(deny)
+        raise web.HTTPError(403, "the audit trail is for administrators only")
+
+    @web.authenticated
+    async def get(self, export: str = ""):
+        user = self.current_user
+        await self._admin_only(user)
+        filters = self._filters()
+        Session = self.settings["sessionmaker"]
+        key_path, file = audit_paths(self.settings["sde"].state_dir)
+        if export:
+            buf = io.StringIO()
+
+            def dump():
+                with Session() as s:
+                    audit.export_jsonl(s, buf, **filters)
+
+            await asyncio.to_thread(dump)
+            self.set_header("Content-Type", "application/x-ndjson")
+            self.set_header("Content-Disposition", 'attachment; filename="audit.jsonl"')
+            self.finish(buf.getvalue())
+            return
+
+        def read():
+            with Session() as s:
+                rows = audit.query(s, **filters, limit=500)
+                key = audit.load_key_file(key_path) if key_path.exists() else None
+                result = audit.verify(
+                    s, checkpoint_key=key, checkpoint_file=file if file.exists() else None
+                )
+                return rows, result
+
+        rows, result = await asyncio.to_thread(read)
+        export_query = urlencode(
+            {k: self.get_argument(k) for k in FILTER_ARGS if self.get_argument(k, "")}
+        )
+        html = _LOADER.load("audit.html").generate(
+            rows=rows,
+            result=result,
+            export_query=export_query,
+            user=user,
+            prefix=self.settings["sde"].prefix,
+            get=self.get_argument,
+        )
+        self.set_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.finish(html)
+
+
+def routes(prefix: str) -> list[tuple]:
+    return [(url_path_join(prefix, r"audit/(export\.jsonl)?"), AuditPageHandler)]
