@@ -181,6 +181,34 @@ def test_outside_host_is_unreachable_from_the_workspace(alice_ws, outside_host):
     assert outside_host.hits()[before:] == []
 
 
+def test_internal_network_alone_blocks_the_outside(
+    hub, alice_ws, docker_client, notebook_image, outside_host
+):
+    """Layer by layer: a box on the workspace's network that keeps its default route (the
+    spawner only drops it in workspaces) still cannot get out, because the network is
+    internal. Removing `internal` from the network spec turns this red."""
+    net = workspace_names("alice", PROJECT, hub.prefix).network
+    assert docker_client.networks.get(net).attrs["Internal"] is True
+    box = docker_client.containers.run(
+        notebook_image,
+        ["sleep", "120"],
+        name=f"sdetest-layer-{uuid.uuid4().hex[:6]}",
+        network=net,
+        detach=True,
+        user="1000:1000",
+    )
+    try:
+        before = len(outside_host.hits())
+        out = probe(
+            box, tcp=["tcp", outside_host.ip, outside_host.tcp_port], route=["default_route"]
+        )
+        assert out["route"] is True, out  # the route exists, and still nothing gets through
+        assert not out["tcp"].startswith("open"), out
+        assert outside_host.hits()[before:] == []
+    finally:
+        box.remove(force=True)
+
+
 def test_control_outside_host_is_reachable_from_an_ordinary_bridge(open_bridge_box, outside_host):
     before = len(outside_host.hits())
     out = probe(
