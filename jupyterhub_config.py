@@ -55,6 +55,7 @@ c.JupyterHub.services = [
         "environment": {
             "SDE_DB_URL": db_url,
             "SDE_STATE_DIR": str(state),
+            "SDE_ENFORCE_SECONDS": os.environ.get("SDE_ENFORCE_SECONDS", "60"),
             "SDE_SERVICE_BIND_IP": "0.0.0.0",  # noqa: S104 - reached via workspace gateways
         },
         "oauth_no_confirm": True,
@@ -63,7 +64,8 @@ c.JupyterHub.services = [
 ]
 c.JupyterHub.load_roles = [
     {"name": "user", "scopes": ["self", "access:services!service=sde"]},
-    {"name": "sde-service", "services": ["sde"], "scopes": ["read:users", "list:users"]},
+    # servers: the lifecycle sweep stops workspaces whose eligibility lapsed.
+    {"name": "sde-service", "services": ["sde"], "scopes": ["read:users", "list:users", "servers"]},
 ]
 c.SDESpawner.service_port = service_port
 

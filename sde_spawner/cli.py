@@ -588,6 +588,49 @@ def firewall_show():
     click.echo("\n".join(rules) if rules else "no SDE firewall rules installed")
 
 
+# ---- lifecycle -------------------------------------------------------------------------------
+@main.command()
+@click.option(
+    "--hub-api",
+    envvar="JUPYTERHUB_API_URL",
+    default="http://127.0.0.1:8081/hub/api",
+    show_default=True,
+    help="The hub's REST API URL (env JUPYTERHUB_API_URL).",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="File holding a hub API token with the `servers` scope (default: env SDE_HUB_API_TOKEN).",
+)
+@click.option("--dry-run", is_flag=True, help="Only list what would be closed.")
+@click.pass_obj
+def enforce(obj: Ctx, hub_api, token_file, dry_run):
+    """Close running workspaces whose person, project or agreement is no longer in order."""
+    from sde_spawner import lifecycle
+
+    if dry_run:
+        with obj.sessionmaker() as s:
+            for c in lifecycle.plan_from_db(s):
+                click.echo(
+                    f"would close {c.username}/{c.server_name or '-'} ({c.project}): {c.reason}"
+                )
+        return
+    if token_file:
+        with open(token_file) as fh:
+            token = fh.read().strip()
+    else:
+        token = os.environ.get("SDE_HUB_API_TOKEN", "")
+    if not token:
+        raise click.ClickException("a hub API token is needed: --token-file or SDE_HUB_API_TOKEN")
+    results = lifecycle.enforce(obj.sessionmaker, hub_api, token, actor=actor())
+    for r in results:
+        click.echo(f"closed {r['user']} on {r['project']} (HTTP {r['status']}): {r['reason']}")
+    if not results:
+        click.echo("nothing to close")
+    if any(r["status"] not in (202, 204, 404) for r in results):
+        raise SystemExit(1)
+
+
 # ---- demo ------------------------------------------------------------------------------------
 @main.command("demo-seed")
 @click.argument("data_dir", type=click.Path(file_okay=False))

@@ -70,6 +70,8 @@ class Hub:
             SDE_PROXY_API_PORT=str(self.proxy_api_port),
             SDE_OBJECT_PREFIX=self.prefix,
             SDE_DEMO_PASSWORD="demo",
+            SDE_ENFORCE_SECONDS="2",
+            SDE_AUDIT_CHECKPOINT_SECONDS="5",
         )
         return env
 

@@ -2,11 +2,30 @@
 
 import asyncio
 import contextlib
+import logging
+import os
 
 from tornado.log import enable_pretty_logging
 
+from sde_spawner import lifecycle
 from sde_spawner.services.app import ServiceSettings, make_app
 from sde_spawner.services.audit_pages import checkpoint_loop
+
+
+async def enforce_loop(sessionmaker) -> None:
+    """Close workspaces that lost their eligibility, every SDE_ENFORCE_SECONDS."""
+    interval = float(os.environ.get("SDE_ENFORCE_SECONDS", "60"))
+    hub_api = os.environ["JUPYTERHUB_API_URL"]
+    token = os.environ["JUPYTERHUB_API_TOKEN"]
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            for r in await asyncio.to_thread(
+                lifecycle.enforce, sessionmaker, hub_api, token, "lifecycle"
+            ):
+                logging.getLogger("sde.lifecycle").warning("closed %s", r)
+        except Exception:
+            logging.getLogger("sde.lifecycle").exception("lifecycle sweep failed")
 
 
 async def main() -> None:
@@ -14,7 +33,10 @@ async def main() -> None:
     settings = ServiceSettings.from_env()
     app = make_app(settings)
     app.listen(settings.port, address=settings.bind_ip, xheaders=False)
-    await checkpoint_loop(app.settings["sessionmaker"], settings.state_dir)
+    await asyncio.gather(
+        checkpoint_loop(app.settings["sessionmaker"], settings.state_dir),
+        enforce_loop(app.settings["sessionmaker"]),
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,39 @@
+"""Suspension takes effect on its own: a running workspace closes, with the reason audited."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support import User, wait_for
+
+pytestmark = pytest.mark.docker
+
+PROJECT = "diabetes-outcomes"
+
+
+def test_suspending_a_person_closes_their_running_workspace(hub):
+    for args in (
+        ["person", "add", "frank", "--training-expires", "2030-01-01"],
+        ["member", "add", PROJECT, "frank", "--role", "researcher"],
+        ["grant", "add", PROJECT, "frank", "patients", "--columns", "pseudo_id,age"],
+    ):
+        res = hub.admin(*args)
+        assert res.returncode == 0, res.stderr
+    frank = User(hub, "frank")
+    assert frank.spawn_with_form(PROJECT, PROJECT).status_code == 302
+    frank.wait_ready(PROJECT)
+
+    dry = hub.admin("enforce", "--dry-run")
+    assert dry.returncode == 0 and "frank" not in dry.stdout
+    assert hub.admin("person", "suspend", "frank", "--reason", "DAC instruction").returncode == 0
+    dry = hub.admin("enforce", "--dry-run")
+    assert f"would close frank/{PROJECT} ({PROJECT}): your account is suspended" in dry.stdout
+
+    # the sde service's sweep closes it without anyone running a command
+    wait_for(lambda: frank.server(PROJECT) is None, 60, "the sweep to close frank's workspace")
+    ev = hub.events(action="workspace.closed")[-1]
+    assert ev["actor"] == "lifecycle" and ev["project"] == PROJECT
+    assert ev["reason"] == "your account is suspended"
+    assert ev["details"]["target"] == "frank"
+    r = frank.api("POST", f"/users/frank/servers/{PROJECT}", json={"project": PROJECT})
+    assert r.status_code == 403 and "your account is suspended" in r.json()["message"]
