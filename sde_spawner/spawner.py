@@ -589,7 +589,8 @@ def render_project_form(items: list[Eligibility], preselect: str = "") -> str:
     else:
         parts.append(
             '<p class="alert alert-warning" id="sde-no-projects">You have no project you can '
-            "work on at the moment.</p>"
+            "work on at the moment. The reasons are listed below; your project lead or the data "
+            "access team can put them right.</p>"
         )
     if refused:
         parts.append('<p>Not available:</p><ul class="sde-refused">')

@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sde_spawner.audit import store
 from sde_spawner.audit.canonical import format_timestamp
+from sde_spawner.audit.paths import audit_paths
 from sde_spawner.db import DEFAULT_DB_URL, make_engine, make_sessionmaker
 
 
@@ -128,7 +129,21 @@ def _filter_options(func):
 )
 @click.pass_context
 def audit_group(ctx: click.Context, db_url: str, key_file, checkpoint_file) -> None:
-    """The tamper-evident audit trail: verify, export, query, checkpoint."""
+    """The tamper-evident audit trail: verify, export, query, checkpoint.
+
+    Without --key-file/--checkpoint-file, the service's own files under
+    $SDE_STATE_DIR/audit/ are used when they exist.
+    """
+    parent = ctx.parent.obj if ctx.parent is not None else None
+    if ctx.get_parameter_source("db_url") == click.core.ParameterSource.DEFAULT and getattr(
+        parent, "db_url", None
+    ):
+        db_url = parent.db_url  # `sde-admin --db URL audit ...`
+    default_key, default_file = audit_paths()
+    if key_file is None and default_key.exists():
+        key_file = str(default_key)
+    if checkpoint_file is None and default_file.exists():
+        checkpoint_file = str(default_file)
     obj = _Context(db_url, key_file, checkpoint_file)
     ctx.obj = obj
     ctx.call_on_close(obj.close)

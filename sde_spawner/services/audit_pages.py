@@ -24,16 +24,10 @@ from jupyterhub.utils import url_path_join
 from tornado import template, web
 
 from sde_spawner import audit
+from sde_spawner.audit.paths import audit_paths
 
 log = logging.getLogger(__name__)
 _LOADER = template.Loader(os.path.join(os.path.dirname(__file__), "templates"))
-
-
-def audit_paths(state_dir: str) -> tuple[Path, Path]:
-    base = Path(os.environ.get("SDE_AUDIT_DIR", os.path.join(state_dir, "audit")))
-    key = Path(os.environ.get("SDE_AUDIT_KEY_FILE", base / "checkpoint.key"))
-    file = Path(os.environ.get("SDE_AUDIT_CHECKPOINT_FILE", base / "checkpoints.jsonl"))
-    return key, file
 
 
 def ensure_key(path: Path) -> bytes:

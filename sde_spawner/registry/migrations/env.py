@@ -2,6 +2,7 @@
 
 from alembic import context
 
+from sde_spawner.audit import models as _audit_models  # noqa: F401  (registers tables)
 from sde_spawner.db import Base, make_engine
 from sde_spawner.registry import models  # noqa: F401  (registers tables on Base.metadata)
 
