@@ -106,13 +106,20 @@ def revoke(tcp_port: int) -> list[list[str]]:
     return _write([p for p in allowed_ports() if p != tcp_port])
 
 
-def remove() -> None:
-    """Take the chain out entirely (used by tests that prove the rules matter)."""
-    while _iptables("-C", "INPUT", "-j", CHAIN, check=False).returncode == 0:
-        _iptables("-D", "INPUT", "-j", CHAIN)
-    if _iptables("-n", "-L", CHAIN, check=False).returncode == 0:
-        _iptables("-F", CHAIN)
-        _iptables("-X", CHAIN)
+def remove(attempts: int = 5) -> None:
+    """Take the chain out entirely (used by tests that prove the rules matter).
+
+    Another hub on the host may re-insert the jump meanwhile; try again a few times.
+    """
+    for _ in range(attempts):
+        while _iptables("-C", "INPUT", "-j", CHAIN, check=False).returncode == 0:
+            _iptables("-D", "INPUT", "-j", CHAIN, check=False)
+        if _iptables("-n", "-L", CHAIN, check=False).returncode != 0:
+            return
+        _iptables("-F", CHAIN, check=False)
+        if _iptables("-X", CHAIN, check=False).returncode == 0:
+            return
+    raise FirewallError(f"could not remove chain {CHAIN}: it is still referenced")
 
 
 def installed_rules() -> list[str]:

@@ -62,6 +62,7 @@ def hub(tmp_path_factory, docker_client, notebook_image):
     h.stop()
     remove_prefixed(docker_client, prefix)
     firewall.revoke(h.hub_port)
+    firewall.revoke(h.service_port)
 
 
 @pytest.fixture(scope="session")

@@ -53,6 +53,7 @@ class Hub:
         self.port = free_port()
         self.hub_port = free_port()
         self.proxy_api_port = free_port()
+        self.service_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.db_url = f"sqlite:///{state_dir}/registry.sqlite"
         self.data_dir = state_dir / "data"
@@ -68,6 +69,7 @@ class Hub:
             SDE_PUBLIC_BIND=self.url,
             SDE_HUB_PORT=str(self.hub_port),
             SDE_PROXY_API_PORT=str(self.proxy_api_port),
+            SDE_SERVICE_PORT=str(self.service_port),
             SDE_OBJECT_PREFIX=self.prefix,
             SDE_DEMO_PASSWORD="demo",
             SDE_ENFORCE_SECONDS="2",
@@ -98,6 +100,12 @@ class Hub:
             stderr=subprocess.STDOUT,
         )
         wait_for(self._up, 60, "the hub to answer")
+        wait_for(
+            lambda: requests.get(f"{self.url}/services/sde/api/health", timeout=2).status_code
+            == 200,
+            60,
+            "the sde service to answer",
+        )
 
     def _up(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
@@ -150,7 +158,11 @@ class User:
 
     @property
     def xsrf(self) -> str:
-        return self.s.cookies.get("_xsrf", "")
+        """The hub's xsrf cookie (workspaces and services set their own, on other paths)."""
+        for cookie in self.s.cookies:
+            if cookie.name == "_xsrf" and cookie.path.startswith("/hub"):
+                return cookie.value
+        return ""
 
     @property
     def token(self) -> str:
@@ -195,6 +207,19 @@ class User:
             return info if info["ready"] else None
 
         return wait_for(ready, timeout, f"{self.name}/{server} to be ready", interval=0.5)
+
+    def ensure_running(self, server: str) -> None:
+        """Start the project's server from the form unless it is already up."""
+        info = self.server(server)
+        if not (info and info["ready"]):
+            r = self.spawn_with_form(server, server)
+            assert r.status_code == 302, r.text[-1500:]
+            self.wait_ready(server)
+
+    def ensure_stopped(self, server: str) -> None:
+        """Start from a stopped server, whatever earlier tests left running."""
+        if self.server(server) is not None:
+            self.stop(server)
 
     def stop(self, server: str) -> None:
         r = self.api("DELETE", f"/users/{self.name}/servers/{server}")

@@ -30,11 +30,7 @@ except urllib.error.HTTPError as e:
 
 @pytest.fixture(scope="module")
 def alice_ws(hub, docker_client):
-    alice = User(hub, "alice")
-    info = alice.server(PROJECT)
-    if not (info and info["ready"]):
-        assert alice.spawn_with_form(PROJECT, PROJECT).status_code == 302
-        alice.wait_ready(PROJECT)
+    User(hub, "alice").ensure_running(PROJECT)
     return docker_client.containers.get(workspace_names("alice", PROJECT, hub.prefix).container)
 
 

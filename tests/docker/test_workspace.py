@@ -38,6 +38,7 @@ def run_py(container, code: str) -> tuple[int, str]:
 def alice(hub):
     u = User(hub, "alice")
     assert u.logged_in, hub.log_tail()
+    u.ensure_stopped(PROJECT)
     return u
 
 
@@ -146,6 +147,7 @@ def test_data_holds_only_the_granted_columns_and_rows(hub, alice_ws, docker_clie
     assert out.strip() == "['MANIFEST.json', 'patients.csv', 'patients.parquet']"
 
     bob = User(hub, "bob")
+    bob.ensure_stopped(PROJECT)
     assert bob.spawn_with_form(PROJECT, PROJECT).status_code == 302
     bob.wait_ready(PROJECT)
     bob_ws = docker_client.containers.get(names(hub, "bob").container)

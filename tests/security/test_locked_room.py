@@ -82,11 +82,7 @@ def probe(container, **ops) -> dict:
 
 
 def ensure_running(hub, user: User, docker_client):
-    info = user.server(PROJECT)
-    if not (info and info["ready"]):
-        r = user.spawn_with_form(PROJECT, PROJECT)
-        assert r.status_code == 302, r.text[-1500:]
-        user.wait_ready(PROJECT)
+    user.ensure_running(PROJECT)
     return docker_client.containers.get(workspace_names(user.name, PROJECT, hub.prefix).container)
 
 
