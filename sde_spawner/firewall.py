@@ -10,6 +10,8 @@ the allowed ports (the hub API), everything else is rejected.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import re
 import shutil
 import subprocess
@@ -95,15 +97,31 @@ def _write(ports: list[int]) -> list[list[str]]:
     return rules(ports)
 
 
+LOCK_FILE = "/run/sde-firewall.lock"
+
+
+@contextlib.contextmanager
+def _host_lock():
+    """Serialise read-modify-write of the chain between hubs sharing the host."""
+    with open(LOCK_FILE, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def apply(allowed_tcp_ports: list[int]) -> list[list[str]]:
     """Install the SDE chain allowing these ports too (several hubs may share a host), and
     jump to it first from INPUT. Idempotent; the chain is replaced in one atomic commit."""
-    return _write(sorted(set(allowed_ports()) | set(allowed_tcp_ports)))
+    with _host_lock():
+        return _write(sorted(set(allowed_ports()) | set(allowed_tcp_ports)))
 
 
 def revoke(tcp_port: int) -> list[list[str]]:
     """Stop allowing one port (the chain and its REJECT rules stay)."""
-    return _write([p for p in allowed_ports() if p != tcp_port])
+    with _host_lock():
+        return _write([p for p in allowed_ports() if p != tcp_port])
 
 
 def remove(attempts: int = 5) -> None:

@@ -260,7 +260,7 @@ STEPS = [
     "Preparing your data",
     "Isolating your workspace network",
     "Starting your workspace",
-    "Workspace started; connecting",
+    "Waiting for JupyterLab",
 ]
 
 
@@ -316,6 +316,7 @@ def test_stop_removes_container_and_network_and_keeps_home(hub, alice, alice_ws,
         messages = progress_messages(alice, PROJECT)
         assert posted.result().status_code in (201, 202), posted.result().text
     assert [m for m in messages if m in STEPS] == STEPS, messages
+    assert messages[-1].startswith("Server ready at"), messages
     alice.wait_ready(PROJECT)
     again = docker_client.containers.get(n.container)
     code, out = run_py(again, "print(open('/home/researcher/notes.txt').read())")
