@@ -6,6 +6,9 @@ SDE_EXTRACTS_DIR, SDE_WORKSPACE_IMAGE, SDE_PUBLIC_BIND (default http://127.0.0.1
 SDE_HUB_PORT (hub API port workspaces reach through their gateway, default 8081),
 SDE_PROXY_API_PORT (default 8001, loopback only), SDE_SERVICE_PORT (the sde service, 9100),
 SDE_OBJECT_PREFIX (Docker object names and labels, default sde), SDE_DEMO_PASSWORD.
+Read by the sde service itself: SDE_EXPORT_MAX_FILE_BYTES (250 MiB), SDE_CHECKING_PREVIEW_ROWS
+(1000), SDE_CHECKING_PAGE_NETWORKS (addresses people's pages are served to: the proxy's,
+default 127.0.0.0/8,::1/128), SDE_ENFORCE_SECONDS, SDE_AUDIT_CHECKPOINT_SECONDS.
 """
 
 import os

@@ -1,4 +1,15 @@
-"""Container side of the TRE: a Jupyter server extension (export requests, blocked downloads)."""
+"""Container side of the TRE: a Jupyter server extension for the researcher's workspace.
+
+* export requests: files are confined to home, snapshotted with their SHA-256 and submitted to
+  the hub-side output-checking service (:mod:`.exports`, :mod:`.files`, :mod:`.service`);
+* the server's download channels are closed (:mod:`.blocking`);
+* activity (files, kernels, executed code, terminals, blocked attempts) is shipped to the
+  hub-side audit log (:mod:`.activity`, :mod:`.audit`);
+* ``python -m egress_extension.cli`` is the command line (``sde-export``).
+
+The application class lives in :mod:`.app`; it is imported lazily so that the command line
+does not pay for importing jupyter_server.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +18,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 
-def _jupyter_server_extension_points() -> list[dict[str, str]]:
-    """Tell jupyter_server which module holds the extension (found via the shipped config)."""
-    return [{"module": "egress_extension"}]
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    """Tell jupyter_server which application implements the extension."""
+    from egress_extension.app import EgressApp
 
-
-def _load_jupyter_server_extension(serverapp: Any) -> None:
-    """Register the extension's handlers on the running server's tornado application."""
-    # Imported here so that `import egress_extension` (e.g. for __version__) needs no
-    # jupyter_server: the hub side installs this package too.
-    from egress_extension.handlers import handlers
-
-    base_url = serverapp.web_app.settings["base_url"]
-    serverapp.web_app.add_handlers(".*$", handlers(base_url))
-    serverapp.log.info("egress_extension %s loaded", __version__)
+    return [{"module": "egress_extension", "app": EgressApp}]

@@ -1,32 +1,215 @@
 """HTTP handlers of the egress extension, mounted under ``<base_url>egress/``.
 
-For now only ``GET <base_url>egress/api/status``: an authenticated probe that says the
-extension is loaded and which version runs. Export requests and download blocking are added
-by later work; every handler here must stay behind jupyter_server's authentication.
+* ``GET  egress/api/status`` — the extension, its version, how activity shipping is doing.
+* ``GET  egress/api/requests`` — the researcher's own export requests (from the service).
+* ``POST egress/api/requests`` — ``{files: [{path, description}], justification}``: snapshot,
+  declare, upload and submit (:func:`egress_extension.exports.submit_export`).
+* ``POST egress/api/requests/<id>/versions`` — the same body, as a new version of a
+  *returned* request.
+* ``POST egress/api/requests/<id>/withdraw`` — withdraw a submitted request.
+* ``GET  egress/api/files`` — files under home, each with whether it may be exported and why.
+* ``GET  egress/`` — the export page (the same API, from a small script).
+
+Every handler is behind jupyter_server's authentication; cookie-authenticated writes need the
+``_xsrf`` token (the page sends it as ``X-XSRFToken``), token-authenticated ones (the command
+line) do not, as everywhere in jupyter_server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from jupyter_server.base.handlers import APIHandler
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 
 from egress_extension import __version__
+from egress_extension.exports import parse_request, submit_export
+from egress_extension.files import ExportRefused, human_size, list_candidates
+from egress_extension.service import ServiceError
+
+if TYPE_CHECKING:
+    from egress_extension.app import EgressApp
 
 EXTENSION_NAME = "egress_extension"
+TEMPLATES = Path(__file__).parent / "templates"
+_jinja = Environment(
+    loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html"])
+)
 
 
-class StatusHandler(APIHandler):
-    """``GET egress/api/status``: JSON naming the extension and its version."""
+class EgressAPIHandler(APIHandler):
+    """JSON handlers of the extension."""
+
+    @property
+    def egress(self) -> EgressApp:
+        return self.settings["egress_extension"]
+
+    def reply(self, obj: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(obj))
+
+    def service_or_503(self):
+        service = self.egress.service
+        if service is None:
+            self.reply(
+                {
+                    "message": "no export service is configured for this workspace "
+                    "(SDE_SERVICE_URL and JUPYTERHUB_API_TOKEN are unset)"
+                },
+                503,
+            )
+        return service
+
+    def service_failed(self, exc: ServiceError) -> None:
+        status = exc.status if 400 <= exc.status < 500 else 502
+        body: dict[str, Any] = {"message": exc.message}
+        if getattr(exc, "request", None) is not None:
+            body["request"] = exc.request  # type: ignore[attr-defined]
+        self.reply(body, status)
+
+    def refused(self, refused: ExportRefused) -> None:
+        self.egress.record(
+            "export.refused",
+            {"path": refused.path[:1024], "code": refused.code},
+            outcome="denied",
+            reason=refused.message,
+        )
+        self.egress.log.warning("export refused: %s", refused.message)
+        self.reply(
+            {"message": refused.message, "code": refused.code, "path": refused.path},
+            refused.status,
+        )
+
+
+class StatusHandler(EgressAPIHandler):
+    """``GET egress/api/status``: the extension and its version (a stable probe)."""
 
     @web.authenticated
     def get(self) -> None:
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"extension": EXTENSION_NAME, "version": __version__}))
+        self.reply({"extension": EXTENSION_NAME, "version": __version__})
 
 
-def handlers(base_url: str) -> list[tuple[str, type[web.RequestHandler]]]:
-    """The extension's (URL pattern, handler) pairs below the server's ``base_url``."""
-    return [(url_path_join(base_url, "egress", "api", "status"), StatusHandler)]
+class ActivityStatusHandler(EgressAPIHandler):
+    """``GET egress/api/activity``: is there an export service; how shipping is doing."""
+
+    @web.authenticated
+    def get(self) -> None:
+        self.reply(
+            {
+                "export_service": self.egress.service is not None,
+                "audit": self.egress.shipper.stats(),
+            }
+        )
+
+
+class RequestsHandler(EgressAPIHandler):
+    """``GET``: own requests; ``POST``: a new export request."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        service = self.service_or_503()
+        if service is None:
+            return
+        try:
+            self.reply(await service.list())
+        except ServiceError as exc:
+            self.service_failed(exc)
+
+    @web.authenticated
+    async def post(self, request_id: str | None = None) -> None:
+        resubmit = int(request_id) if request_id is not None else None
+        try:
+            files, justification = parse_request(
+                self.get_json_body(), max_files=self.egress.max_files
+            )
+            service = self.service_or_503()
+            if service is None:
+                return
+            result = await submit_export(
+                service,
+                self.egress.policy,
+                self.egress.snapshot_dir,
+                files,
+                justification,
+                resubmit=resubmit,
+            )
+        except ExportRefused as refused:
+            self.refused(refused)
+            return
+        except ServiceError as exc:
+            self.service_failed(exc)
+            return
+        self.egress.log.info(
+            "export request %s submitted: %s",
+            result["id"],
+            ", ".join(f"{f['path']} ({f['size']} bytes)" for f in result["files"]),
+        )
+        self.reply(result, 201)
+
+
+class WithdrawHandler(EgressAPIHandler):
+    @web.authenticated
+    async def post(self, request_id: str) -> None:
+        service = self.service_or_503()
+        if service is None:
+            return
+        try:
+            self.reply(await service.withdraw(int(request_id)))
+        except ServiceError as exc:
+            self.service_failed(exc)
+
+
+class FilesHandler(EgressAPIHandler):
+    """``GET egress/api/files``: candidates for export under home."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        policy = self.egress.policy
+        items = await asyncio.to_thread(list_candidates, policy, skip=[self.egress.snapshot_dir])
+        self.reply(
+            {
+                "files": items,
+                "allowed_suffixes": list(policy.allowed_suffixes),
+                "max_file_size": policy.max_file_size,
+            }
+        )
+
+
+class PageHandler(JupyterHandler):
+    """``GET egress/``: the export page."""
+
+    @web.authenticated
+    def get(self) -> None:
+        ext: EgressApp = self.settings["egress_extension"]
+        page = _jinja.get_template("egress.html").render(
+            api=url_path_join(self.base_url, "egress", "api") + "/",
+            lab_url=url_path_join(self.base_url, "lab"),
+            xsrf=self.xsrf_token.decode() if isinstance(self.xsrf_token, bytes) else "",
+            allowed=", ".join(ext.policy.allowed_suffixes),
+            max_size=human_size(ext.policy.max_file_size),
+            max_files=ext.max_files,
+            version=__version__,
+        )
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(page)
+
+
+def handlers() -> list[tuple[str, type[web.RequestHandler]]]:
+    """The extension's own (URL pattern below the base URL, handler) pairs."""
+    return [
+        (r"/egress/api/status", StatusHandler),
+        (r"/egress/api/activity", ActivityStatusHandler),
+        (r"/egress/api/requests", RequestsHandler),
+        (r"/egress/api/requests/(\d+)/versions", RequestsHandler),
+        (r"/egress/api/requests/(\d+)/withdraw", WithdrawHandler),
+        (r"/egress/api/files", FilesHandler),
+        (r"/egress/?", PageHandler),
+    ]

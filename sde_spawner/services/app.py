@@ -41,6 +41,15 @@ class ServiceSettings:
         )
 
 
+class OAuthCallbackHandler(HubOAuthCallbackHandler):
+    """Completes the OAuth login with the app's own ``hub_auth`` (where the login redirect
+    stored the OAuth state and PKCE verifier), not a separate ``HubOAuth.instance()``."""
+
+    @property
+    def hub_auth(self):
+        return self.settings["hub_auth"]
+
+
 class HealthHandler(web.RequestHandler):
     def get(self):
         self.set_header("Content-Type", "application/json")
@@ -58,7 +67,7 @@ def make_app(settings: ServiceSettings, *, hub_auth: HubOAuth | None = None) -> 
     p = settings.prefix
     routes = [
         (url_path_join(p, "api/health"), HealthHandler),
-        (url_path_join(p, "oauth_callback"), HubOAuthCallbackHandler),
+        (url_path_join(p, "oauth_callback"), OAuthCallbackHandler),
         *audit_api.routes(p),
         *audit_pages.routes(p),
     ]

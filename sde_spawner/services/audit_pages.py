@@ -79,6 +79,11 @@ def _time(value: str | None) -> datetime | None:
 class AuditPageHandler(HubOAuthenticated, web.RequestHandler):
     """The audit trail for hub admins: filters, verify status, JSON Lines export."""
 
+    @property
+    def hub_auth(self):
+        # the app's one HubOAuth: the login redirect and the callback must share its state
+        return self.settings["hub_auth"]
+
     def _filters(self) -> dict:
         return {
             "actor": self.get_argument("person", None) or None,

@@ -33,8 +33,12 @@ def fetch(jp_fetch, jp_asyncio_loop):
     return run
 
 
-def test_extension_points_name_the_module():
-    assert egress_extension._jupyter_server_extension_points() == [{"module": "egress_extension"}]
+def test_extension_points_name_the_module_and_its_app():
+    from egress_extension.app import EgressApp
+
+    assert egress_extension._jupyter_server_extension_points() == [
+        {"module": "egress_extension", "app": EgressApp}
+    ]
 
 
 def test_status_returns_name_and_version(fetch):
@@ -45,6 +49,13 @@ def test_status_returns_name_and_version(fetch):
         "extension": "egress_extension",
         "version": egress_extension.__version__,
     }
+
+
+def test_activity_status_says_there_is_no_service_in_a_bare_server(fetch):
+    # No SDE_SERVICE_URL outside the TRE: exports are off, activity waits in the queue.
+    body = json.loads(fetch("egress", "api", "activity").body)
+    assert body["export_service"] is False
+    assert body["audit"]["destination"] is None and body["audit"]["lost_unreported"] == 0
 
 
 def test_status_refuses_a_wrong_token(fetch):

@@ -1,0 +1,212 @@
+"""Export throughput of one large file (``python -m benchmarks.egress [--mib 200] [--runs 3]``).
+
+Ours: the extension's own code path for an export request
+(:func:`egress_extension.exports.submit_export`): confine and open the file, copy it into a
+private snapshot while hashing it (SHA-256), declare it, stream the snapshot over loopback
+HTTP to a receiver in another process that hashes every byte it gets and checks the digest,
+and submit.
+
+Baseline, in the same run on the same file: ``sha256sum FILE`` followed by ``cp FILE COPY``
+(the shell way to take a checksum and a copy).
+
+Runs alternate (ours, baseline, ours, ...) ``--runs`` times; the median of each is reported.
+The last line is ``ratio=<ours throughput / baseline throughput>`` (goal: >= 0.8).
+
+``--receiver service`` uploads to the real hub-side ``sde`` service instead (its app from
+``sde_spawner.services.app`` in another process, over a scratch SQLite registry, with the test
+hub from ``sde_spawner.checking.testing``): the figure then includes the service's own
+streaming, hashing and blob storage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from egress_extension.exports import FileRequest, submit_export
+from egress_extension.files import ExportPolicy
+from egress_extension.service import ExportService
+
+PREFIX = "/services/sde/"
+TOKEN = "bench-token"  # noqa: S105 - a loopback-only test token
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """The export API's shape (create, upload, submit); uploads are hashed and checked."""
+
+    protocol_version = "HTTP/1.1"
+    declared: dict[int, str] = {}
+
+    def log_message(self, format, *args):  # quiet
+        return
+
+    def _reply(self, status: int, obj: dict) -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
+    def _body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def do_POST(self):
+        if self.path == f"{PREFIX}api/exports":
+            files = json.loads(self._body())["files"]
+            Receiver.declared = {i: f["sha256"] for i, f in enumerate(files)}
+            uploads = [
+                {"index": i, "url": f"{PREFIX}api/exports/1/files/{i}"} for i in range(len(files))
+            ]
+            self._reply(201, {"id": 1, "version": 1, "state": "draft", "uploads": uploads})
+        elif self.path.endswith("/submit"):
+            self._body()
+            self._reply(200, {"id": 1, "state": "submitted", "version": 1})
+        else:
+            self._reply(404, {"message": "no such endpoint"})
+
+    def do_PUT(self):
+        index = int(self.path.rsplit("/", 1)[1])
+        remaining = int(self.headers["Content-Length"])
+        digest = hashlib.sha256()
+        buf = memoryview(bytearray(8 * 1024 * 1024))
+        while remaining:
+            n = self.rfile.readinto(buf[: min(len(buf), remaining)])
+            if not n:
+                break
+            digest.update(buf[:n])
+            remaining -= n
+        if remaining or digest.hexdigest() != Receiver.declared.get(index):
+            self._reply(400, {"message": "uploaded bytes do not match the declared sha256"})
+            return
+        self._reply(200, {"id": 1, "index": index, "sha256": digest.hexdigest()})
+
+
+def serve(port_queue) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    port_queue.put(server.server_address[1])
+    server.serve_forever()
+
+
+def serve_real_service(port_queue, state: str) -> None:
+    """The real `sde` service app on loopback, its hub a token table (alice, project p1)."""
+    from tornado.httpserver import HTTPServer
+    from tornado.netutil import bind_sockets
+
+    from sde_spawner.checking import testing
+    from sde_spawner.services.app import ServiceSettings, make_app
+
+    sessionmaker = testing.make_db(state)
+    testing.open_workspace(sessionmaker, "alice", testing.PROJECT, server="p1")
+    hub_auth = testing.FakeHubOAuth({TOKEN: testing.server_token_model("alice", "p1")})
+    settings = ServiceSettings(
+        prefix=PREFIX,
+        bind_ip="127.0.0.1",
+        port=0,
+        db_url=f"sqlite:///{state}/registry.sqlite",
+        state_dir=state,
+    )
+
+    async def run() -> None:
+        server = HTTPServer(make_app(settings, hub_auth=hub_auth))
+        sockets = bind_sockets(0, "127.0.0.1")
+        server.add_sockets(sockets)
+        port_queue.put(sockets[0].getsockname()[1])
+        await asyncio.Event().wait()
+
+    asyncio.run(run())
+
+
+def ours(service: ExportService, policy: ExportPolicy, snapshots: str, name: str) -> float:
+    started = time.perf_counter()
+    result = asyncio.run(
+        submit_export(service, policy, snapshots, [FileRequest(name, "benchmark")], "benchmark")
+    )
+    elapsed = time.perf_counter() - started
+    assert result["state"] == "submitted", result
+    return elapsed
+
+
+def baseline(path: Path, copy: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(["sha256sum", str(path)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cp", str(path), str(copy)], check=True)
+    elapsed = time.perf_counter() - started
+    copy.unlink()
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mib", type=int, default=200, help="file size in MiB (default 200)")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each (default 3)")
+    parser.add_argument(
+        "--receiver",
+        choices=("loopback", "service"),
+        default="service",
+        help="upload to a hashing loopback receiver (default) or the real sde service",
+    )
+    args = parser.parse_args(argv)
+    if not shutil.which("sha256sum"):
+        raise SystemExit("sha256sum is needed for the baseline")
+
+    size = args.mib * 1024 * 1024
+    ctx = multiprocessing.get_context("fork")
+    ports = ctx.Queue()
+    with tempfile.TemporaryDirectory(prefix="sde-bench-egress-") as tmp:
+        if args.receiver == "service":
+            state = Path(tmp) / "service"
+            state.mkdir()
+            receiver = ctx.Process(target=serve_real_service, args=(ports, str(state)), daemon=True)
+        else:
+            receiver = ctx.Process(target=serve, args=(ports,), daemon=True)
+        receiver.start()
+        port = ports.get(timeout=30)
+        try:
+            home = Path(tmp) / "home"
+            home.mkdir()
+            path = home / "cohort_summary.parquet"
+            with open(path, "wb") as fh:
+                block = os.urandom(8 * 1024 * 1024)
+                for _ in range(size // len(block)):
+                    fh.write(block)
+                fh.write(os.urandom(size % len(block)))
+            policy = ExportPolicy(root=str(home), max_file_size=size)
+            service = ExportService(f"http://127.0.0.1:{port}{PREFIX}", TOKEN)
+            snapshots = str(Path(tmp) / "snapshots")
+            print(
+                f"file: {args.mib} MiB; {args.receiver} receiver on 127.0.0.1:{port} (own process)"
+            )
+            ours_times, base_times = [], []
+            for i in range(args.runs):
+                ours_times.append(ours(service, policy, snapshots, path.name))
+                base_times.append(baseline(path, Path(tmp) / "copy.parquet"))
+                print(
+                    f"run {i + 1}: ours {ours_times[-1]:.3f} s, sha256sum+cp {base_times[-1]:.3f} s"
+                )
+        finally:
+            receiver.terminate()
+            receiver.join(5)
+    mib = size / (1024 * 1024)
+    ours_rate = mib / statistics.median(ours_times)
+    base_rate = mib / statistics.median(base_times)
+    print(f"ours (snapshot + sha256 + upload + submit): {ours_rate:,.0f} MiB/s")
+    print(f"baseline (sha256sum + cp): {base_rate:,.0f} MiB/s")
+    print(f"ratio={ours_rate / base_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()

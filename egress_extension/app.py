@@ -1,0 +1,257 @@
+"""The egress extension as a jupyter_server ``ExtensionApp``: settings, wiring, lifecycle.
+
+Configured like any Jupyter application (``c.EgressApp.<trait>`` in a jupyter_server config
+file); the defaults fit the TRE's workspace image, where the spawner sets ``SDE_SERVICE_URL``
+and ``JUPYTERHUB_API_TOKEN``.
+
+On load it
+
+* mounts its own handlers (:mod:`egress_extension.handlers`) and routes that shadow the
+  server's download channels (:mod:`egress_extension.blocking`);
+* swaps the server's contents API handler for the auditing subclass and the kernel websocket
+  connection class for the one that records code (:mod:`egress_extension.activity`);
+* listens to the server's ``kernel_actions`` events, wraps the terminal manager, and adds
+  JupyterLab's download plugins to ``disabledExtensions``;
+* starts the :class:`~egress_extension.audit.AuditShipper` that carries every event to the
+  hub side, and on shutdown records the kernels still running and flushes the queue.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Any
+
+from jupyter_server.extension.application import ExtensionApp
+from jupyter_server.services.contents.handlers import ContentsHandler
+from traitlets import Float, Int, List, Unicode, default, validate
+
+from egress_extension import __version__, activity
+from egress_extension.audit import AuditShipper, HTTPSink
+from egress_extension.blocking import (
+    DEFAULT_MAX_VIEW_SIZE,
+    LAB_PLUGINS,
+    VIEWABLE_BINARY_SUFFIXES,
+    DownloadBlocker,
+    blocked_routes,
+)
+from egress_extension.files import DEFAULT_ALLOWED_SUFFIXES, DEFAULT_MAX_FILE_SIZE, ExportPolicy
+from egress_extension.handlers import handlers
+from egress_extension.service import ExportService
+
+PR_SET_DUMPABLE = 4
+
+
+def make_undumpable() -> bool:
+    """Mark this server process non-dumpable (Linux ``prctl``): processes of the same uid --
+    the user's kernels and terminals -- can then no longer ``ptrace`` it or read and write its
+    memory through ``/proc/PID/mem``, so they cannot switch the activity capture off from the
+    inside. Kernels the server starts are new programs and stay dumpable (debuggers work)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+class EgressApp(ExtensionApp):
+    """Export requests, blocked downloads and activity forwarding for a TRE workspace."""
+
+    name = "egress_extension"
+    description = __doc__
+    load_other_extensions = True
+
+    # -- exports -----------------------------------------------------------------------
+
+    allowed_suffixes = List(
+        Unicode(),
+        default_value=list(DEFAULT_ALLOWED_SUFFIXES),
+        help="File name endings (case-insensitive) a project's policy lets researchers export. "
+        "Archives, databases and opaque binaries are left out on purpose: a checker must be "
+        "able to see what leaves.",
+    ).tag(config=True)
+
+    max_file_size = Int(
+        DEFAULT_MAX_FILE_SIZE,
+        help="Largest file (bytes) one export request may contain. Keep it at or under the "
+        "service's SDE_EXPORT_MAX_FILE_BYTES.",
+    ).tag(config=True)
+
+    max_files = Int(20, help="Most files in one export request.").tag(config=True)
+
+    snapshot_dir = Unicode(
+        help="Private directory (created 0700) where files are copied while a request is "
+        "declared and uploaded. Default: ~/.sde-exports (the home volume, not the /tmp tmpfs, "
+        "which is memory).",
+    ).tag(config=True)
+
+    @default("snapshot_dir")
+    def _default_snapshot_dir(self) -> str:
+        return os.path.join(os.path.expanduser("~"), ".sde-exports")
+
+    service_url = Unicode(
+        help="Base URL of the hub-side `sde` service (ends with /). Default: $SDE_SERVICE_URL.",
+    ).tag(config=True)
+
+    @default("service_url")
+    def _default_service_url(self) -> str:
+        return os.environ.get("SDE_SERVICE_URL", "")
+
+    @validate("service_url")
+    def _valid_service_url(self, proposal: Any) -> str:
+        url = proposal["value"]
+        return url if not url or url.endswith("/") else url + "/"
+
+    api_token = Unicode(
+        help="Token the server presents to the service. Default: $JUPYTERHUB_API_TOKEN, the "
+        "server's own token (the service derives user and project from it).",
+    ).tag(config=True)
+
+    @default("api_token")
+    def _default_api_token(self) -> str:
+        return os.environ.get("JUPYTERHUB_API_TOKEN", "")
+
+    # -- downloads and viewing ---------------------------------------------------------
+
+    viewable_binary_suffixes = List(
+        Unicode(),
+        default_value=list(VIEWABLE_BINARY_SUFFIXES),
+        help="Binary file types the contents API may still return (base64) because "
+        "JupyterLab displays them in place. Other binary reads are blocked as downloads.",
+    ).tag(config=True)
+
+    max_view_size = Int(
+        DEFAULT_MAX_VIEW_SIZE,
+        help="Largest file (bytes) the contents API returns with content; larger reads are "
+        "blocked as bulk downloads.",
+    ).tag(config=True)
+
+    disabled_lab_plugins = List(
+        Unicode(),
+        default_value=list(LAB_PLUGINS),
+        help="JupyterLab plugins added to disabledExtensions (their commands download or "
+        "export files).",
+    ).tag(config=True)
+
+    # -- activity ----------------------------------------------------------------------
+
+    code_max_bytes = Int(
+        64 * 1024,
+        help="Executed code kept per code.executed event (UTF-8 bytes); the SHA-256 and size "
+        "always cover the whole text.",
+    ).tag(config=True)
+
+    audit_queue_size = Int(
+        10_000,
+        help="Events held in memory while the service is unreachable; beyond it events are "
+        "counted and reported as audit.lost.",
+    ).tag(config=True)
+
+    audit_batch_size = Int(500, help="Events per batch (the service takes at most 500).").tag(
+        config=True
+    )
+
+    audit_backoff_max = Float(
+        30.0, help="Longest wait (seconds) between retries while the service is unreachable."
+    ).tag(config=True)
+
+    audit_stop_timeout = Float(
+        5.0, help="Seconds spent delivering queued events when the server stops."
+    ).tag(config=True)
+
+    # -- wiring ------------------------------------------------------------------------
+
+    def initialize_settings(self) -> None:
+        self.policy = ExportPolicy(
+            root=os.path.abspath(os.path.expanduser(self.serverapp.root_dir)),
+            max_file_size=self.max_file_size,
+            allowed_suffixes=tuple(self.allowed_suffixes),
+        )
+        configured = bool(self.service_url and self.api_token)
+        self.service = ExportService(self.service_url, self.api_token) if configured else None
+        sink = HTTPSink(self.service_url, self.api_token) if configured else None
+        self.shipper = AuditShipper(
+            sink,
+            max_queue=self.audit_queue_size,
+            batch_size=self.audit_batch_size,
+            backoff_max=self.audit_backoff_max,
+        )
+        self.blocker = DownloadBlocker(self)
+        if not configured:
+            self.log.warning(
+                "egress_extension: SDE_SERVICE_URL/JUPYTERHUB_API_TOKEN unset: activity is "
+                "queued but not shipped and export requests are unavailable"
+            )
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(handlers())
+        self.handlers.extend(blocked_routes())
+
+    def initialize(self) -> None:
+        super().initialize()
+        self._install_hooks()
+        if not make_undumpable():
+            self.log.warning("egress_extension: could not mark the server non-dumpable")
+        self.log.info("egress_extension %s loaded", __version__)
+
+    def record(
+        self,
+        action: str,
+        details: dict | None = None,
+        outcome: str = "allowed",
+        reason: str | None = None,
+    ) -> None:
+        """Queue one audit event for the hub side (never blocks)."""
+        self.shipper.record(action, details, outcome=outcome, reason=reason)
+
+    def _install_hooks(self) -> None:
+        web_app = self.serverapp.web_app
+        settings = web_app.settings
+        # The contents API: the server's handler, subclassed, in its own route.
+        swapped = 0
+        for rule in web_app.wildcard_router.rules:
+            target = rule.target
+            if isinstance(target, type) and issubclass(target, ContentsHandler):
+                if not issubclass(target, activity.AuditedContentsMixin):
+                    rule.target = activity.audited_contents_handler(target)
+                swapped += 1
+        if not swapped:
+            raise RuntimeError("egress_extension: the server has no contents API route to audit")
+        # Code sent to kernels.
+        base = settings.get("kernel_websocket_connection_class") or (
+            self.serverapp.kernel_websocket_connection_class
+        )
+        audited = activity.audited_connection_class(base, self)
+        settings["kernel_websocket_connection_class"] = audited
+        self.serverapp.kernel_websocket_connection_class = audited
+        # Kernel lifecycle, from the server's own events.
+        self.serverapp.event_logger.add_listener(
+            schema_id=activity.KERNEL_ACTIONS_SCHEMA, listener=activity.kernel_listener(self)
+        )
+        # Extensions loaded after this one (jupyter_server_terminals, JupyterHub's singleuser
+        # extension, which sets its own page_config_hook) must be in place first: finish
+        # once the loop runs, after every extension has loaded.
+        self._late_hooks()
+        self.serverapp.io_loop.add_callback(self._late_hooks)
+
+    def _late_hooks(self) -> None:
+        """Idempotent: wrap the terminal manager; put our page_config_hook outermost."""
+        settings = self.serverapp.web_app.settings
+        activity.watch_terminals(self, settings.get("terminal_manager"))
+        current = settings.get("page_config_hook")
+        if not getattr(current, "egress_extension", False):
+            settings["page_config_hook"] = self.blocker.page_config_hook(current)
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        self._late_hooks()
+        self.shipper.start()
+
+    async def stop_extension(self) -> None:
+        kernel_manager = getattr(self.serverapp, "kernel_manager", None)
+        for kernel_id in list(kernel_manager.list_kernel_ids()) if kernel_manager else []:
+            # The kernels are shut down after extensions stop: say so while we still can.
+            self.record(
+                "kernel.stopped",
+                {"kernel_id": kernel_id, "operation": "shutdown", "server_stopping": True},
+            )
+        await self.shipper.stop(self.audit_stop_timeout)

@@ -1,0 +1,154 @@
+"""One export request, from the paths a researcher names to a submitted request on the service.
+
+:func:`submit_export` is the single code path behind the export page, the HTTP API and the
+``sde-export`` command line:
+
+1. :func:`parse_request` checks the body: a justification, 1..``max_files`` files, each with
+   a path and a description, no path twice.
+2. Every path is confined and opened (:func:`egress_extension.files.open_confined`); the
+   first refusal ends the request before anything is copied.
+3. Each open file is copied once into a private snapshot while its SHA-256 is computed.
+4. The request is declared to the service (paths, descriptions, sizes, digests), each
+   snapshot is streamed to the upload URL the service returned (the service re-hashes it
+   and compares), and the request is submitted. Snapshots are deleted afterwards: the
+   service keeps its own copy of the bytes, which is what checkers review and what is
+   released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from egress_extension.files import ExportPolicy, ExportRefused, Snapshot, open_confined, snapshot
+from egress_extension.service import ExportService, ServiceError
+
+MAX_JUSTIFICATION = 10_000
+MAX_DESCRIPTION = 5_000
+
+
+@dataclass(frozen=True)
+class FileRequest:
+    path: str
+    description: str
+
+
+def parse_request(body: Any, *, max_files: int) -> tuple[list[FileRequest], str]:
+    """``(files, justification)`` of an export request body, or :class:`ExportRefused` (400)."""
+
+    def bad(message: str) -> ExportRefused:
+        return ExportRefused("bad_request", message, status=400)
+
+    if not isinstance(body, dict):
+        raise bad("the request must be a JSON object with 'files' and 'justification'")
+    unknown = set(body) - {"files", "justification"}
+    if unknown:
+        raise bad(f"unknown field(s): {', '.join(sorted(unknown))}")
+    justification = body.get("justification")
+    if not isinstance(justification, str) or not justification.strip():
+        raise bad("a justification is required: say what the files are and why they must leave")
+    if len(justification) > MAX_JUSTIFICATION:
+        raise bad(f"the justification is longer than {MAX_JUSTIFICATION} characters")
+    files = body.get("files")
+    if not isinstance(files, list) or not files:
+        raise bad("name at least one file to export")
+    if len(files) > max_files:
+        raise bad(f"one request holds at most {max_files} files")
+    out: list[FileRequest] = []
+    seen: set[str] = set()
+    for item in files:
+        if isinstance(item, str):
+            item = {"path": item}
+        if not isinstance(item, dict) or set(item) - {"path", "description"}:
+            raise bad("each file must be an object with 'path' and 'description'")
+        path = item.get("path")
+        description = item.get("description", "")
+        if not isinstance(path, str) or not path.strip():
+            raise bad("each file needs a path")
+        if not isinstance(description, str) or not description.strip():
+            raise bad(f"{path}: describe what the file contains (a description is required)")
+        if len(description) > MAX_DESCRIPTION:
+            raise bad(f"{path}: the description is longer than {MAX_DESCRIPTION} characters")
+        if path in seen:
+            raise bad(f"{path} is listed twice")
+        seen.add(path)
+        out.append(FileRequest(path=path, description=description.strip()))
+    return out, justification.strip()
+
+
+def _take_snapshots(
+    policy: ExportPolicy, snapshot_dir: str, files: list[FileRequest]
+) -> list[tuple[str, Snapshot]]:
+    """Confine and open every file first, then snapshot each; ``[(relative path, snapshot)]``."""
+    opened: list[tuple[int, str]] = []
+    taken: list[tuple[str, Snapshot]] = []
+    try:
+        for f in files:
+            fd, _st, rel = open_confined(policy, f.path)
+            opened.append((fd, rel))
+        for fd, rel in opened:
+            try:
+                taken.append((rel, snapshot(fd, snapshot_dir, max_size=policy.max_file_size)))
+            except ExportRefused as refused:
+                refused.path = rel
+                refused.message = f"{rel}: {refused.message}"
+                raise
+        return taken
+    except BaseException:
+        for _rel, snap in taken:
+            snap.discard()
+        raise
+    finally:
+        for fd, _rel in opened:
+            os.close(fd)
+
+
+async def submit_export(
+    service: ExportService,
+    policy: ExportPolicy,
+    snapshot_dir: str,
+    files: list[FileRequest],
+    justification: str,
+    *,
+    resubmit: int | None = None,
+) -> dict:
+    """Snapshot, declare, upload and submit; the request as the researcher should see it.
+
+    Raises :class:`ExportRefused` for a file that may not leave (nothing was sent) and
+    :class:`ServiceError` when the service refuses or fails (with ``request`` set when a
+    draft was already created). ``resubmit`` is the id of a returned request to which the
+    files are added as a new version.
+    """
+    snaps = await asyncio.to_thread(_take_snapshots, policy, snapshot_dir, files)
+    request_id: int | None = resubmit
+    try:
+        declared = [
+            {"path": rel, "description": f.description, "size": s.size, "sha256": s.sha256}
+            for f, (rel, s) in zip(files, snaps, strict=True)
+        ]
+        if resubmit is None:
+            created = await service.create(justification, declared)
+        else:
+            created = await service.new_version(resubmit, justification, declared)
+        request_id = int(created["id"])
+        uploads = {int(u["index"]): u.get("url") for u in created.get("uploads", [])}
+        for index, (_rel, snap) in enumerate(snaps):
+            url = uploads.get(index) or f"api/exports/{request_id}/files/{index}"
+            await service.upload(url, snap.path, snap.size)
+        submitted = await service.submit(request_id)
+    except ServiceError as exc:
+        exc.request = request_id  # type: ignore[attr-defined]
+        raise
+    finally:
+        for _rel, snap in snaps:
+            with contextlib.suppress(OSError):
+                snap.discard()
+    return {
+        "id": request_id,
+        "state": submitted.get("state", "submitted"),
+        "version": submitted.get("version", created.get("version", 1)),
+        "files": declared,
+    }

@@ -1,0 +1,414 @@
+"""Which files may leave the workspace, and taking their bytes exactly once.
+
+Two steps, both pure file-system work with no Jupyter or network dependency:
+
+* :func:`open_confined` turns a path the researcher typed into an open file descriptor of a
+  regular file *inside the home directory*, or raises :class:`ExportRefused` with one reason
+  a person can read. It walks the path one component at a time from a descriptor of the home
+  directory (``openat`` with ``O_NOFOLLOW``), so no symbolic link anywhere on the way is
+  followed, and then re-checks the opened descriptor with ``fstat`` (same device and inode as
+  the name it checked, a regular file, one hard link, within the size limit). Swapping the
+  file between the check and the open therefore fails instead of leaking something else.
+* :func:`snapshot` copies the bytes of that descriptor into a private file (directory 0700,
+  file 0600) while computing their SHA-256. The snapshot, not the researcher's file, is what
+  is declared and uploaded, so later edits cannot change what was submitted.
+
+Refusal codes (``ExportRefused.code``): ``bad_path``, ``parent``, ``outside``, ``missing``,
+``symlink``, ``directory``, ``special``, ``suffix``, ``hardlink``, ``too_large``, ``changed``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import queue
+import stat
+import tempfile
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+#: File types a project may export by default: tables, text, figures, documents, notebooks.
+#: No archives (.zip, .tar.gz: they hide their content from a checker), no databases, no
+#: pickles or other opaque binaries. Override per deployment with
+#: ``c.EgressApp.allowed_suffixes``.
+DEFAULT_ALLOWED_SUFFIXES = (
+    ".csv",
+    ".tsv",
+    ".txt",
+    ".md",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".svg",
+    ".pdf",
+    ".ipynb",
+    ".html",
+    ".json",
+    ".parquet",
+)
+DEFAULT_MAX_FILE_SIZE = 200 * 1024 * 1024
+COPY_CHUNK = 8 * 1024 * 1024
+
+
+class ExportRefused(Exception):
+    """A file that may not be exported, with one reason for the person who asked."""
+
+    def __init__(self, code: str, message: str, *, status: int = 403, path: str = ""):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.path = path
+
+
+@dataclass(frozen=True)
+class ExportPolicy:
+    """What may leave: files under ``root`` with an allowed suffix, at most ``max_file_size``."""
+
+    root: str
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE
+    allowed_suffixes: tuple[str, ...] = DEFAULT_ALLOWED_SUFFIXES
+
+    def suffix_allowed(self, name: str) -> bool:
+        lower = name.lower()
+        return any(lower.endswith(s.lower()) for s in self.allowed_suffixes)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A private copy of one file's bytes and their SHA-256."""
+
+    path: str
+    size: int
+    sha256: str
+
+    def discard(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def human_size(n: int) -> str:
+    """``1536`` -> ``'1.5 KiB'``: sizes in refusal messages."""
+    value = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _suffix_of(name: str) -> str:
+    _, dot, ext = name.rpartition(".")
+    return f".{ext.lower()}" if dot and _ else "(none)"
+
+
+def relative_path(policy: ExportPolicy, path: object) -> str:
+    """The requested ``path`` as a normalised path relative to the home directory.
+
+    Accepts a path relative to home or an absolute path under it; refuses anything with
+    ``..``, an absolute path elsewhere, an empty path or the home directory itself.
+    """
+    if not isinstance(path, str) or not path.strip():
+        raise ExportRefused("bad_path", "no file path given", status=400)
+    if "\x00" in path or len(path) > 4096:
+        raise ExportRefused("bad_path", "the file path is not valid", status=400, path=path[:200])
+    text = path.strip()
+    if text.startswith("/"):
+        for root in dict.fromkeys((os.path.abspath(policy.root), os.path.realpath(policy.root))):
+            prefix = root.rstrip("/") + "/"
+            if text.startswith(prefix):
+                text = text[len(prefix) :]
+                break
+        else:
+            raise ExportRefused(
+                "outside",
+                f"{path} is outside your home directory ({policy.root}): "
+                "only files under it can be exported",
+                path=path,
+            )
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ExportRefused(
+            "parent",
+            f"{path}: '..' is not allowed in an export path; name the file inside your home "
+            "directory directly",
+            status=400,
+            path=path,
+        )
+    if not parts:
+        raise ExportRefused(
+            "directory", f"{path} is your home directory, not a file", status=400, path=path
+        )
+    return "/".join(parts)
+
+
+def _link_target(name: str, dir_fd: int) -> str:
+    try:
+        return os.readlink(name, dir_fd=dir_fd)
+    except OSError:
+        return "?"
+
+
+def _refuse_type(rel: str, st: os.stat_result, name: str, dir_fd: int, root: str) -> None:
+    mode = st.st_mode
+    if stat.S_ISLNK(mode):
+        target = _link_target(name, dir_fd)
+        where = os.path.normpath(os.path.join(root, os.path.dirname(rel), target))
+        inside = (where + "/").startswith(root.rstrip("/") + "/")
+        if inside:
+            raise ExportRefused(
+                "symlink",
+                f"{rel} is a symbolic link (to {target}): export the file itself, not a link",
+                path=rel,
+            )
+        raise ExportRefused(
+            "symlink",
+            f"{rel} is a symbolic link to {where}, outside your home directory: "
+            "only files in your home directory can be exported",
+            path=rel,
+        )
+    if stat.S_ISDIR(mode):
+        raise ExportRefused(
+            "directory",
+            f"{rel} is a directory: choose the files in it one by one",
+            status=400,
+            path=rel,
+        )
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a named pipe (FIFO)"
+            if stat.S_ISFIFO(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file"
+        )
+        raise ExportRefused(
+            "special",
+            f"{rel} is {kind}: only regular files can be exported",
+            status=400,
+            path=rel,
+        )
+
+
+def _refuse_policy(policy: ExportPolicy, rel: str, st: os.stat_result) -> None:
+    name = rel.rsplit("/", 1)[-1]
+    if not policy.suffix_allowed(name):
+        allowed = ", ".join(policy.allowed_suffixes)
+        raise ExportRefused(
+            "suffix",
+            f"{rel}: files of type {_suffix_of(name)} may not be exported under this "
+            f"project's policy (allowed: {allowed})",
+            path=rel,
+        )
+    if st.st_nlink > 1:
+        raise ExportRefused(
+            "hardlink",
+            f"{rel} has {st.st_nlink} hard links: a file with several names may share its "
+            "bytes with a file outside your home directory; export a copy (cp) instead",
+            path=rel,
+        )
+    if st.st_size > policy.max_file_size:
+        raise ExportRefused(
+            "too_large",
+            f"{rel} is {human_size(st.st_size)}, over the export limit of "
+            f"{human_size(policy.max_file_size)} per file",
+            path=rel,
+        )
+
+
+def open_confined(policy: ExportPolicy, path: object) -> tuple[int, os.stat_result, str]:
+    """Open ``path`` for export: ``(fd, fstat, relative path)`` or :class:`ExportRefused`.
+
+    The caller owns the returned descriptor and must close it.
+    """
+    rel = relative_path(policy, path)
+    parts = rel.split("/")
+    flags_dir = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    dir_fd = os.open(policy.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        walked: list[str] = []
+        for part in parts[:-1]:
+            walked.append(part)
+            try:
+                st = os.stat(part, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                raise ExportRefused(
+                    "missing", f"{rel}: no such file in your home directory", status=400, path=rel
+                ) from None
+            if not stat.S_ISDIR(st.st_mode):
+                _refuse_type("/".join(walked), st, part, dir_fd, policy.root)
+                raise ExportRefused(
+                    "missing", f"{rel}: {'/'.join(walked)} is not a folder", status=400, path=rel
+                )
+            new_fd = os.open(part, flags_dir, dir_fd=dir_fd)
+            os.close(dir_fd)
+            dir_fd = new_fd
+        name = parts[-1]
+        try:
+            lst = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise ExportRefused(
+                "missing", f"{rel}: no such file in your home directory", status=400, path=rel
+            ) from None
+        _refuse_type(rel, lst, name, dir_fd, policy.root)
+        _refuse_policy(policy, rel, lst)
+        try:
+            fd = os.open(
+                name,
+                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
+                dir_fd=dir_fd,
+            )
+        except OSError as exc:
+            raise ExportRefused(
+                "changed",
+                f"{rel} changed while it was being checked ({exc.strerror}); try again",
+                status=409,
+                path=rel,
+            ) from None
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (lst.st_dev, lst.st_ino) or not stat.S_ISREG(st.st_mode):
+            raise ExportRefused(
+                "changed",
+                f"{rel} changed while it was being checked; try again",
+                status=409,
+                path=rel,
+            )
+        _refuse_policy(policy, rel, st)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st, rel
+
+
+def private_dir(path: str) -> str:
+    """Create (if needed) and return a directory only this user can enter (0700, no link)."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise OSError(f"snapshot directory {path} is not a directory owned by this user")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+    return path
+
+
+def snapshot(
+    fd: int, directory: str, *, max_size: int | None = None, chunk: int = COPY_CHUNK
+) -> Snapshot:
+    """Copy everything readable from ``fd`` into a new private file, hashing it on the way.
+
+    Hashing runs in a second thread, one chunk behind the copy (hashlib releases the GIL),
+    so a copy costs about ``max(read+write, sha256)`` rather than their sum. ``max_size``
+    refuses a file that grew past the limit after it was checked.
+    """
+    private_dir(directory)
+    out_fd, out_path = tempfile.mkstemp(prefix="snap-", dir=directory)
+    digest = hashlib.sha256()
+    size = 0
+    views = [memoryview(bytearray(chunk)), memoryview(bytearray(chunk))]
+    free = [threading.Semaphore(1), threading.Semaphore(1)]
+    filled: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+
+    def hasher() -> None:
+        while (item := filled.get()) is not None:
+            index, n = item
+            digest.update(views[index][:n])
+            free[index].release()
+
+    worker = threading.Thread(target=hasher, name="egress-sha256", daemon=True)
+    worker.start()
+    i = 0
+    try:
+        try:
+            while True:
+                free[i].acquire()
+                n = os.readv(fd, [views[i]])
+                if n == 0:
+                    break
+                size += n
+                if max_size is not None and size > max_size:
+                    raise ExportRefused(
+                        "too_large",
+                        f"the file grew past the export limit of {human_size(max_size)} while "
+                        "it was being copied",
+                    )
+                _write_all(out_fd, views[i][:n])
+                filled.put((i, n))
+                i ^= 1
+        finally:
+            filled.put(None)
+            worker.join()
+    except BaseException:
+        os.close(out_fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(out_path)
+        raise
+    os.close(out_fd)
+    return Snapshot(path=out_path, size=size, sha256=digest.hexdigest())
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def sha256_file(path: str) -> str:
+    """SHA-256 of a file (used to re-check snapshots and in tests)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def list_candidates(
+    policy: ExportPolicy, *, limit: int = 2000, max_depth: int = 8, skip: Iterable[str] = ()
+) -> list[dict]:
+    """Files under home a researcher might export, for the export page's picker.
+
+    Hidden files and folders are skipped, links are not followed. Each entry says whether it
+    may be exported and, if not, why (the same reasons :func:`open_confined` gives).
+    """
+    skip_set = {os.path.realpath(s) for s in skip}
+    out: list[dict] = []
+    stack: list[tuple[str, int]] = [("", 0)]
+    while stack and len(out) < limit:
+        rel_dir, depth = stack.pop()
+        full = os.path.join(policy.root, rel_dir)
+        if os.path.realpath(full) in skip_set:
+            continue
+        try:
+            entries = sorted(os.scandir(full), key=lambda e: e.name, reverse=True)
+            dir_fd = os.open(full, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    if depth + 1 < max_depth:
+                        stack.append((rel, depth + 1))
+                    continue
+                item: dict = {"path": rel, "size": st.st_size, "exportable": True, "reason": ""}
+                try:
+                    _refuse_type(rel, st, entry.name, dir_fd, policy.root)
+                    _refuse_policy(policy, rel, st)
+                except ExportRefused as refused:
+                    item.update(exportable=False, reason=refused.message)
+                out.append(item)
+                if len(out) >= limit:
+                    break
+        finally:
+            os.close(dir_fd)
+    out.sort(key=lambda item: item["path"])
+    return out

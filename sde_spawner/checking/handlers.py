@@ -1,0 +1,771 @@
+"""Tornado handlers of output checking, mounted on the ``sde`` service by :func:`routes`.
+
+Two kinds of caller, never mixed:
+
+* **workspaces** call ``{prefix}api/exports…`` with their own server token
+  (``Authorization: token …``); the requester and project come from
+  :func:`~sde_spawner.services.identity.identify_workspace`, never from the body;
+* **people** use the pages (``checking/``, ``releases/``) with their hub login (HubOAuth
+  cookie). Any page request that carries a token instead is refused (403) and audited: a
+  workspace token can never review, approve or download a release.
+
+Handlers only translate HTTP to :mod:`~sde_spawner.checking.logic` calls (run off the event
+loop through :func:`~sde_spawner.checking.logic.perform`) and back. Settings (environment):
+``SDE_EXPORT_MAX_FILE_BYTES`` (default 250 MiB), ``SDE_CHECKING_PREVIEW_ROWS`` (CSV rows shown,
+default 1000), ``SDE_CHECKING_PAGE_NETWORKS`` (where people's pages may be requested from:
+the proxy's addresses, default loopback; workspaces reach the service port directly from their
+gateway and get no page even with a login); blobs and the signing key live under
+``SDE_STATE_DIR``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import json
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from urllib.parse import quote
+
+from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
+from jupyterhub.utils import url_path_join
+from tornado import web
+
+from sde_spawner import audit
+from sde_spawner.checking import logic, render
+from sde_spawner.checking import manifest as manifest_mod
+from sde_spawner.checking.states import REASON_CODES, Decision, State
+from sde_spawner.checking.storage import BlobError, BlobStore, BlobWriter
+from sde_spawner.services.identity import (
+    WorkspaceIdentity,
+    identify_workspace,
+    server_of_scopes,
+)
+
+MAX_JSON_BODY = 1024 * 1024
+IN_MEMORY_DOWNLOAD = 32 * 1024 * 1024
+PAGE_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; frame-src 'self'; "
+    "form-action 'self'; frame-ancestors 'self'; base-uri 'none'"
+)
+BROWSER_ONLY = (
+    "this page needs a person's browser login: API and workspace tokens can never review, "
+    "approve or download releases"
+)
+
+
+# --- per-application context ----------------------------------------------------------------
+
+#: Where the configurable-http-proxy connects from (it runs on the hub host).
+DEFAULT_PAGE_NETWORKS = ("127.0.0.0/8", "::1/128")
+
+
+def parse_networks(text: str) -> tuple[str, ...]:
+    nets = tuple(n.strip() for n in text.split(",") if n.strip())
+    for net in nets:
+        ipaddress.ip_network(net)  # a typo raises ValueError naming it
+    return nets
+
+
+@dataclass
+class Checking:
+    """What the handlers share: blob store, limits, signing key, a small preview cache."""
+
+    state_dir: str
+    store: BlobStore
+    max_file_bytes: int = logic.DEFAULT_MAX_FILE_BYTES
+    preview_rows: int = render.MAX_ROWS
+    page_networks: tuple = DEFAULT_PAGE_NETWORKS
+    _key: object = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _previews: OrderedDict = field(default_factory=OrderedDict)
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> Checking:
+        sde = settings.get("sde")
+        state_dir = str(getattr(sde, "state_dir", None) or os.environ.get("SDE_STATE_DIR", "var"))
+        return cls(
+            state_dir=state_dir,
+            store=BlobStore.for_state_dir(state_dir),
+            max_file_bytes=int(
+                os.environ.get("SDE_EXPORT_MAX_FILE_BYTES", logic.DEFAULT_MAX_FILE_BYTES)
+            ),
+            preview_rows=int(os.environ.get("SDE_CHECKING_PREVIEW_ROWS", render.MAX_ROWS)),
+            page_networks=parse_networks(
+                os.environ.get("SDE_CHECKING_PAGE_NETWORKS", ",".join(DEFAULT_PAGE_NETWORKS))
+            ),
+        )
+
+    def page_allowed_from(self, remote_ip: str | None) -> bool:
+        """People's pages come through the proxy (loopback by default); workspaces reach the
+        service port directly from their network's gateway and never get a page."""
+        try:
+            address = ipaddress.ip_address(remote_ip or "")
+        except ValueError:
+            return False
+        return any(address in ipaddress.ip_network(net) for net in self.page_networks)
+
+    def signing_key(self):
+        with self._lock:
+            if self._key is None:
+                self._key = manifest_mod.load_or_create_key(self.state_dir)
+            return self._key
+
+    def preview(self, ref: logic.BlobRef) -> render.Rendered:
+        """The preview of a verified blob (cached: blobs never change)."""
+        cache_key = (ref.sha256, render.kind_of(ref.path), PurePosixPath(ref.path).suffix.lower())
+        with self._lock:
+            if cache_key in self._previews:
+                self._previews.move_to_end(cache_key)
+                return self._previews[cache_key]
+        data = self.store.read_verified(ref.blob_key, ref.sha256)
+        rendered = render.render(ref.path, data, max_rows=self.preview_rows)
+        with self._lock:
+            self._previews[cache_key] = rendered
+            while len(self._previews) > 32:
+                self._previews.popitem(last=False)
+        return rendered
+
+
+def checking(handler: web.RequestHandler) -> Checking:
+    settings = handler.application.settings
+    ctx = settings.get("sde_checking")
+    if ctx is None:
+        ctx = settings["sde_checking"] = Checking.from_settings(settings)
+    return ctx
+
+
+# --- shared handler behaviour ---------------------------------------------------------------
+
+
+def _message(handler: web.RequestHandler, kwargs: dict) -> str:
+    exc = kwargs.get("exc_info", (None, None))[1]
+    if isinstance(exc, web.HTTPError) and exc.log_message:
+        return exc.log_message % exc.args
+    return handler._reason
+
+
+class _Base(web.RequestHandler):
+    def set_default_headers(self):
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "same-origin")
+        self.set_header("Cache-Control", "no-store")
+
+    @property
+    def checking(self) -> Checking:
+        return checking(self)
+
+    async def run(self, operation, /, *args, **kwargs):
+        """A logic operation in its own transaction off the event loop; refusals -> HTTP."""
+        try:
+            return await asyncio.to_thread(
+                logic.perform, self.settings["sessionmaker"], operation, *args, **kwargs
+            )
+        except logic.Refused as exc:
+            raise web.HTTPError(exc.status, exc.reason.replace("%", "%%")) from None
+
+    async def deny(
+        self,
+        action: str,
+        reason: str,
+        *,
+        actor: str | None,
+        project: str | None = None,
+        status: int = 403,
+    ):
+        """Audit a refusal decided in the handler (not in logic), then raise it."""
+        exc = logic.Refused(
+            action,
+            reason,
+            actor=actor,
+            project=project,
+            details={"path": self.request.path, "remote": self.request.remote_ip},
+            status=status,
+        )
+
+        def write():
+            with self.settings["sessionmaker"]() as s:
+                logic.record_denial(s, exc)
+                s.commit()
+
+        await asyncio.to_thread(write)
+        raise web.HTTPError(status, reason.replace("%", "%%"))
+
+    def _bearer(self) -> str:
+        auth = self.request.headers.get("Authorization", "")
+        scheme, _, value = auth.partition(" ")
+        return value.strip() if scheme.lower() in ("token", "bearer") else ""
+
+
+# --- workspace API --------------------------------------------------------------------------
+
+
+class WorkspaceApiHandler(_Base):
+    """Token-authenticated with a running workspace's own server token."""
+
+    action = "export.api"
+
+    def check_xsrf_cookie(self):  # token-authenticated API, no cookies
+        return
+
+    async def identify(self) -> WorkspaceIdentity:
+        token = self._bearer()
+        if not token:
+            await self.deny(self.action, "a workspace token is required", actor=None, status=401)
+        whoami = await self.settings["hub_auth"].user_for_token(token, sync=False)
+
+        def lookup():
+            with self.settings["sessionmaker"]() as s:
+                return identify_workspace(s, whoami)
+
+        ident = await asyncio.to_thread(lookup)
+        if ident is None:
+            who = (whoami or {}).get("name")
+            await self.deny(
+                self.action,
+                "only a running workspace's own token may use the export API",
+                actor=str(who)[:64] if who else None,
+            )
+        return ident
+
+    async def json_body(self, ident: WorkspaceIdentity) -> object:
+        problem, status = None, 400
+        if len(self.request.body) > MAX_JSON_BODY:
+            problem, status = f"request body larger than {MAX_JSON_BODY} bytes", 413
+        else:
+            try:
+                return json.loads(self.request.body or b"null")
+            except ValueError:
+                problem = "body is not JSON"
+        await self.deny(
+            self.action, problem, actor=ident.username, project=ident.project, status=status
+        )
+
+    def send(self, obj, status: int = 200):
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(obj))
+
+    def write_error(self, status_code, **kwargs):
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": status_code, "message": _message(self, kwargs)}))
+
+    def upload_urls(self, result: dict) -> dict:
+        prefix = self.settings["sde"].prefix
+        return {
+            **result,
+            "uploads": [
+                {
+                    "index": f["index"],
+                    "path": f["path"],
+                    "url": url_path_join(prefix, f"api/exports/{result['id']}/files/{f['index']}"),
+                    "uploaded": f["uploaded"],
+                }
+                for f in result.pop("files")
+            ],
+        }
+
+
+class ExportsHandler(WorkspaceApiHandler):
+    """``GET``: the caller's requests on its project. ``POST``: a new draft request."""
+
+    async def get(self):
+        self.action = "export.listed"
+        ident = await self.identify()
+        items = await self.run(logic.list_own, ident.username, ident.project)
+        self.send({"requests": items})
+
+    async def post(self):
+        self.action = "export.created"
+        ident = await self.identify()
+        body = await self.json_body(ident)
+        result = await self.run(
+            logic.create_request,
+            ident.username,
+            ident.project,
+            ident.server_name,
+            body,
+            max_size=self.checking.max_file_bytes,
+        )
+        self.send(self.upload_urls(result), 201)
+
+
+class ExportHandler(WorkspaceApiHandler):
+    async def get(self, request_id):
+        self.action = "export.viewed"
+        ident = await self.identify()
+        self.send(await self.run(logic.get_own, ident.username, ident.project, int(request_id)))
+
+
+class VersionsHandler(WorkspaceApiHandler):
+    """``POST``: a new snapshot version of a returned request."""
+
+    async def post(self, request_id):
+        self.action = "export.version.created"
+        ident = await self.identify()
+        body = await self.json_body(ident)
+        result = await self.run(
+            logic.new_version,
+            ident.username,
+            ident.project,
+            int(request_id),
+            body,
+            max_size=self.checking.max_file_bytes,
+        )
+        self.send(self.upload_urls(result), 201)
+
+
+class SubmitHandler(WorkspaceApiHandler):
+    async def post(self, request_id):
+        self.action = "export.submitted"
+        ident = await self.identify()
+        self.send(await self.run(logic.submit, ident.username, ident.project, int(request_id)))
+
+
+class WithdrawHandler(WorkspaceApiHandler):
+    async def post(self, request_id):
+        self.action = "export.withdrawn"
+        ident = await self.identify()
+        self.send(await self.run(logic.withdraw, ident.username, ident.project, int(request_id)))
+
+
+UPLOAD_BUFFER = 4 * 1024 * 1024
+
+
+@web.stream_request_body
+class UploadHandler(WorkspaceApiHandler):
+    """``PUT`` the raw bytes of one declared file; streamed to the blob store while hashed."""
+
+    action = "export.file.uploaded"
+    _writer: BlobWriter | None = None
+    _ident: WorkspaceIdentity | None = None
+    _target: logic.UploadTarget | None = None
+
+    async def prepare(self):
+        if self.request.method != "PUT":
+            raise web.HTTPError(405)
+        self._ident = await self.identify()
+        request_id, index = (int(x) for x in self.path_args)
+        target = await self.run(
+            logic.upload_target, self._ident.username, self._ident.project, request_id, index
+        )
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) != target.size:
+            await self.deny(
+                self.action,
+                f"Content-Length {length} differs from the declared size {target.size}",
+                actor=self._ident.username,
+                project=self._ident.project,
+                status=400,
+            )
+        self.request.connection.set_max_body_size(target.size)
+        try:
+            self._writer = self.checking.store.writer(
+                target.size, target.sha256, self.checking.max_file_bytes
+            )
+        except BlobError as exc:
+            await self.deny(
+                self.action,
+                str(exc),
+                actor=self._ident.username,
+                project=self._ident.project,
+                status=400,
+            )
+        self._target = target
+
+    _failed: str | None = None
+
+    _pending: bytearray | None = None
+
+    async def _flush(self) -> None:
+        """Hand the buffered bytes to the blob writer in a thread (hash + write off-loop)."""
+        if not self._pending or self._failed is not None:
+            return
+        data, self._pending = bytes(self._pending), bytearray()
+        try:
+            await asyncio.to_thread(self._writer.write, data)
+        except (BlobError, OSError, ValueError) as exc:  # reported once the body is in (put)
+            self._failed = str(exc)
+
+    async def data_received(self, chunk: bytes):
+        # Tornado delivers 64 KiB chunks; one thread hop per MiB instead of per chunk.
+        if self._failed is not None:
+            return
+        if self._pending is None:
+            self._pending = bytearray()
+        self._pending += chunk
+        if len(self._pending) >= UPLOAD_BUFFER:
+            await self._flush()
+
+    async def put(self, request_id, index):
+        await self._flush()
+        try:
+            if self._failed is not None:
+                raise BlobError(self._failed)
+            key = await asyncio.to_thread(self._writer.finish)
+        except BlobError as exc:
+            await self.deny(
+                self.action,
+                str(exc),
+                actor=self._ident.username,
+                project=self._ident.project,
+                status=400,
+            )
+        result = await self.run(
+            logic.accept_upload, self._ident.username, self._ident.project, self._target, key
+        )
+        self.send(result)
+
+    def on_finish(self):
+        if self._writer is not None:
+            self._writer.abort()  # no-op after finish
+
+    def on_connection_close(self):
+        if self._writer is not None:
+            self._writer.abort()
+
+
+class ReleaseKeyHandler(_Base):
+    """The public half of the release-signing key (anyone may verify a manifest)."""
+
+    async def get(self):
+        key = await asyncio.to_thread(self.checking.signing_key)
+        self.set_header("Content-Type", "application/json")
+        self.finish(
+            json.dumps(
+                {
+                    "algorithm": "Ed25519",
+                    "public_key_pem": manifest_mod.public_key_pem(key),
+                    "manifest_format": manifest_mod.FORMAT,
+                }
+            )
+        )
+
+
+# --- pages for people -----------------------------------------------------------------------
+
+
+class PageHandler(HubOAuthenticated, _Base):
+    """A page for a person logged in to the hub (HubOAuth cookie only; tokens refused)."""
+
+    action = "export.page.viewed"
+
+    @property
+    def hub_auth(self):
+        return self.settings["hub_auth"]
+
+    def set_default_headers(self):
+        super().set_default_headers()
+        self.set_header("Content-Security-Policy", PAGE_CSP)
+        self.set_header("X-Frame-Options", "SAMEORIGIN")
+
+    async def prepare(self):
+        if self._bearer() or self.get_query_argument("token", None):
+            who = None
+            token = self._bearer() or self.get_query_argument("token", "")
+            try:
+                whoami = await self.hub_auth.user_for_token(token, sync=False)
+                who = (whoami or {}).get("name")
+            except Exception:  # noqa: S110 - naming the token's owner is best effort
+                pass
+            await self.deny(self.action, BROWSER_ONLY, actor=str(who)[:64] if who else None)
+        if not self.checking.page_allowed_from(self.request.remote_ip):
+            await self.deny(
+                self.action,
+                "pages are served only through the hub's proxy, not to workspaces "
+                f"(this request came from {self.request.remote_ip})",
+                actor=None,
+            )
+        model = await self.hub_auth.get_user(self, sync=False)
+        if model:
+            try:
+                model = self.check_hub_user(model)
+            except UserNotAllowed:
+                await self.deny(
+                    self.action,
+                    f"{model.get('name')} may not use the sde service",
+                    actor=model.get("name"),
+                )
+            if model.get("kind", "user") != "user" or server_of_scopes(
+                list(model.get("scopes") or [])
+            ):
+                await self.deny(self.action, BROWSER_ONLY, actor=model.get("name"))
+        self._hub_auth_user_cache = model or None
+        self.current_user = model or None
+        if not model:
+            if self.request.method in ("GET", "HEAD"):
+                self.redirect(self.get_login_url())
+                return
+            await self.deny(
+                self.action,
+                "not logged in, or the form is stale (xsrf): reload the page and try again",
+                actor=None,
+            )
+
+    def get_current_user(self):
+        """Set by :meth:`prepare` (asynchronously); never a blocking call to the hub here."""
+        return getattr(self, "_hub_auth_user_cache", None)
+
+    @property
+    def username(self) -> str:
+        return self.current_user["name"]
+
+    def render_page(self, template: str, **ctx):
+        prefix = self.settings["sde"].prefix
+        if self.current_user:
+            _ = self.xsrf_token  # every page sets the xsrf cookie its forms (and later ones) need
+        self.render(
+            template,
+            prefix=prefix,
+            url=lambda path="": url_path_join(prefix, path),
+            user=self.current_user["name"] if self.current_user else None,
+            fmt_time=_fmt_time,
+            fmt_size=_fmt_size,
+            reason_codes=REASON_CODES,
+            decisions=list(Decision),
+            State=State,
+            **ctx,
+        )
+
+    def write_error(self, status_code, **kwargs):
+        message = _message(self, kwargs)
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        try:
+            self.render_page("error.html", status=status_code, message=message)
+        except Exception:
+            self.finish(f"{status_code}: {web.escape.xhtml_escape(message)}")
+
+
+def _fmt_time(value: datetime | None) -> str:
+    if value is None:
+        return ""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _fmt_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+class IndexHandler(PageHandler):
+    async def get(self):
+        projects = await self.run(logic.checker_projects, self.username)
+        self.render_page("index.html", projects=projects)
+
+
+class QueueHandler(PageHandler):
+    action = "export.queue.viewed"
+
+    async def get(self):
+        older = self.get_query_argument("older_than_days", "").strip()
+        try:
+            older_days = float(older) if older else None
+        except ValueError:
+            raise web.HTTPError(400, "older_than_days must be a number") from None
+        flt = logic.QueueFilter(
+            project=self.get_query_argument("project", "") or None,
+            state=self.get_query_argument("state", logic.OPEN) or logic.OPEN,
+            older_than_days=older_days,
+        )
+        data = await self.run(logic.queue, self.username, flt)
+        self.render_page("queue.html", states=[s.value for s in State], **data)
+
+
+class RequestPageHandler(PageHandler):
+    action = "export.request.viewed"
+
+    async def get(self, request_id):
+        data = await self.run(logic.review_page, self.username, int(request_id))
+        flash = self.get_query_argument("done", "")
+        self.render_page("request.html", flash=flash, **data)
+
+
+class ClaimHandler(PageHandler):
+    action = "export.claimed"
+
+    async def post(self, request_id):
+        await self.run(logic.claim, self.username, int(request_id))
+        self.redirect(url_path_join(self.settings["sde"].prefix, f"checking/requests/{request_id}"))
+
+
+class ReviewHandler(PageHandler):
+    action = "export.reviewed"
+
+    async def post(self, request_id):
+        try:
+            version = int(self.get_body_argument("version"))
+        except (ValueError, web.MissingArgumentError):
+            raise web.HTTPError(400, "the review form is missing its version") from None
+        verdicts = {}
+        for name in self.request.body_arguments:
+            if not name.startswith("decision-"):
+                continue
+            try:
+                file_id = int(name.removeprefix("decision-"))
+            except ValueError:
+                continue
+            verdicts[file_id] = logic.FileVerdict(
+                decision=self.get_body_argument(name, ""),
+                reason_code=self.get_body_argument(f"reason-{file_id}", "") or None,
+                comment=self.get_body_argument(f"comment-{file_id}", ""),
+            )
+        result = await self.run(
+            logic.submit_review, self.username, int(request_id), version, verdicts
+        )
+        done = result["outcome"] or "reviewed"
+        self.redirect(
+            url_path_join(self.settings["sde"].prefix, f"checking/requests/{request_id}")
+            + f"?done={done}"
+        )
+
+
+class PreviewHandler(PageHandler):
+    """The safe preview document of one file, framed by the request page."""
+
+    action = "export.file.viewed"
+
+    async def get(self, file_id):
+        ref = await self.run(logic.file_for_checker, self.username, int(file_id))
+        try:
+            rendered = await asyncio.to_thread(self.checking.preview, ref)
+        except BlobError as exc:
+            await self.deny(self.action, str(exc), actor=self.username, status=500)
+        for name, value in render.PREVIEW_HEADERS.items():
+            self.set_header(name, value)
+        self.set_header("X-Frame-Options", "SAMEORIGIN")
+        self.finish(rendered.html)
+
+
+class ReleasesHandler(PageHandler):
+    action = "export.releases.viewed"
+
+    async def get(self):
+        items = await self.run(logic.releases, self.username)
+        self.render_page("releases.html", items=items)
+
+
+class DownloadHandler(PageHandler):
+    """Approved bytes, re-hashed before they are served; every download audited."""
+
+    action = "export.release.downloaded"
+
+    async def get(self, request_id, file_id):
+        ref = await self.run(logic.release_file, self.username, int(request_id), int(file_id))
+        store = self.checking.store
+        data = None
+        try:
+            if ref.size <= IN_MEMORY_DOWNLOAD:
+                data = await asyncio.to_thread(store.read_verified, ref.blob_key, ref.sha256)
+            else:
+                await asyncio.to_thread(_verify_blob, store, ref)
+        except BlobError as exc:
+            await self.deny(
+                self.action,
+                f"integrity check failed, nothing was released: {exc}",
+                actor=self.username,
+                status=500,
+            )
+        await self.run(logic.record_download, self.username, ref, self.request.remote_ip or "")
+        name = PurePosixPath(ref.path).name
+        self.set_header("Content-Type", "application/octet-stream")
+        self.set_header(
+            "Content-Disposition",
+            f"attachment; filename=\"{_ascii_name(name)}\"; filename*=UTF-8''{quote(name)}",
+        )
+        self.set_header("Content-Length", str(ref.size))
+        digest = base64.b64encode(bytes.fromhex(ref.sha256)).decode()
+        self.set_header("Repr-Digest", f"sha-256=:{digest}:")
+        self.set_header("X-SDE-SHA256", ref.sha256)
+        if data is not None:
+            self.finish(data)
+            return
+        await self._stream(ref)
+
+    async def _stream(self, ref: logic.BlobRef):
+        import hashlib
+
+        h = hashlib.sha256()
+        fh = await asyncio.to_thread(self.checking.store.path(ref.blob_key).open, "rb")
+        try:
+            while chunk := await asyncio.to_thread(fh.read, 1024 * 1024):
+                h.update(chunk)
+                self.write(chunk)
+                await self.flush()
+        finally:
+            fh.close()
+        if h.hexdigest() != ref.sha256:  # changed between check and send: break the download
+            await asyncio.to_thread(self._record_error, ref)
+            self.request.connection.close()
+            return
+        self.finish()
+
+    def _record_error(self, ref: logic.BlobRef) -> None:
+        with self.settings["sessionmaker"]() as s:
+            audit.append(
+                s,
+                self.action,
+                actor=self.username,
+                project=ref.project,
+                outcome="error",
+                reason="blob changed while it was served; download aborted",
+                details={"request": ref.request_id, "file": ref.file_id},
+            )
+            s.commit()
+
+
+def _verify_blob(store: BlobStore, ref: logic.BlobRef) -> None:
+    with store.open_verified(ref.blob_key, ref.sha256):
+        pass
+
+
+def _ascii_name(name: str) -> str:
+    return "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
+
+
+class ManifestHandler(PageHandler):
+    action = "export.manifest.viewed"
+
+    async def get(self, request_id, kind):
+        _rid, _project, text = await self.run(
+            logic.release_manifest, self.username, int(request_id)
+        )
+        if kind == "json":
+            self.set_header("Content-Type", "application/json")
+            self.finish(text.encode("utf-8"))
+            return
+        key = await asyncio.to_thread(self.checking.signing_key)
+        self.set_header("Content-Type", "text/plain; charset=us-ascii")
+        self.finish(manifest_mod.sign(key, text) + "\n")
+
+
+def routes(prefix: str) -> list[tuple]:
+    def u(path: str) -> str:
+        return url_path_join(prefix, path)
+
+    return [
+        (u("api/exports"), ExportsHandler),
+        (u(r"api/exports/(\d+)"), ExportHandler),
+        (u(r"api/exports/(\d+)/files/(\d+)"), UploadHandler),
+        (u(r"api/exports/(\d+)/versions"), VersionsHandler),
+        (u(r"api/exports/(\d+)/submit"), SubmitHandler),
+        (u(r"api/exports/(\d+)/withdraw"), WithdrawHandler),
+        (u("api/release-key"), ReleaseKeyHandler),
+        (prefix, IndexHandler),
+        (u("checking/?"), QueueHandler),
+        (u(r"checking/requests/(\d+)"), RequestPageHandler),
+        (u(r"checking/requests/(\d+)/claim"), ClaimHandler),
+        (u(r"checking/requests/(\d+)/review"), ReviewHandler),
+        (u(r"checking/files/(\d+)/render"), PreviewHandler),
+        (u("releases/?"), ReleasesHandler),
+        (u(r"releases/(\d+)/files/(\d+)"), DownloadHandler),
+        (u(r"releases/(\d+)/manifest\.(json|sig)"), ManifestHandler),
+    ]

@@ -1,0 +1,430 @@
+"""Safe previews of exported files for output checkers (pure: bytes in, HTML document out).
+
+A checker must see exactly what would leave, without anything in the file being able to act
+in the checker's browser. Every preview is a complete HTML document with no script in it:
+
+* notebooks: nbconvert's ``basic`` template after a preprocessor that keeps only inert output
+  types (SVG becomes an ``<img>`` of a data: URI, JavaScript/widget outputs are dropped), then
+  the whole fragment is sanitised with an allowlist (bleach; ``<script>``/``<style>`` and
+  friends removed with their content, every ``on*`` attribute and non-data image source gone);
+* CSV/TSV: an escaped HTML table of the first ``max_rows`` rows with the total row count, small
+  counts (1..9) highlighted;
+* images (PNG, JPEG, GIF, and SVG only ever as an image): an ``<img>`` of a data: URI;
+* other text: escaped ``<pre>``; anything else: a note that no preview exists.
+
+The handler serving these adds ``Content-Security-Policy: sandbox; default-src 'none';
+img-src data:; style-src 'unsafe-inline'`` (:data:`PREVIEW_CSP`) and the page embeds them in a
+sandboxed iframe: three independent layers.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+PREVIEW_CSP = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+PREVIEW_HEADERS = {
+    "Content-Security-Policy": PREVIEW_CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Content-Type": "text/html; charset=utf-8",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "private, no-store",
+}
+MAX_ROWS = 1000
+MAX_TEXT_CHARS = 2_000_000
+MAX_NOTEBOOK_BYTES = 64 * 1024 * 1024
+SMALL_COUNT = 10
+
+IMAGE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".svg": "image/svg+xml",
+}
+_MAGIC = {
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/gif": (b"GIF87a", b"GIF89a"),
+}
+TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+
+# --- sanitising -----------------------------------------------------------------------------
+
+#: Elements removed together with everything inside them.
+DROP_WITH_CONTENT = (
+    "script",
+    "style",
+    "template",
+    "iframe",
+    "frame",
+    "frameset",
+    "object",
+    "embed",
+    "applet",
+    "noscript",
+    "svg",
+    "math",
+    "head",
+    "title",
+    "link",
+    "meta",
+    "base",
+    "form",
+    "textarea",
+    "select",
+    "button",
+    "input",
+)
+ALLOWED_TAGS = frozenset(
+    {
+        "a", "abbr", "b", "blockquote", "br", "caption", "code", "col", "colgroup", "dd",
+        "del", "details", "div", "dl", "dt", "em", "figcaption", "figure", "h1", "h2", "h3",
+        "h4", "h5", "h6", "hr", "i", "img", "ins", "kbd", "li", "mark", "ol", "p", "pre", "q",
+        "s", "samp", "small", "span", "strong", "sub", "summary", "sup", "table", "tbody",
+        "td", "tfoot", "th", "thead", "tr", "u", "ul", "var",
+    }
+)  # fmt: skip
+_GLOBAL_ATTRS = frozenset({"class", "id", "title", "align"})
+_TAG_ATTRS = {
+    "img": frozenset({"src", "alt", "width", "height"}),
+    "a": frozenset({"href"}),
+    "td": frozenset({"colspan", "rowspan"}),
+    "th": frozenset({"colspan", "rowspan"}),
+    "table": frozenset({"border"}),
+    "ol": frozenset({"start"}),
+}
+_DATA_IMAGE = re.compile(r"^data:image/(png|jpeg|gif|webp|svg\+xml);base64,[A-Za-z0-9+/=\s]*$")
+_SAFE_HREF = re.compile(r"^(https?://|#)", re.IGNORECASE)
+
+
+def _allow_attribute(tag: str, name: str, value: str) -> bool:
+    if name.lower().startswith("on"):
+        return False
+    if name in _GLOBAL_ATTRS:
+        return True
+    if name not in _TAG_ATTRS.get(tag, ()):
+        return False
+    if tag == "img" and name == "src":
+        return bool(_DATA_IMAGE.match(value))
+    if tag == "a" and name == "href":
+        return bool(_SAFE_HREF.match(value.strip()))
+    return True
+
+
+def sanitize_html(fragment: str) -> str:
+    """An HTML fragment reduced to inert markup (allowlisted tags and attributes only)."""
+    return sanitize_html_report(fragment)[0]
+
+
+def sanitize_html_report(fragment: str) -> tuple[str, dict[str, int]]:
+    """:func:`sanitize_html` plus what active content was removed (for the checker to know)."""
+    import bleach
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(fragment, "html.parser")
+    removed: dict[str, int] = {}
+    for element in soup.find_all(True):
+        handlers = [a for a in element.attrs if a.lower().startswith("on")]
+        if handlers:
+            removed["event-handler attribute"] = removed.get("event-handler attribute", 0) + len(
+                handlers
+            )
+    for element in soup.find_all("img"):
+        if not _DATA_IMAGE.match(str(element.get("src", ""))):  # would load from elsewhere
+            removed["external image"] = removed.get("external image", 0) + 1
+            element.decompose()
+    for element in soup.find_all(DROP_WITH_CONTENT):
+        if element.name in ("script", "iframe", "object", "embed", "applet", "svg", "form"):
+            label = f"<{element.name}> element"
+            removed[label] = removed.get(label, 0) + 1
+        element.decompose()
+    cleaned = bleach.clean(
+        str(soup),
+        tags=ALLOWED_TAGS,
+        attributes=_allow_attribute,
+        protocols={"http", "https", "data"},
+        strip=True,
+        strip_comments=True,
+    )
+    return cleaned, removed
+
+
+# --- the result -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rendered:
+    kind: str  # notebook | table | image | text | binary | error
+    summary: str  # one line for the request page, e.g. "1,204 rows x 6 columns"
+    html: str  # a complete HTML document without any script
+
+
+def kind_of(path: str) -> str:
+    ext = PurePosixPath(path).suffix.lower()
+    if ext == ".ipynb":
+        return "notebook"
+    if ext in TABLE_DELIMITERS:
+        return "table"
+    if ext in IMAGE_TYPES:
+        return "image"
+    return "text"
+
+
+def render(path: str, data: bytes, *, max_rows: int = MAX_ROWS) -> Rendered:
+    """The preview document of one exported file."""
+    kind = kind_of(path)
+    ext = PurePosixPath(path).suffix.lower()
+    try:
+        if kind == "notebook":
+            body, summary = _notebook(data)
+        elif kind == "table":
+            body, summary = _table(data, TABLE_DELIMITERS[ext], max_rows)
+        elif kind == "image":
+            body, summary = _image(data, IMAGE_TYPES[ext])
+        else:
+            kind, body, summary = _text_or_binary(data)
+    except PreviewError as exc:
+        kind, summary = "error", str(exc)
+        body = f'<p class="note error">No preview: {html.escape(str(exc))}</p>'
+    return Rendered(kind, summary, _document(path, kind, summary, body))
+
+
+class PreviewError(ValueError):
+    pass
+
+
+_CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 0; padding: 12px; color: #1b1f24;
+       background: #fff; }
+.meta { color: #57606a; margin: 0 0 10px; font-size: 13px; }
+.note { background: #fff8c5; border: 1px solid #d4a72c; padding: 6px 10px; }
+.note.error { background: #ffebe9; border-color: #ff8182; }
+pre { white-space: pre-wrap; word-break: break-word; background: #f6f8fa; padding: 8px;
+      margin: 0; font: 12.5px/1.4 ui-monospace, monospace; }
+table { border-collapse: collapse; font-size: 13px; }
+th, td { border: 1px solid #d0d7de; padding: 3px 8px; text-align: right; }
+th { background: #f6f8fa; position: sticky; top: 0; }
+td.small { background: #ffd8b5; font-weight: 600; }
+td.rownum { color: #8c959f; background: #f6f8fa; }
+img { max-width: 100%; height: auto; }
+img.preview { border: 1px solid #d0d7de; background:
+  repeating-conic-gradient(#eee 0 25%, #fff 0 50%) 0 0 / 16px 16px; }
+.cell { margin: 0 0 10px; }
+.input_prompt, .prompt { color: #8c959f; font: 12px ui-monospace, monospace; }
+.input_area { border-left: 3px solid #0969da; }
+.output_area { border-left: 3px solid #d0d7de; padding-left: 6px; margin-top: 4px; }
+.output_stderr pre { background: #ffebe9; }
+.text_cell_render { padding: 2px 6px; }
+.rendered_html table { margin: 4px 0; }
+.anchor-link { display: none; }
+"""
+
+
+def _pygments_css() -> str:
+    try:
+        from pygments.formatters import HtmlFormatter
+    except ImportError:  # pragma: no cover - nbconvert depends on pygments
+        return ""
+    return HtmlFormatter(style="default").get_style_defs(".highlight")
+
+
+def _document(path: str, kind: str, summary: str, body: str) -> str:
+    name = html.escape(PurePosixPath(path).name)
+    css = _CSS + (_pygments_css() if kind == "notebook" else "")
+    return (
+        "<!DOCTYPE html>\n"
+        f'<html lang="en"><head><meta charset="utf-8"><title>{name}</title>'
+        f"<style>{css}</style></head>"
+        f'<body class="preview-{kind}"><p class="meta">{name} · {html.escape(summary)}</p>'
+        f"{body}</body></html>"
+    )
+
+
+# --- notebooks ------------------------------------------------------------------------------
+
+#: Output types shown (others, e.g. JavaScript and widget state, are dropped).
+SAFE_OUTPUT_TYPES = frozenset(
+    {
+        "text/plain",
+        "text/html",
+        "text/markdown",
+        "text/latex",
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "application/json",
+    }
+)
+
+
+def _safe_outputs(nb) -> None:
+    """Keep inert output types only; an SVG output becomes an <img> of a data: URI."""
+    for cell in nb.cells:
+        if cell.get("cell_type") != "code":
+            continue
+        for output in cell.get("outputs", []):
+            if output.get("output_type") not in ("display_data", "execute_result"):
+                continue
+            data = output.get("data", {})
+            svg = data.get("image/svg+xml")
+            for key in list(data):
+                if key not in SAFE_OUTPUT_TYPES:
+                    del data[key]
+            if svg is not None and not any(k.startswith("image/") for k in data):
+                text = svg if isinstance(svg, str) else "".join(svg)
+                uri = "data:image/svg+xml;base64," + base64.b64encode(text.encode()).decode()
+                data["text/html"] = f'<img class="preview" src="{uri}" alt="SVG output">'
+            output["data"] = data
+            output.get("metadata", {}).pop("application/vnd.jupyter.widget-view+json", None)
+
+
+def _load_notebook(data: bytes):
+    import nbformat
+    from nbformat.v4.nbjson import JSONReader
+
+    if len(data) > MAX_NOTEBOOK_BYTES:
+        raise PreviewError(f"notebook larger than {MAX_NOTEBOOK_BYTES // 2**20} MiB")
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PreviewError(f"not a notebook (invalid JSON: {exc})") from None
+    if (
+        not isinstance(raw, dict)
+        or raw.get("nbformat") != 4
+        or not isinstance(raw.get("cells"), list)
+    ):
+        raise PreviewError("not a version 4 Jupyter notebook")
+    if raw.get("nbformat_minor", 0) >= 5:
+        for cell in raw["cells"]:
+            if isinstance(cell, dict) and not cell.get("id"):
+                cell["id"] = uuid.uuid4().hex[:8]
+    nb = JSONReader().to_notebook(raw)  # multi-line sources joined, transient data dropped
+    try:
+        nbformat.validate(nb)
+    except nbformat.ValidationError as exc:
+        raise PreviewError(f"notebook does not validate: {str(exc).splitlines()[0]}") from None
+    return nb
+
+
+def _notebook(data: bytes) -> tuple[str, str]:
+    from nbconvert import HTMLExporter
+
+    nb = _load_notebook(data)
+    _safe_outputs(nb)
+    exporter = HTMLExporter(template_name="basic")
+    body, _resources = exporter.from_notebook_node(nb)
+    cells = len(nb.cells)
+    outputs = sum(len(c.get("outputs", [])) for c in nb.cells if c.get("cell_type") == "code")
+    cleaned, removed = sanitize_html_report(body)
+    note = ""
+    if removed:
+        what = ", ".join(f"{n} {label}(s)" for label, n in sorted(removed.items()))
+        note = (
+            '<p class="note">Active content was removed from this preview (it never runs here): '
+            f"{html.escape(what)}. The exported file itself still contains it.</p>"
+        )
+    return note + cleaned, f"notebook, {cells} cells, {outputs} outputs"
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+
+def _decode(data: bytes) -> str:
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _small(cell: str) -> bool:
+    value = cell.strip()
+    return value.isdigit() and 0 < int(value) < SMALL_COUNT
+
+
+def _table(data: bytes, delimiter: str, max_rows: int) -> tuple[str, str]:
+    reader = csv.reader(io.StringIO(_decode(data), newline=""), delimiter=delimiter)
+    try:
+        header = next(reader, [])
+        rows: list[list[str]] = []
+        total = 0
+        width = len(header)
+        for row in reader:
+            total += 1
+            width = max(width, len(row))
+            if len(rows) < max_rows:
+                rows.append(row)
+    except csv.Error as exc:
+        raise PreviewError(f"not a readable table (line {reader.line_num}: {exc})") from None
+    esc = html.escape
+    out = ['<table class="data"><thead><tr><th></th>']
+    out += [f"<th>{esc(h)}</th>" for h in header]
+    out.append("</tr></thead><tbody>")
+    small = 0
+    for number, row in enumerate(rows, 1):
+        out.append(f'<tr><td class="rownum">{number}</td>')
+        for cell in row:
+            if _small(cell):
+                small += 1
+                out.append(f'<td class="small">{esc(cell)}</td>')
+            else:
+                out.append(f"<td>{esc(cell)}</td>")
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    summary = f"{total:,} rows × {width} columns"
+    notes = []
+    if total > len(rows):
+        notes.append(f"Showing the first {len(rows):,} of {total:,} rows.")
+    if small:
+        notes.append(f"{small} cell(s) with counts below {SMALL_COUNT} are highlighted.")
+    head = "".join(f'<p class="note">{esc(n)}</p>' for n in notes)
+    return head + "".join(out), summary
+
+
+def table_row_count(data: bytes, delimiter: str = ",") -> int:
+    """Data rows (after the header) of a CSV/TSV file."""
+    reader = csv.reader(io.StringIO(_decode(data), newline=""), delimiter=delimiter)
+    next(reader, None)
+    return sum(1 for _ in reader)
+
+
+# --- images and text ------------------------------------------------------------------------
+
+
+def _image(data: bytes, mime: str) -> tuple[str, str]:
+    magic = _MAGIC.get(mime)
+    if magic and not data.startswith(magic):
+        raise PreviewError(f"the file's content is not {mime} (its name says it is)")
+    if mime == "image/svg+xml" and b"<svg" not in data[:4096].lower():
+        raise PreviewError("the file's content is not SVG")
+    uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+    note = ""
+    if mime == "image/svg+xml":
+        note = '<p class="note">SVG is shown as an image only; anything active in it is inert.</p>'
+    return f'{note}<img class="preview" src="{uri}" alt="image preview">', f"{mime}"
+
+
+def _text_or_binary(data: bytes) -> tuple[str, str, str]:
+    if b"\x00" in data[:8192]:
+        return (
+            "binary",
+            '<p class="note">Binary file: no preview. Ask the requester for a reviewable '
+            "format.</p>",
+            f"binary, {len(data):,} bytes",
+        )
+    text = _decode(data)
+    lines = text.count("\n") + (0 if text.endswith("\n") or not text else 1)
+    shown = text[:MAX_TEXT_CHARS]
+    note = ""
+    if len(text) > MAX_TEXT_CHARS:
+        note = f'<p class="note">Showing the first {MAX_TEXT_CHARS:,} characters.</p>'
+    return "text", f"{note}<pre>{html.escape(shown)}</pre>", f"text, {lines:,} lines"

@@ -1,0 +1,160 @@
+"""Content-addressed, write-once blob store for exported file snapshots.
+
+Blobs live under ``{SDE_STATE_DIR}/exports/blobs/`` as ``ab/abcdef…`` (the SHA-256 of the
+bytes). A blob is written by streaming into a temporary file in the same directory while
+hashing; the size and hash are checked against what the requester declared, then the file is
+fsynced, renamed into place and made read-only (0444). Nothing ever rewrites a blob, so what a
+checker saw and what is released are the bytes that were uploaded at submission time; edits in
+the workspace afterwards cannot reach them. Reads re-hash before serving (:meth:`open_verified`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+CHUNK = 1024 * 1024
+
+
+class BlobError(Exception):
+    """An upload that does not match its declaration, or a blob that no longer matches."""
+
+
+def is_sha256(value: object) -> bool:
+    return isinstance(value, str) and bool(_SHA256.match(value))
+
+
+class BlobStore:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    @classmethod
+    def for_state_dir(cls, state_dir: str | os.PathLike) -> BlobStore:
+        return cls(Path(state_dir) / "exports" / "blobs")
+
+    def path(self, key: str) -> Path:
+        if not is_sha256(key):
+            raise BlobError(f"not a blob key: {key!r}")
+        return self.root / key[:2] / key
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def writer(self, expected_size: int, expected_sha256: str, max_size: int) -> BlobWriter:
+        if not is_sha256(expected_sha256):
+            raise BlobError("declared sha256 must be 64 lowercase hex digits")
+        if expected_size < 0 or expected_size > max_size:
+            raise BlobError(f"declared size {expected_size} is over the limit of {max_size} bytes")
+        return BlobWriter(self, expected_size, expected_sha256)
+
+    def put(self, data: bytes) -> str:
+        """Store ``data`` (tests and small files); returns its key."""
+        digest = hashlib.sha256(data).hexdigest()
+        w = self.writer(len(data), digest, len(data))
+        w.write(data)
+        return w.finish()
+
+    @contextlib.contextmanager
+    def open_verified(self, key: str, sha256: str) -> Iterator[BinaryIO]:
+        """Open a blob after re-hashing it through the same descriptor; yields it at offset 0.
+
+        Raises :class:`BlobError` if the blob is missing or its bytes no longer hash to
+        ``sha256`` (never serve bytes that were not the approved ones).
+        """
+        try:
+            fh = self.path(key).open("rb")
+        except FileNotFoundError:
+            raise BlobError(f"blob {key[:12]}… is missing from the store") from None
+        with fh:
+            h = hashlib.sha256()
+            while chunk := fh.read(CHUNK):
+                h.update(chunk)
+            if h.hexdigest() != sha256:
+                raise BlobError(
+                    f"blob {key[:12]}… no longer matches its approved sha256 (store tampered)"
+                )
+            fh.seek(0)
+            yield fh
+
+    def read_verified(self, key: str, sha256: str) -> bytes:
+        with self.open_verified(key, sha256) as fh:
+            data = fh.read()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise BlobError(f"blob {key[:12]}… changed while it was read")
+        return data
+
+
+class BlobWriter:
+    """One streamed upload: ``write`` chunks, then ``finish`` (checks, fsync, rename) or
+    ``abort``."""
+
+    def __init__(self, store: BlobStore, expected_size: int, expected_sha256: str):
+        self.store = store
+        self.expected_size = expected_size
+        self.expected_sha256 = expected_sha256
+        self.size = 0
+        self._hash = hashlib.sha256()
+        store.root.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".upload-", dir=store.root)
+        self._tmp = Path(name)
+        self._fh = os.fdopen(fd, "wb")
+
+    def write(self, chunk: bytes) -> None:
+        if self._fh is None:
+            raise BlobError("upload already finished")
+        self.size += len(chunk)
+        if self.size > self.expected_size:
+            self.abort()
+            raise BlobError(f"upload is larger than the declared {self.expected_size} bytes")
+        self._hash.update(chunk)
+        self._fh.write(chunk)
+
+    def finish(self) -> str:
+        """Verify size and hash, make the blob durable and read-only; returns its key."""
+        if self._fh is None:
+            raise BlobError("upload already finished")
+        if self.size != self.expected_size:
+            self.abort()
+            raise BlobError(f"upload has {self.size} bytes, {self.expected_size} were declared")
+        digest = self._hash.hexdigest()
+        if digest != self.expected_sha256:
+            self.abort()
+            raise BlobError(
+                f"upload's sha256 {digest[:12]}… does not match the declared "
+                f"{self.expected_sha256[:12]}…"
+            )
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        self._fh = None
+        final = self.store.path(digest)
+        final.parent.mkdir(exist_ok=True)
+        if final.exists():  # identical bytes already stored: keep the existing, read-only one
+            self._tmp.unlink()
+        else:
+            os.chmod(self._tmp, 0o444)
+            os.replace(self._tmp, final)
+            _fsync_dir(final.parent)
+        return digest
+
+    def abort(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        with contextlib.suppress(FileNotFoundError):
+            self._tmp.unlink()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

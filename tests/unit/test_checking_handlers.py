@@ -1,0 +1,425 @@
+"""The output-checking handlers over real HTTP (tornado), with a fake hub that answers
+"whose token is this?" from a table. Workspaces use their server token; people use the
+HubOAuth cookie; the two never mix. State lives only in the DB and the blob store, so a new
+app over the same directory carries on where the old one stopped."""
+
+from __future__ import annotations
+
+import json
+import re
+from http.cookies import SimpleCookie
+from urllib.parse import urlencode
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
+from tornado.web import create_signed_value
+
+from sde_spawner import audit
+from sde_spawner.checking import manifest
+from sde_spawner.checking.testing import (
+    PROJECT,
+    FakeHubOAuth,
+    browser_model,
+    make_db,
+    open_workspace,
+    server_token_model,
+    sha256,
+)
+from sde_spawner.services.app import ServiceSettings, make_app
+
+PREFIX = "/services/sde/"
+CSV = b"region,n\nnorth,120\nsouth,98\n"
+NOTEBOOK = json.dumps(
+    {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {},
+        "cells": [
+            {
+                "cell_type": "code",
+                "id": "c1",
+                "metadata": {},
+                "execution_count": 1,
+                "source": "show()",
+                "outputs": [
+                    {
+                        "output_type": "display_data",
+                        "metadata": {},
+                        "data": {
+                            "text/html": "<script>document.title='pwned'</script>"
+                            "<img src=x onerror=alert(1)><b>mean HbA1c 52</b>"
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+).encode()
+FILES = {"out/summary.csv": CSV, "analysis.ipynb": NOTEBOOK}
+PEOPLE = ("alice", "bob", "chris", "dana", "olga")
+
+
+class Service:
+    """One running app over a state directory; ``stop()`` and build another to 'restart'."""
+
+    def __init__(self, tmp_path, hub_auth):
+        self.settings = ServiceSettings(
+            prefix=PREFIX,
+            bind_ip="127.0.0.1",
+            port=0,
+            db_url=f"sqlite:///{tmp_path / 'registry.sqlite'}",
+            state_dir=str(tmp_path / "state"),
+        )
+        self.app = make_app(self.settings, hub_auth=hub_auth)
+        sock, self.port = bind_unused_port()
+        self.server = HTTPServer(self.app)
+        self.server.add_sockets([sock])
+        self.client = AsyncHTTPClient(force_instance=True)
+        self.jars: dict[str, dict[str, str]] = {}
+
+    def stop(self):
+        self.server.stop()
+        self.client.close()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{PREFIX}{path}"
+
+    async def fetch(self, method, path, *, token=None, user=None, body=None, headers=None):
+        headers = dict(headers or {})
+        if token:
+            headers["Authorization"] = f"token {token}"
+        if user:
+            jar = self.jars.setdefault(user, {})
+            jar.setdefault(
+                "service-sde",
+                create_signed_value(
+                    self.app.settings["cookie_secret"], "service-sde", f"oauth-{user}"
+                ).decode(),
+            )
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in jar.items())
+        if isinstance(body, dict):
+            body = json.dumps(body)
+        if body is None and method in ("POST", "PUT"):
+            body = b""
+        resp = await self.client.fetch(
+            HTTPRequest(
+                self.url(path),
+                method=method,
+                body=body,
+                headers=headers,
+                follow_redirects=False,
+            ),
+            raise_error=False,
+        )
+        if user:
+            for value in resp.headers.get_list("Set-Cookie"):
+                for name, morsel in SimpleCookie(value).items():
+                    self.jars[user][name] = morsel.value
+        return resp
+
+    async def form_post(self, user, path, fields: dict):
+        """A browser form submission: the _xsrf token comes from the page's cookie."""
+        data = {**fields, "_xsrf": self.jars[user]["_xsrf"]}
+        return await self.fetch(
+            "POST",
+            path,
+            user=user,
+            body=urlencode(data),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+
+
+@pytest.fixture
+def hub_auth():
+    tokens = {f"oauth-{u}": browser_model(u) for u in PEOPLE}
+    tokens["ws-alice"] = server_token_model("alice", PROJECT)
+    tokens["ws-bob"] = server_token_model("bob", PROJECT)
+    tokens["personal-alice"] = {**browser_model("alice"), "scopes": ["self"]}
+    return FakeHubOAuth(tokens)
+
+
+@pytest.fixture
+def db(tmp_path):
+    Session = make_db(tmp_path)
+    open_workspace(Session, "alice", PROJECT)
+    open_workspace(Session, "bob", PROJECT)
+    return Session
+
+
+@pytest.fixture
+async def svc(tmp_path, db, hub_auth):
+    s = Service(tmp_path, hub_auth)
+    yield s
+    s.stop()
+
+
+def events(db, **filters) -> list[dict]:
+    with db() as s:
+        rows = [e.to_dict() for e in audit.query(s)]
+    return [e for e in rows if all(e[k] == v for k, v in filters.items())]
+
+
+def body_of(files: dict[str, bytes]) -> dict:
+    return {
+        "justification": "Table 2 and the notebook that makes it",
+        "files": [
+            {"path": p, "description": f"{p} for the paper", "size": len(d), "sha256": sha256(d)}
+            for p, d in files.items()
+        ],
+    }
+
+
+async def submit_request(svc: Service, workspace="ws-alice", files=FILES) -> int:
+    token = workspace
+    r = await svc.fetch("POST", "api/exports", token=token, body=body_of(files))
+    assert r.code == 201, r.body
+    created = json.loads(r.body)
+    assert created["version"] == 1 and created["state"] == "draft"
+    for up, data in zip(created["uploads"], files.values(), strict=True):
+        assert up["url"] == f"{PREFIX}api/exports/{created['id']}/files/{up['index']}"
+        r = await svc.fetch("PUT", up["url"].removeprefix(PREFIX), token=token, body=data)
+        assert r.code == 200, r.body
+    r = await svc.fetch("POST", f"api/exports/{created['id']}/submit", token=token)
+    assert r.code == 200, r.body
+    assert json.loads(r.body)["state"] == "submitted"
+    return created["id"]
+
+
+async def review_all(svc: Service, user: str, rid: int, decision="approve"):
+    page = await svc.fetch("GET", f"checking/requests/{rid}", user=user)
+    assert page.code == 200, page.body
+    if b'id="claim"' in page.body:
+        r = await svc.form_post(user, f"checking/requests/{rid}/claim", {})
+        assert r.code == 302, r.body
+        page = await svc.fetch("GET", f"checking/requests/{rid}", user=user)
+    file_ids = re.findall(rb'name="decision-(\d+)" value="approve"', page.body)
+    assert file_ids, page.body
+    fields = {"version": "1"}
+    for fid in file_ids:
+        fields[f"decision-{fid.decode()}"] = decision
+        if decision != "approve":
+            fields[f"reason-{fid.decode()}"] = "small-cell-count"
+    r = await svc.form_post(user, f"checking/requests/{rid}/review", fields)
+    assert r.code == 302, r.body
+    return r.headers["Location"]
+
+
+async def test_workspace_submits_checkers_review_requester_downloads(svc, db):
+    rid = await submit_request(svc)
+    listed = json.loads((await svc.fetch("GET", "api/exports", token="ws-alice")).body)
+    assert [(r["id"], r["state"]) for r in listed["requests"]] == [(rid, "submitted")]
+    assert json.loads((await svc.fetch("GET", "api/exports", token="ws-bob")).body) == {
+        "requests": []
+    }
+
+    queue = await svc.fetch("GET", "checking/", user="chris")
+    assert queue.code == 200 and f'data-request="{rid}"'.encode() in queue.body
+    assert queue.headers["Content-Security-Policy"].startswith("default-src 'none'")
+
+    assert (await review_all(svc, "chris", rid)).endswith(f"requests/{rid}?done=reviewed")
+    # independence: dana sees no decisions of chris before submitting her own
+    page = await svc.fetch("GET", f"checking/requests/{rid}", user="dana")
+    assert b"chris" not in page.body
+    assert (await review_all(svc, "dana", rid)).endswith("?done=approved")
+    page = await svc.fetch("GET", f"checking/requests/{rid}", user="dana")
+    assert b"chris" in page.body and b'id="state">approved' in page.body
+
+    releases = await svc.fetch("GET", "releases/", user="alice")
+    links = re.findall(rb'href="(/services/sde/releases/\d+/files/\d+)"', releases.body)
+    assert len(links) == 2
+    got = []
+    for link in links:
+        r = await svc.fetch("GET", link.decode().removeprefix(PREFIX), user="alice")
+        assert r.code == 200, r.body
+        assert r.headers["Content-Type"] == "application/octet-stream"
+        assert r.headers["X-SDE-SHA256"] == sha256(r.body)
+        assert "attachment" in r.headers["Content-Disposition"]
+        got.append(r.body)
+    assert got == list(FILES.values())
+    assert (
+        json.loads((await svc.fetch("GET", "api/exports", token="ws-alice")).body)["requests"][0][
+            "state"
+        ]
+        == "released"
+    )
+
+    text = (await svc.fetch("GET", f"releases/{rid}/manifest.json", user="alice")).body
+    sig = (await svc.fetch("GET", f"releases/{rid}/manifest.sig", user="alice")).body
+    key = json.loads((await svc.fetch("GET", "api/release-key")).body)
+    assert key["algorithm"] == "Ed25519"
+    assert manifest.verify(key["public_key_pem"], text, sig.decode().strip())
+    m = json.loads(text)
+    assert {f["sha256"] for f in m["files"]} == {sha256(d) for d in FILES.values()}
+    assert [r["checker"] for r in m["reviews"]] == ["chris", "dana"]
+    assert len(events(db, action="export.release.downloaded", outcome="allowed")) == 2
+
+
+async def test_a_workspace_token_can_never_review_approve_or_download(svc, db):
+    rid = await submit_request(svc)
+    attempts = [
+        ("GET", "checking/"),
+        ("GET", f"checking/requests/{rid}"),
+        ("POST", f"checking/requests/{rid}/claim"),
+        ("POST", f"checking/requests/{rid}/review"),
+        ("GET", "checking/files/1/render"),
+        ("GET", "releases/"),
+        ("GET", f"releases/{rid}/files/1"),
+        ("GET", f"releases/{rid}/manifest.json"),
+    ]
+    for token in ("ws-alice", "personal-alice", "oauth-chris"):
+        for method, path in attempts:
+            r = await svc.fetch(method, path, token=token)
+            assert r.code == 403, (token, path, r.code)
+            assert b"browser login" in r.body
+    denied = events(db, outcome="denied")
+    assert len(denied) == 3 * len(attempts)
+    assert {e["actor"] for e in denied} == {"alice", "chris"}
+    assert all("can never review, approve or download" in e["reason"] for e in denied)
+    # a token in the URL is refused the same way
+    r = await svc.fetch("GET", "releases/?token=ws-alice")
+    assert r.code == 403
+
+
+async def test_pages_without_a_login_go_to_the_hub_and_api_needs_a_workspace_token(svc, db):
+    r = await svc.fetch("GET", "checking/")
+    assert r.code == 302
+    assert r.headers["Location"].startswith("/hub/api/oauth2/authorize?")
+    assert (await svc.fetch("POST", "checking/requests/1/claim")).code == 403
+    assert (await svc.fetch("GET", "api/exports")).code == 401
+    for token in ("personal-alice", "oauth-alice", "forged"):
+        r = await svc.fetch("POST", "api/exports", token=token, body=body_of(FILES))
+        assert r.code == 403, token
+        assert b"running workspace's own token" in r.body
+    assert [e["actor"] for e in events(db, action="export.created", outcome="denied")] == [
+        "alice",
+        "alice",
+        "(unidentified)",
+    ]
+
+
+async def test_preview_is_sanitised_and_sandboxed(svc, db):
+    rid = await submit_request(svc)
+    page = await svc.fetch("GET", f"checking/requests/{rid}", user="chris")
+    srcs = re.findall(rb'<iframe sandbox="" [^>]*src="([^"]+)"', page.body)
+    assert len(srcs) == 2
+    for src in srcs:
+        r = await svc.fetch("GET", src.decode().removeprefix(PREFIX), user="chris")
+        assert r.code == 200
+        assert r.headers["Content-Security-Policy"] == (
+            "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+        )
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+        assert r.headers["Content-Type"] == "text/html; charset=utf-8"
+        assert b"<script" not in r.body and b"onerror" not in r.body
+    assert b"mean HbA1c 52" in r.body  # the notebook, rendered
+    assert len(events(db, action="export.file.viewed", actor="chris")) == 2
+    # the requester (bob is a checker too) and other projects' checkers cannot preview
+    bob_rid = await submit_request(svc, workspace="ws-bob")
+    bob_page = await svc.fetch("GET", f"checking/requests/{bob_rid}", user="chris")
+    bob_src = re.findall(rb'src="/services/sde/(checking/files/\d+/render)"', bob_page.body)[0]
+    for user, reason in [("bob", b"requesters do not review"), ("olga", b"not an output checker")]:
+        r = await svc.fetch("GET", bob_src.decode(), user=user)
+        assert r.code == 403 and reason in r.body, r.body
+
+
+async def test_self_review_and_second_review_are_refused_with_a_page(svc, db):
+    rid = await submit_request(svc, workspace="ws-bob")
+    r = await svc.fetch("GET", f"checking/requests/{rid}", user="bob")
+    assert r.code == 403 and b"a requester cannot open it for review" in r.body
+    await svc.fetch("GET", "checking/", user="bob")  # a page visit sets the xsrf cookie
+    r = await svc.form_post("bob", f"checking/requests/{rid}/claim", {})
+    assert r.code == 403 and b"can never review their own request" in r.body
+    await review_all(svc, "chris", rid)
+    r = await svc.form_post("chris", f"checking/requests/{rid}/review", {"version": "1"})
+    assert r.code == 409 and b"one checker counts once" in r.body
+    assert {e["actor"] for e in events(db, outcome="denied")} == {"bob", "chris"}
+
+
+async def test_a_form_without_the_xsrf_token_is_refused(svc, db):
+    rid = await submit_request(svc)
+    await svc.fetch("GET", f"checking/requests/{rid}", user="chris")
+    r = await svc.fetch("POST", f"checking/requests/{rid}/claim", user="chris", body=b"")
+    assert r.code == 403
+    assert (
+        json.loads((await svc.fetch("GET", "api/exports", token="ws-alice")).body)["requests"][0][
+            "state"
+        ]
+        == "submitted"
+    )
+
+
+async def test_uploads_must_match_their_declaration(svc, db):
+    files = {"a.csv": CSV}
+    r = await svc.fetch("POST", "api/exports", token="ws-alice", body=body_of(files))
+    rid = json.loads(r.body)["id"]
+    r = await svc.fetch("PUT", f"api/exports/{rid}/files/0", token="ws-alice", body=CSV[::-1])
+    assert r.code == 400 and b"does not match the declared" in r.body
+    r = await svc.fetch("PUT", f"api/exports/{rid}/files/0", token="ws-alice", body=CSV + b"x")
+    assert r.code == 400
+    r = await svc.fetch("PUT", f"api/exports/{rid}/files/0", token="ws-bob", body=CSV)
+    assert r.code == 404
+    r = await svc.fetch("PUT", f"api/exports/{rid}/files/5", token="ws-alice", body=CSV)
+    assert r.code == 404
+    r = await svc.fetch("POST", f"api/exports/{rid}/submit", token="ws-alice")
+    assert r.code == 409 and b"not uploaded yet" in r.body
+    bad = {**body_of(files), "requester": "bob"}
+    r = await svc.fetch("POST", "api/exports", token="ws-alice", body=bad)
+    assert r.code == 400 and b"unknown field(s) requester" in r.body
+    assert len(events(db, action="export.file.uploaded", outcome="denied")) == 4
+    r = await svc.fetch("PUT", f"api/exports/{rid}/files/0", token="ws-alice", body=CSV)
+    assert r.code == 200
+    assert (await svc.fetch("POST", f"api/exports/{rid}/submit", token="ws-alice")).code == 200
+    r = await svc.fetch("PUT", f"api/exports/{rid}/files/0", token="ws-alice", body=CSV)
+    assert r.code == 409 and b"its files are fixed" in r.body
+    assert list((svc.settings and __import__("pathlib").Path(svc.settings.state_dir))
+                .glob("exports/blobs/.upload-*")) == []  # fmt: skip
+
+
+async def test_the_service_survives_a_restart(tmp_path, db, hub_auth):
+    first = Service(tmp_path, hub_auth)
+    rid = await submit_request(first)
+    await review_all(first, "chris", rid)
+    key1 = json.loads((await first.fetch("GET", "api/release-key")).body)["public_key_pem"]
+    first.stop()
+
+    second = Service(tmp_path, hub_auth)  # new app, new cookie secret: people log in again
+    await review_all(second, "dana", rid)
+    releases = await second.fetch("GET", "releases/", user="alice")
+    links = re.findall(rb'href="/services/sde/(releases/\d+/files/\d+)"', releases.body)
+    got = [(await second.fetch("GET", link.decode(), user="alice")).body for link in links]
+    assert got == list(FILES.values())
+    text = (await second.fetch("GET", f"releases/{rid}/manifest.json", user="alice")).body
+    sig = (await second.fetch("GET", f"releases/{rid}/manifest.sig", user="alice")).body
+    second.stop()
+    assert manifest.verify(key1, text, sig.decode().strip())
+
+
+async def test_a_tampered_blob_is_not_released(svc, db):
+    rid = await submit_request(svc, files={"a.csv": CSV})
+    await review_all(svc, "chris", rid)
+    await review_all(svc, "dana", rid)
+    from sde_spawner.checking.storage import BlobStore
+
+    path = BlobStore.for_state_dir(svc.settings.state_dir).path(sha256(CSV))
+    path.chmod(0o644)
+    path.write_bytes(b"region,n\nnorth,3\n")
+    releases = await svc.fetch("GET", "releases/", user="alice")
+    link = re.findall(rb'href="/services/sde/(releases/\d+/files/\d+)"', releases.body)[0]
+    r = await svc.fetch("GET", link.decode(), user="alice")
+    assert r.code == 500 and b"integrity check failed" in r.body and b"north,3" not in r.body
+    assert events(db, action="export.release.downloaded", outcome="denied")
+    assert not events(db, action="export.release.downloaded", outcome="allowed")
+
+
+async def test_pages_are_only_served_through_the_proxy(svc, db, monkeypatch):
+    """Workspaces reach the service port from their gateway; people come via the proxy."""
+    monkeypatch.setenv("SDE_CHECKING_PAGE_NETWORKS", "10.99.0.0/16")
+    for path in ("checking/", "releases/"):
+        r = await svc.fetch("GET", path, user="chris")
+        assert r.code == 403 and b"only through the hub&#x27;s proxy" in r.body, r.body
+    # the workspace API is unaffected
+    assert (await svc.fetch("GET", "api/exports", token="ws-alice")).code == 200
+    denied = events(db, outcome="denied")
+    assert len(denied) == 2 and all("came from 127.0.0.1" in e["reason"] for e in denied)
