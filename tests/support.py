@@ -101,8 +101,9 @@ class Hub:
         )
         wait_for(self._up, 60, "the hub to answer")
         wait_for(
-            lambda: requests.get(f"{self.url}/services/sde/api/health", timeout=2).status_code
-            == 200,
+            lambda: (
+                requests.get(f"{self.url}/services/sde/api/health", timeout=2).status_code == 200
+            ),
             60,
             "the sde service to answer",
         )
