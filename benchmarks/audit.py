@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=1_000_000, help="events for batch + verify")
     parser.add_argument("--batch", type=int, default=1000, help="events per batched transaction")
     parser.add_argument("--single", type=int, default=2000, help="single-append transactions")
+    parser.add_argument("--saves", type=int, default=300, help="contents saves per server")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="sde-audit-bench-") as tmp:
@@ -130,7 +131,17 @@ def main(argv: list[str] | None = None) -> None:
             f"{scaled:.2f} s per 1M, goal <= 5 s: {goal})"
         )
         engine.dispose()
-    print(f"ratio={chained_rate / plain_rate:.3f}")
+    print(f"chained/plain batched append throughput: {chained_rate / plain_rate:.3f}")
+
+    from benchmarks.audit_save import measure
+
+    save = measure(args.saves)
+    print(
+        f"contents save, p50 over {save['saves']} each: with audit "
+        f"{save['audited_p50'] * 1000:.2f} ms, without {save['plain_p50'] * 1000:.2f} ms "
+        f"({save['events_received']} file.saved events shipped; target ratio <= 1.05)"
+    )
+    print(f"ratio={save['audited_p50'] / save['plain_p50']:.3f}")
 
 
 if __name__ == "__main__":
