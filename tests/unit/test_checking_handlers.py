@@ -79,9 +79,11 @@ class Service:
         self.client = AsyncHTTPClient(force_instance=True)
         self.jars: dict[str, dict[str, str]] = {}
 
-    def stop(self):
+    async def stop(self):
+        """Stop listening, close the client and every accepted connection (no leaked sockets)."""
         self.server.stop()
         self.client.close()
+        await self.server.close_all_connections()
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{PREFIX}{path}"
@@ -152,7 +154,7 @@ def db(tmp_path):
 async def svc(tmp_path, db, hub_auth):
     s = Service(tmp_path, hub_auth)
     yield s
-    s.stop()
+    await s.stop()
 
 
 def events(db, **filters) -> list[dict]:
@@ -382,7 +384,7 @@ async def test_the_service_survives_a_restart(tmp_path, db, hub_auth):
     rid = await submit_request(first)
     await review_all(first, "chris", rid)
     key1 = json.loads((await first.fetch("GET", "api/release-key")).body)["public_key_pem"]
-    first.stop()
+    await first.stop()
 
     second = Service(tmp_path, hub_auth)  # new app, new cookie secret: people log in again
     await review_all(second, "dana", rid)
@@ -392,7 +394,7 @@ async def test_the_service_survives_a_restart(tmp_path, db, hub_auth):
     assert got == list(FILES.values())
     text = (await second.fetch("GET", f"releases/{rid}/manifest.json", user="alice")).body
     sig = (await second.fetch("GET", f"releases/{rid}/manifest.sig", user="alice")).body
-    second.stop()
+    await second.stop()
     assert manifest.verify(key1, text, sig.decode().strip())
 
 

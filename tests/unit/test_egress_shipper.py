@@ -61,9 +61,11 @@ class FakeAuditService:
         self.server = HTTPServer(app)
         self.server.listen(self.port, "127.0.0.1")
 
-    def stop(self):
+    async def stop(self):
+        """Stop listening and close accepted connections (no leaked sockets)."""
         if self.server is not None:
             self.server.stop()
+            await self.server.close_all_connections()
             self.server = None
 
 
@@ -79,7 +81,7 @@ async def until(predicate, timeout: float = 10.0):
 async def service():
     svc = FakeAuditService()
     yield svc
-    svc.stop()
+    await svc.stop()
 
 
 def make_shipper(service, **kw) -> AuditShipper:
