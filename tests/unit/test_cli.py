@@ -171,3 +171,10 @@ def test_demo_seed_twice_changes_nothing_the_second_time(db, tmp_path):
         for line in second.output.splitlines()
     ), second.output
     assert len(events(db)) == n
+
+
+def test_a_new_sqlite_database_gets_its_directory(tmp_path):
+    db = f"sqlite:///{tmp_path}/not/yet/there/r.sqlite"
+    res = run(db, "init")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "not/yet/there/r.sqlite").exists()
