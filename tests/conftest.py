@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.support import REPO, Hub, OutsideHost
+from tests.support import REPO, Hub, OutsideHost, close_sessions
 
 NOTEBOOK_IMAGE = "sde-notebook:latest"
 
@@ -59,6 +59,7 @@ def hub(tmp_path_factory, docker_client, notebook_image):
     h.seed()
     h.start()
     yield h
+    close_sessions()
     h.stop()
     remove_prefixed(docker_client, prefix)
     firewall.revoke(h.hub_port)

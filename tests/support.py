@@ -140,6 +140,16 @@ class Hub:
         return [r for r in rows if all(r.get(k) == v for k, v in filters.items())]
 
 
+OPEN_SESSIONS: list[requests.Session] = []
+
+
+def close_sessions() -> None:
+    """Close every User session explicitly (left to the garbage collector, their pooled
+    sockets raise ResourceWarning inside whichever later test happens to be running)."""
+    while OPEN_SESSIONS:
+        OPEN_SESSIONS.pop().close()
+
+
 class User:
     """A person using the hub through its real login form, pages and API."""
 
@@ -147,6 +157,7 @@ class User:
         self.hub = hub
         self.name = name
         self.s = requests.Session()
+        OPEN_SESSIONS.append(self.s)
         self.s.get(f"{hub.url}/hub/login", timeout=10)
         r = self.s.post(
             f"{hub.url}/hub/login",
