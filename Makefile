@@ -27,12 +27,14 @@ demo: images
 	$(VENV)/bin/sde-admin --db sqlite:///$(CURDIR)/var/demo/registry.sqlite demo-seed var/demo/data
 	SDE_STATE_DIR=var/demo PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/jupyterhub -f jupyterhub_config.py
 
-## make test: every tier (unit, docker, security) against a real engine
+## make test: every tier: lint, unit, then docker, security and browser against a real engine
 test: venv
 	bash scripts/ensure-system.sh --test
 	PYTHON=$(CURDIR)/$(PY) bash scripts/build-images.sh
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -p no:cacheprovider tests
 	$(VENV)/bin/ruff check .
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -p no:cacheprovider tests/unit
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -p no:cacheprovider \
+		tests/docker tests/security tests/browser
 
 test-unit: venv
 	$(PY) -m pytest -q tests/unit
