@@ -34,6 +34,7 @@ from sde_spawner.containers import (
     SLUG_RE,
     Limits,
     container_spec,
+    escape,
     labels,
     network_spec,
     volume_spec,
@@ -226,17 +227,15 @@ class SDESpawner(DockerSpawner):
         return await asyncio.wrap_future(self.executor.submit(fn, *args))
 
     def _db_audit(self, action, *, outcome="allowed", reason=None, project=None, details=None):
-        Session = _sessionmaker(self.registry_url)
-        with Session() as session, session.begin():
-            audit.append(
-                session,
-                action,
-                actor=self.user.name,
-                project=project if project is not None else (self.project or None),
-                outcome=outcome,
-                reason=reason,
-                details={"server": self.name, **(details or {})},
-            )
+        audit.append_committed(
+            _sessionmaker(self.registry_url),
+            action,
+            actor=self.user.name,
+            project=project if project is not None else (self.project or None),
+            outcome=outcome,
+            reason=reason,
+            details={"server": self.name, **(details or {})},
+        )
 
     def _record_started(self, datasets: list[str]) -> None:
         """The open-workspace row and its audit event, in one transaction."""
@@ -373,15 +372,15 @@ class SDESpawner(DockerSpawner):
         self.object_name = names.container
 
         self._event(30, "Preparing your data")
-        extract_dir = os.path.join(self.extracts_dir, project, _safe_dir(self.user.name))
+        extract = os.path.join(project, escape(self.user.name))
         try:
-            await self._in_thread(build_extract, list(found.grants), extract_dir)
+            await self._in_thread(
+                build_extract, list(found.grants), os.path.join(self.extracts_dir, extract)
+            )
         except ExtractError as exc:
             self.project = ""
             await self.refuse(str(exc), project=project, status=500)
-        self._extract_host_dir = os.path.join(
-            self.extracts_host_dir or self.extracts_dir, project, _safe_dir(self.user.name)
-        )
+        self._extract_host_dir = os.path.join(self.extracts_host_dir or self.extracts_dir, extract)
 
         self._event(50, "Isolating your workspace network")
         created_network = created_volume = False
@@ -591,12 +590,6 @@ class SDESpawner(DockerSpawner):
 def drop_default_route_command(pid: int) -> list[str]:
     """Delete the default route in the network namespace of process ``pid``."""
     return ["nsenter", f"--net=/proc/{int(pid)}/ns/net", "ip", "route", "del", "default"]
-
-
-def _safe_dir(username: str) -> str:
-    from sde_spawner.containers import escape
-
-    return escape(username)
 
 
 def render_project_form(items: list[Eligibility], preselect: str = "") -> str:

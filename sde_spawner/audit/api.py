@@ -154,20 +154,15 @@ class AuditEventsHandler(web.RequestHandler):
     async def _record_refusal(self, exc: web.HTTPError) -> None:
         """A refused report is itself a denied action: audit it, naming the token's owner."""
         who = (self._whoami or {}).get("name") or "(unidentified)"
-        Session = self.settings["sessionmaker"]
-
-        def write():
-            with Session() as s, s.begin():
-                audit.append(
-                    s,
-                    "audit.ingest.refused",
-                    actor=str(who)[:64],
-                    outcome="denied",
-                    reason=exc.log_message,
-                    details={"status": exc.status_code, "remote": self.request.remote_ip},
-                )
-
-        await asyncio.to_thread(write)
+        await asyncio.to_thread(
+            audit.append_committed,
+            self.settings["sessionmaker"],
+            "audit.ingest.refused",
+            actor=str(who)[:64],
+            outcome="denied",
+            reason=exc.log_message,
+            details={"status": exc.status_code, "remote": self.request.remote_ip},
+        )
 
     def write_error(self, status_code, **kwargs):
         exc = kwargs.get("exc_info", (None, None))[1]

@@ -191,6 +191,14 @@ def append(
     return append_many(session, [event])[0]
 
 
+def append_committed(sessionmaker, action: str, **fields) -> None:
+    """Append one event in a transaction of its own and commit it (for events that stand
+    alone, e.g. a refusal whose surrounding change was never made). Blocking: call it from a
+    worker thread in async code."""
+    with sessionmaker() as session, session.begin():
+        append(session, action, **fields)
+
+
 def append_many(session: Session, events: Iterable[dict]) -> list[AuditEvent]:
     """Add several events in one batch (one lock, one executemany), same chain as :func:`append`.
 

@@ -96,19 +96,14 @@ class AuditPageHandler(HubOAuthenticated, web.RequestHandler):
     async def _admin_only(self, user: dict) -> None:
         if user["name"] in _admins():
             return
-        Session = self.settings["sessionmaker"]
-
-        def deny():
-            with Session() as s, s.begin():
-                audit.append(
-                    s,
-                    "audit.page.refused",
-                    actor=user["name"],
-                    outcome="denied",
-                    reason="not an audit administrator",
-                )
-
-        await asyncio.to_thread(deny)
+        await asyncio.to_thread(
+            audit.append_committed,
+            self.settings["sessionmaker"],
+            "audit.page.refused",
+            actor=user["name"],
+            outcome="denied",
+            reason="not an audit administrator",
+        )
         raise web.HTTPError(403, "the audit trail is for administrators only")
 
     @web.authenticated

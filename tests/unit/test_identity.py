@@ -1,4 +1,5 @@
-"""Which tokens count as a workspace's own: exactly a server token's scopes, nothing more."""
+"""Which tokens count as a workspace's own (exactly a server token's scopes), and the
+stand-alone audit append the service uses for refusals."""
 
 import pytest
 
@@ -38,3 +39,17 @@ def test_anything_broader_is_a_personal_token(extra):
 def test_other_users_server_scope_does_not_match_their_activity_scopes():
     assert server_of_scopes(["access:servers!server=bob/p", "users:activity!user=alice"]) is None
     assert server_of_scopes([]) is None
+
+
+def test_append_committed_writes_one_event_in_its_own_transaction(tmp_path):
+    from sde_spawner import audit
+    from sde_spawner.db import open_db
+
+    Session = open_db(f"sqlite:///{tmp_path}/a.sqlite")
+    audit.append_committed(Session, "x.refused", actor="alice", outcome="denied", reason="no")
+    with Session() as s:
+        rows = audit.query(s)
+        assert [(e.action, e.actor, e.outcome, e.reason) for e in rows] == [
+            ("x.refused", "alice", "denied", "no")
+        ]
+        assert audit.verify(s).ok
