@@ -38,7 +38,6 @@ import math
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -56,7 +55,7 @@ import requests
 from dockerspawner import DockerSpawner
 
 from sde_spawner.containers import workspace_names
-from tests.support import Hub, User, free_port, wait_for
+from tests.support import Hub, User, wait_for
 
 IMAGE = "sde-notebook:latest"
 PROJECT = "diabetes-outcomes"
@@ -279,21 +278,22 @@ def print_phases(label: str, samples: list[Sample]) -> None:
 
 
 # ---- the two hubs ----------------------------------------------------------------------------
-class StockHub:
-    """``jupyterhub -f benchmarks/stock_hub_config.py`` on loopback ports, with a service token."""
+class StockHub(Hub):
+    """``jupyterhub -f benchmarks/stock_hub_config.py`` on loopback ports, with a service token.
+
+    Process handling (start, log, stop) is :class:`tests.support.Hub`'s; only the config, its
+    environment and what "started" means differ.
+    """
+
+    config = STOCK_CONFIG
 
     def __init__(self, state_dir: Path, connect_ip: str):
-        self.state_dir = state_dir
-        self.port = free_port()
-        self.hub_port = free_port()
-        self.proxy_api_port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(state_dir, prefix="stock")
         self.token = secrets.token_hex(32)
         self.connect_ip = connect_ip
-        self.log_path = state_dir / "hub.log"
-        self.proc: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    @property
+    def env(self) -> dict:
         env = dict(os.environ)
         env.update(
             BENCH_STOCK_PORT=str(self.port),
@@ -303,33 +303,10 @@ class StockHub:
             BENCH_STOCK_TOKEN=self.token,
             BENCH_STOCK_IMAGE=IMAGE,
         )
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(STOCK_CONFIG)],
-            cwd=self.state_dir,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        return env
 
-        def up() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"stock hub exited, see {self.log_path}")
-            return requests.get(f"{self.url}/hub/api/", timeout=2).status_code == 200
-
-        wait_for(up, 60, "the stock hub to answer")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-        self._log.close()
+    def wait_started(self) -> None:
+        wait_for(self._up, 60, "the stock hub to answer")  # no `sde` service here
 
 
 def docker0_gateway(client: docker.DockerClient) -> str:

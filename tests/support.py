@@ -47,6 +47,10 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.25):
 
 
 class Hub:
+    """``jupyterhub -f CONFIG`` in a subprocess; CONFIG is the project's own wiring."""
+
+    config = REPO / "jupyterhub_config.py"
+
     def __init__(self, state_dir: Path, prefix: str):
         self.state_dir = state_dir
         self.prefix = prefix
@@ -93,12 +97,16 @@ class Hub:
     def start(self) -> None:
         self._log = log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(REPO / "jupyterhub_config.py")],
+            [sys.executable, "-m", "jupyterhub", "-f", str(self.config)],
             cwd=self.state_dir,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        self.wait_started()
+
+    def wait_started(self) -> None:
+        """The hub API answers, and so does the `sde` service through the proxy."""
         wait_for(self._up, 60, "the hub to answer")
         wait_for(
             lambda: (
