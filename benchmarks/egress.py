@@ -1,21 +1,23 @@
-"""Export throughput of one large file (``python -m benchmarks.egress [--mib 200] [--runs 3]``).
+"""Export throughput of one large file (``python -m benchmarks.egress [--mib 200] [--runs 5]``).
 
 Ours: the extension's own code path for an export request
-(:func:`egress_extension.exports.submit_export`): confine and open the file, copy it into a
-private snapshot while hashing it (SHA-256), declare it, stream the snapshot over loopback
-HTTP to a receiver in another process that hashes every byte it gets and checks the digest,
-and submit.
+(:func:`egress_extension.exports.submit_export`): confine and open the file, snapshot it
+(size + SHA-256, one read pass), declare it, stream it from the same descriptor over loopback
+HTTP to the real hub-side ``sde`` service in another process (its app from
+``sde_spawner.services.app`` over a scratch SQLite registry, with the test hub from
+``sde_spawner.checking.testing``), which hashes every byte again, writes the blob, fsyncs it
+and records it, and submit.
 
 Baseline, in the same run on the same file: ``sha256sum FILE`` followed by ``cp FILE COPY``
-(the shell way to take a checksum and a copy).
+(the shell way to take a checksum and a copy; no fsync, no network, no second hash).
 
 Runs alternate (ours, baseline, ours, ...) ``--runs`` times; the median of each is reported.
-The last line is ``ratio=<ours throughput / baseline throughput>`` (goal: >= 0.8).
+``--receiver loopback`` swaps the service for a bare receiver that only hashes (to separate
+the service's own cost). Before the result, the checker's side of the same export is shown
+for the record: the safe preview of a large notebook against plain nbconvert (the figure of
+its own is ``python -m benchmarks.render``).
 
-``--receiver service`` uploads to the real hub-side ``sde`` service instead (its app from
-``sde_spawner.services.app`` in another process, over a scratch SQLite registry, with the test
-hub from ``sde_spawner.checking.testing``): the figure then includes the service's own
-streaming, hashing and blob storage.
+The last line is ``ratio=<ours throughput / baseline throughput>`` (goal: >= 0.8).
 """
 
 from __future__ import annotations
@@ -103,11 +105,10 @@ def serve(port_queue) -> None:
 
 def serve_real_service(port_queue, state: str) -> None:
     """The real `sde` service app on loopback, its hub a token table (alice, project p1)."""
-    from tornado.httpserver import HTTPServer
     from tornado.netutil import bind_sockets
 
     from sde_spawner.checking import testing
-    from sde_spawner.services.app import ServiceSettings, make_app
+    from sde_spawner.services.app import ServiceSettings, http_server, make_app
 
     sessionmaker = testing.make_db(state)
     testing.open_workspace(sessionmaker, "alice", testing.PROJECT, server="p1")
@@ -121,7 +122,7 @@ def serve_real_service(port_queue, state: str) -> None:
     )
 
     async def run() -> None:
-        server = HTTPServer(make_app(settings, hub_auth=hub_auth))
+        server = http_server(make_app(settings, hub_auth=hub_auth))
         sockets = bind_sockets(0, "127.0.0.1")
         server.add_sockets(sockets)
         port_queue.put(sockets[0].getsockname()[1])
@@ -130,10 +131,10 @@ def serve_real_service(port_queue, state: str) -> None:
     asyncio.run(run())
 
 
-def ours(service: ExportService, policy: ExportPolicy, snapshots: str, name: str) -> float:
+def ours(service: ExportService, policy: ExportPolicy, name: str) -> float:
     started = time.perf_counter()
     result = asyncio.run(
-        submit_export(service, policy, snapshots, [FileRequest(name, "benchmark")], "benchmark")
+        submit_export(service, policy, [FileRequest(name, "benchmark")], "benchmark")
     )
     elapsed = time.perf_counter() - started
     assert result["state"] == "submitted", result
@@ -149,15 +150,30 @@ def baseline(path: Path, copy: Path) -> float:
     return elapsed
 
 
+def render_record(cells: int, runs: int = 3) -> None:
+    """The checker's side for the record: safe preview vs plain nbconvert of one notebook."""
+    from benchmarks.render import compare, make_notebook
+
+    data = make_notebook(cells)
+    safe, plain = compare(data, runs)
+    print(
+        f"notebook preview ({len(data) // 1024} KiB, {cells * 2} cells): safe {safe * 1000:.0f} ms"
+        f" vs plain nbconvert {plain * 1000:.0f} ms (x{safe / plain:.2f}; benchmarks.render)"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=200, help="file size in MiB (default 200)")
-    parser.add_argument("--runs", type=int, default=3, help="runs of each (default 3)")
+    parser.add_argument("--runs", type=int, default=5, help="runs of each (default 5)")
+    parser.add_argument(
+        "--cells", type=int, default=40, help="code cells of the rendered notebook (default 40)"
+    )
     parser.add_argument(
         "--receiver",
         choices=("loopback", "service"),
         default="service",
-        help="upload to a hashing loopback receiver (default) or the real sde service",
+        help="upload to the real sde service (default) or a loopback receiver that only hashes",
     )
     args = parser.parse_args(argv)
     if not shutil.which("sha256sum"):
@@ -186,13 +202,12 @@ def main(argv: list[str] | None = None) -> None:
                 fh.write(os.urandom(size % len(block)))
             policy = ExportPolicy(root=str(home), max_file_size=size)
             service = ExportService(f"http://127.0.0.1:{port}{PREFIX}", TOKEN)
-            snapshots = str(Path(tmp) / "snapshots")
             print(
                 f"file: {args.mib} MiB; {args.receiver} receiver on 127.0.0.1:{port} (own process)"
             )
             ours_times, base_times = [], []
             for i in range(args.runs):
-                ours_times.append(ours(service, policy, snapshots, path.name))
+                ours_times.append(ours(service, policy, path.name))
                 base_times.append(baseline(path, Path(tmp) / "copy.parquet"))
                 print(
                     f"run {i + 1}: ours {ours_times[-1]:.3f} s, sha256sum+cp {base_times[-1]:.3f} s"
@@ -200,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             receiver.terminate()
             receiver.join(5)
+    render_record(args.cells)
     mib = size / (1024 * 1024)
     ours_rate = mib / statistics.median(ours_times)
     base_rate = mib / statistics.median(base_times)

@@ -90,6 +90,22 @@ def plain_nbconvert(data: bytes) -> str:
     return body
 
 
+def compare(data: bytes, runs: int) -> tuple[float, float]:
+    """Median seconds of the safe preview and of plain nbconvert, interleaved run by run."""
+    render.render("warm.ipynb", data)  # imports, templates
+    plain_nbconvert(data)
+    safe, plain = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        out = render.render("analysis.ipynb", data)
+        safe.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        plain_nbconvert(data)
+        plain.append(time.perf_counter() - t)
+    assert "<script" not in out.html
+    return statistics.median(safe), statistics.median(plain)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=40, help="code cells in the notebook")
@@ -98,18 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     data = make_notebook(args.cells)
-    render.render("warm.ipynb", data)  # imports, templates
-    plain_nbconvert(data)
-    safe, plain = [], []
-    for _ in range(args.runs):
-        t = time.perf_counter()
-        out = render.render("analysis.ipynb", data)
-        safe.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        plain_nbconvert(data)
-        plain.append(time.perf_counter() - t)
-    assert "<script" not in out.html
-    safe_s, plain_s = statistics.median(safe), statistics.median(plain)
+    safe_s, plain_s = compare(data, args.runs)
     print(f"notebook: {len(data) / 1024:.0f} KiB, {args.cells * 2} cells")
     print(f"  safe preview   median {safe_s * 1000:8.1f} ms")
     print(f"  plain nbconvert median {plain_s * 1000:7.1f} ms (baseline, unsanitised)")

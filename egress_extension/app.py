@@ -79,16 +79,6 @@ class EgressApp(ExtensionApp):
 
     max_files = Int(20, help="Most files in one export request.").tag(config=True)
 
-    snapshot_dir = Unicode(
-        help="Private directory (created 0700) where files are copied while a request is "
-        "declared and uploaded. Default: ~/.sde-exports (the home volume, not the /tmp tmpfs, "
-        "which is memory).",
-    ).tag(config=True)
-
-    @default("snapshot_dir")
-    def _default_snapshot_dir(self) -> str:
-        return os.path.join(os.path.expanduser("~"), ".sde-exports")
-
     service_url = Unicode(
         help="Base URL of the hub-side `sde` service (ends with /). Default: $SDE_SERVICE_URL.",
     ).tag(config=True)

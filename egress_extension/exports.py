@@ -7,12 +7,14 @@
    a path and a description, no path twice.
 2. Every path is confined and opened (:func:`egress_extension.files.open_confined`); the
    first refusal ends the request before anything is copied.
-3. Each open file is copied once into a private snapshot while its SHA-256 is computed.
-4. The request is declared to the service (paths, descriptions, sizes, digests), each
-   snapshot is streamed to the upload URL the service returned (the service re-hashes it
-   and compares), and the request is submitted. Snapshots are deleted afterwards: the
-   service keeps its own copy of the bytes, which is what checkers review and what is
-   released.
+3. Each open file is snapshotted: its bytes are fixed by their size and SHA-256 (one read
+   pass, no copy in the workspace).
+4. The request is declared to the service (paths, descriptions, sizes, digests), each file
+   is streamed from its open descriptor to the upload URL the service returned (the service
+   re-hashes the bytes and keeps them only if they match the declared digest), and the
+   request is submitted. The service's copy is what checkers review and what is released;
+   a file edited while it was being sent fails the request with a reason (``changed``)
+   instead of sending bytes nobody declared.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from egress_extension.files import ExportPolicy, ExportRefused, Snapshot, open_confined, snapshot
+from egress_extension.files import (
+    ExportPolicy,
+    ExportRefused,
+    Snapshot,
+    open_confined,
+    take_snapshot,
+)
 from egress_extension.service import ExportService, ServiceError
 
 MAX_JUSTIFICATION = 10_000
@@ -79,37 +87,41 @@ def parse_request(body: Any, *, max_files: int) -> tuple[list[FileRequest], str]
     return out, justification.strip()
 
 
-def _take_snapshots(
-    policy: ExportPolicy, snapshot_dir: str, files: list[FileRequest]
-) -> list[tuple[str, Snapshot]]:
-    """Confine and open every file first, then snapshot each; ``[(relative path, snapshot)]``."""
+def _take_snapshots(policy: ExportPolicy, files: list[FileRequest]) -> list[tuple[str, Snapshot]]:
+    """Confine and open every file first, then snapshot each; ``[(relative path, snapshot)]``.
+
+    On success the caller owns the snapshots' descriptors (:func:`_close`); on a refusal
+    every descriptor opened so far is closed here.
+    """
     opened: list[tuple[int, str]] = []
-    taken: list[tuple[str, Snapshot]] = []
     try:
         for f in files:
             fd, _st, rel = open_confined(policy, f.path)
             opened.append((fd, rel))
+        taken: list[tuple[str, Snapshot]] = []
         for fd, rel in opened:
             try:
-                taken.append((rel, snapshot(fd, snapshot_dir, max_size=policy.max_file_size)))
+                taken.append((rel, take_snapshot(fd, max_size=policy.max_file_size)))
             except ExportRefused as refused:
                 refused.path = rel
                 refused.message = f"{rel}: {refused.message}"
                 raise
         return taken
     except BaseException:
-        for _rel, snap in taken:
-            snap.discard()
-        raise
-    finally:
         for fd, _rel in opened:
             os.close(fd)
+        raise
+
+
+def _close(snaps: list[tuple[str, Snapshot]]) -> None:
+    for _rel, snap in snaps:
+        with contextlib.suppress(OSError):
+            os.close(snap.fd)
 
 
 async def submit_export(
     service: ExportService,
     policy: ExportPolicy,
-    snapshot_dir: str,
     files: list[FileRequest],
     justification: str,
     *,
@@ -117,12 +129,13 @@ async def submit_export(
 ) -> dict:
     """Snapshot, declare, upload and submit; the request as the researcher should see it.
 
-    Raises :class:`ExportRefused` for a file that may not leave (nothing was sent) and
-    :class:`ServiceError` when the service refuses or fails (with ``request`` set when a
-    draft was already created). ``resubmit`` is the id of a returned request to which the
-    files are added as a new version.
+    Raises :class:`ExportRefused` for a file that may not leave (nothing was sent) or that
+    changed while it was being sent (nothing of it was stored), and :class:`ServiceError`
+    when the service refuses or fails (with ``request`` set when a draft was already
+    created). ``resubmit`` is the id of a returned request to which the files are added as a
+    new version.
     """
-    snaps = await asyncio.to_thread(_take_snapshots, policy, snapshot_dir, files)
+    snaps = await asyncio.to_thread(_take_snapshots, policy, files)
     request_id: int | None = resubmit
     try:
         declared = [
@@ -135,17 +148,27 @@ async def submit_export(
             created = await service.new_version(resubmit, justification, declared)
         request_id = int(created["id"])
         uploads = {int(u["index"]): u.get("url") for u in created.get("uploads", [])}
-        for index, (_rel, snap) in enumerate(snaps):
+        for index, (rel, snap) in enumerate(snaps):
             url = uploads.get(index) or f"api/exports/{request_id}/files/{index}"
-            await service.upload(url, snap.path, snap.size)
+            try:
+                await service.upload(url, snap.fd, snap.size)
+            except ServiceError:
+                if snap.changed():
+                    raise ExportRefused(
+                        "changed",
+                        f"{rel} changed while it was being sent, so none of it was kept: "
+                        f"export request {request_id} was not submitted. Wait until nothing "
+                        "is writing to the file and export it again",
+                        status=409,
+                        path=rel,
+                    ) from None
+                raise
         submitted = await service.submit(request_id)
     except ServiceError as exc:
         exc.request = request_id  # type: ignore[attr-defined]
         raise
     finally:
-        for _rel, snap in snaps:
-            with contextlib.suppress(OSError):
-                snap.discard()
+        _close(snaps)
     return {
         "id": request_id,
         "state": submitted.get("state", "submitted"),

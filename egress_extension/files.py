@@ -9,9 +9,10 @@ Two steps, both pure file-system work with no Jupyter or network dependency:
   followed, and then re-checks the opened descriptor with ``fstat`` (same device and inode as
   the name it checked, a regular file, one hard link, within the size limit). Swapping the
   file between the check and the open therefore fails instead of leaking something else.
-* :func:`snapshot` copies the bytes of that descriptor into a private file (directory 0700,
-  file 0600) while computing their SHA-256. The snapshot, not the researcher's file, is what
-  is declared and uploaded, so later edits cannot change what was submitted.
+* :func:`take_snapshot` fixes the bytes of that descriptor by their size and SHA-256 (one
+  read pass, no copy). That digest, not the file's name, is what is declared; the service
+  stores the uploaded bytes only if they hash to it, so an edit after submission cannot
+  change what was submitted, and an edit during the upload fails it with a reason.
 
 Refusal codes (``ExportRefused.code``): ``bad_path``, ``parent``, ``outside``, ``missing``,
 ``symlink``, ``directory``, ``special``, ``suffix``, ``hardlink``, ``too_large``, ``changed``.
@@ -19,14 +20,9 @@ Refusal codes (``ExportRefused.code``): ``bad_path``, ``parent``, ``outside``, `
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import queue
 import stat
-import tempfile
-import threading
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 #: File types a project may export by default: tables, text, figures, documents, notebooks.
@@ -49,7 +45,7 @@ DEFAULT_ALLOWED_SUFFIXES = (
     ".parquet",
 )
 DEFAULT_MAX_FILE_SIZE = 200 * 1024 * 1024
-COPY_CHUNK = 8 * 1024 * 1024
+READ_CHUNK = 1024 * 1024
 
 
 class ExportRefused(Exception):
@@ -78,15 +74,26 @@ class ExportPolicy:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A private copy of one file's bytes and their SHA-256."""
+    """A file's bytes as they were at submission: its open descriptor, size and SHA-256.
 
-    path: str
+    Nothing is copied inside the workspace: the bytes are sent from ``fd`` and the service
+    re-hashes them on arrival, storing them only if they still hash to ``sha256``. An edit
+    after the snapshot therefore cannot change what is stored; an edit *during* the upload
+    makes the service refuse it (:meth:`changed` then tells the researcher why) instead of
+    storing bytes nobody declared.
+    """
+
+    fd: int
     size: int
     sha256: str
 
-    def discard(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+    def changed(self) -> bool:
+        """Do the file's bytes differ from the snapshot now? (Reads the file again.)"""
+        try:
+            again = take_snapshot(self.fd)
+        except (OSError, ExportRefused):
+            return True
+        return (again.size, again.sha256) != (self.size, self.sha256)
 
 
 def human_size(n: int) -> str:
@@ -287,100 +294,38 @@ def open_confined(policy: ExportPolicy, path: object) -> tuple[int, os.stat_resu
     return fd, st, rel
 
 
-def private_dir(path: str) -> str:
-    """Create (if needed) and return a directory only this user can enter (0700, no link)."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise OSError(f"snapshot directory {path} is not a directory owned by this user")
-    if stat.S_IMODE(st.st_mode) != 0o700:
-        os.chmod(path, 0o700)
-    return path
+def take_snapshot(fd: int, *, max_size: int | None = None, chunk: int = READ_CHUNK) -> Snapshot:
+    """Fix the bytes of the open file ``fd`` by their size and SHA-256: one read pass.
 
-
-def snapshot(
-    fd: int, directory: str, *, max_size: int | None = None, chunk: int = COPY_CHUNK
-) -> Snapshot:
-    """Copy everything readable from ``fd`` into a new private file, hashing it on the way.
-
-    Hashing runs in a second thread, one chunk behind the copy (hashlib releases the GIL),
-    so a copy costs about ``max(read+write, sha256)`` rather than their sum. ``max_size``
-    refuses a file that grew past the limit after it was checked.
+    The bytes are read with ``pread`` from offset 0 (the descriptor's position is left
+    alone). ``max_size`` refuses a file that grew past the limit after it was checked.
     """
-    private_dir(directory)
-    out_fd, out_path = tempfile.mkstemp(prefix="snap-", dir=directory)
     digest = hashlib.sha256()
+    buf = memoryview(bytearray(chunk))
     size = 0
-    views = [memoryview(bytearray(chunk)), memoryview(bytearray(chunk))]
-    free = [threading.Semaphore(1), threading.Semaphore(1)]
-    filled: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
-
-    def hasher() -> None:
-        while (item := filled.get()) is not None:
-            index, n = item
-            digest.update(views[index][:n])
-            free[index].release()
-
-    worker = threading.Thread(target=hasher, name="egress-sha256", daemon=True)
-    worker.start()
-    i = 0
-    try:
-        try:
-            while True:
-                free[i].acquire()
-                n = os.readv(fd, [views[i]])
-                if n == 0:
-                    break
-                size += n
-                if max_size is not None and size > max_size:
-                    raise ExportRefused(
-                        "too_large",
-                        f"the file grew past the export limit of {human_size(max_size)} while "
-                        "it was being copied",
-                    )
-                _write_all(out_fd, views[i][:n])
-                filled.put((i, n))
-                i ^= 1
-        finally:
-            filled.put(None)
-            worker.join()
-    except BaseException:
-        os.close(out_fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(out_path)
-        raise
-    os.close(out_fd)
-    return Snapshot(path=out_path, size=size, sha256=digest.hexdigest())
+    while n := os.preadv(fd, [buf], size):
+        size += n
+        if max_size is not None and size > max_size:
+            raise ExportRefused(
+                "too_large",
+                f"the file grew past the export limit of {human_size(max_size)} while it was "
+                "being read",
+            )
+        digest.update(buf[:n])
+    return Snapshot(fd=fd, size=size, sha256=digest.hexdigest())
 
 
-def _write_all(fd: int, view: memoryview) -> None:
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def sha256_file(path: str) -> str:
-    """SHA-256 of a file (used to re-check snapshots and in tests)."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def list_candidates(
-    policy: ExportPolicy, *, limit: int = 2000, max_depth: int = 8, skip: Iterable[str] = ()
-) -> list[dict]:
+def list_candidates(policy: ExportPolicy, *, limit: int = 2000, max_depth: int = 8) -> list[dict]:
     """Files under home a researcher might export, for the export page's picker.
 
     Hidden files and folders are skipped, links are not followed. Each entry says whether it
     may be exported and, if not, why (the same reasons :func:`open_confined` gives).
     """
-    skip_set = {os.path.realpath(s) for s in skip}
     out: list[dict] = []
     stack: list[tuple[str, int]] = [("", 0)]
     while stack and len(out) < limit:
         rel_dir, depth = stack.pop()
         full = os.path.join(policy.root, rel_dir)
-        if os.path.realpath(full) in skip_set:
-            continue
         try:
             entries = sorted(os.scandir(full), key=lambda e: e.name, reverse=True)
             dir_fd = os.open(full, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

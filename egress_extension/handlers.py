@@ -135,7 +135,6 @@ class RequestsHandler(EgressAPIHandler):
             result = await submit_export(
                 service,
                 self.egress.policy,
-                self.egress.snapshot_dir,
                 files,
                 justification,
                 resubmit=resubmit,
@@ -172,7 +171,7 @@ class FilesHandler(EgressAPIHandler):
     @web.authenticated
     async def get(self) -> None:
         policy = self.egress.policy
-        items = await asyncio.to_thread(list_candidates, policy, skip=[self.egress.snapshot_dir])
+        items = await asyncio.to_thread(list_candidates, policy)
         self.reply(
             {
                 "files": items,

@@ -2,9 +2,9 @@
 
 The service (``sde_spawner.checking.handlers``) stamps the requester and project from the
 token; nothing here sends them. JSON calls go through tornado's async client; the bytes of a
-snapshot are streamed by :func:`put_file` in a worker thread with ``socket.sendfile`` (no
-copy through Python, no blocking of the server's event loop), with an exact Content-Length
-as the service requires.
+file are streamed from its open descriptor by :func:`put_file` in a worker thread with
+``socket.sendfile`` (no copy through Python, no blocking of the server's event loop), with an
+exact Content-Length as the service requires.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def _message_of(body: bytes, fallback: str) -> str:
     return fallback
 
 
-def put_file(url: str, path: str, size: int, token: str, timeout: float = 600.0) -> dict:
-    """``PUT`` the file at ``path`` (exactly ``size`` bytes) to ``url``; the JSON answer.
+def put_file(url: str, fd: int, size: int, token: str, timeout: float = 600.0) -> dict:
+    """``PUT`` the first ``size`` bytes of the open file ``fd`` to ``url``; the JSON answer.
 
     Blocking: run it in a thread. Raises :class:`ServiceError` on any failure.
     """
@@ -57,10 +57,10 @@ def put_file(url: str, path: str, size: int, token: str, timeout: float = 600.0)
             conn.putheader("Content-Type", "application/octet-stream")
             conn.putheader("Content-Length", str(size))
             conn.endheaders()
-            with open(path, "rb") as fh:
-                sent = conn.sock.sendfile(fh, count=size)
+            with open(fd, "rb", closefd=False) as fh:
+                sent = conn.sock.sendfile(fh, offset=0, count=size) if size else 0
             if sent != size:
-                raise ServiceError(502, f"sent {sent} of {size} bytes: the snapshot changed")
+                raise ServiceError(409, f"sent {sent} of {size} bytes: the file shrank")
         except OSError as exc:
             send_error = exc
             # The service may answer (and close) before reading everything, e.g. a refusal:
@@ -140,10 +140,9 @@ class ExportService:
             {"justification": justification, "files": files},
         )
 
-    async def upload(self, url_or_path: str, snapshot_path: str, size: int) -> dict:
-        return await asyncio.to_thread(
-            put_file, self.url(url_or_path), snapshot_path, size, self.token
-        )
+    async def upload(self, url_or_path: str, fd: int, size: int) -> dict:
+        """Stream ``size`` bytes of the open file ``fd`` (from offset 0) to an upload URL."""
+        return await asyncio.to_thread(put_file, self.url(url_or_path), fd, size, self.token)
 
     async def submit(self, request_id: int) -> dict:
         return await self.call("POST", f"api/exports/{int(request_id)}/submit")

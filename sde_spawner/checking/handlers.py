@@ -26,7 +26,8 @@ import ipaddress
 import json
 import os
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
@@ -334,17 +335,27 @@ class WithdrawHandler(WorkspaceApiHandler):
         self.send(await self.run(logic.withdraw, ident.username, ident.project, int(request_id)))
 
 
-UPLOAD_BUFFER = 4 * 1024 * 1024
+#: Pieces of an upload handed to its writer thread and not yet hashed and written: bounds the
+#: memory one upload holds (pieces are at most the service's ``HTTP_CHUNK_SIZE``).
+UPLOAD_INFLIGHT = 4
 
 
 @web.stream_request_body
 class UploadHandler(WorkspaceApiHandler):
-    """``PUT`` the raw bytes of one declared file; streamed to the blob store while hashed."""
+    """``PUT`` the raw bytes of one declared file; streamed to the blob store while hashed.
+
+    The body arrives on the event loop piece by piece; each piece is handed, in order, to the
+    upload's own writer thread, which hashes it and appends it to the blob's temporary file.
+    Receiving the next piece therefore overlaps hashing and writing the previous ones (up to
+    ``UPLOAD_INFLIGHT`` pieces), and the loop never waits on the disk.
+    """
 
     action = "export.file.uploaded"
     _writer: BlobWriter | None = None
     _ident: WorkspaceIdentity | None = None
     _target: logic.UploadTarget | None = None
+    _pipe: ThreadPoolExecutor | None = None
+    _failed: str | None = None
 
     async def prepare(self):
         if self.request.method != "PUT":
@@ -377,37 +388,35 @@ class UploadHandler(WorkspaceApiHandler):
                 status=400,
             )
         self._target = target
+        self._pipe = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sde-upload")
+        self._inflight: deque[asyncio.Future] = deque()
 
-    _failed: str | None = None
-
-    _pending: bytearray | None = None
-
-    async def _flush(self) -> None:
-        """Hand the buffered bytes to the blob writer in a thread (hash + write off-loop)."""
-        if not self._pending or self._failed is not None:
-            return
-        data, self._pending = bytes(self._pending), bytearray()
+    async def _settle(self) -> None:
+        """Wait for the oldest piece in flight; keep the first failure for :meth:`put`."""
         try:
-            await asyncio.to_thread(self._writer.write, data)
-        except (BlobError, OSError, ValueError) as exc:  # reported once the body is in (put)
-            self._failed = str(exc)
+            await self._inflight.popleft()
+        except (BlobError, OSError, ValueError) as exc:
+            if self._failed is None:
+                self._failed = str(exc)
 
     async def data_received(self, chunk: bytes):
-        # Tornado delivers 64 KiB chunks; one thread hop per MiB instead of per chunk.
         if self._failed is not None:
-            return
-        if self._pending is None:
-            self._pending = bytearray()
-        self._pending += chunk
-        if len(self._pending) >= UPLOAD_BUFFER:
-            await self._flush()
+            return  # the rest of the body is read and dropped; put() reports the failure
+        self._inflight.append(asyncio.wrap_future(self._pipe.submit(self._writer.write, chunk)))
+        while self._inflight and (
+            len(self._inflight) > UPLOAD_INFLIGHT or self._inflight[0].done()
+        ):
+            await self._settle()
 
     async def put(self, request_id, index):
-        await self._flush()
+        while self._inflight:
+            await self._settle()
+        if self._pipe is None:
+            return  # the workspace hung up meanwhile: the upload was aborted
         try:
             if self._failed is not None:
                 raise BlobError(self._failed)
-            key = await asyncio.to_thread(self._writer.finish)
+            key = await asyncio.wrap_future(self._pipe.submit(self._writer.finish))
         except BlobError as exc:
             await self.deny(
                 self.action,
@@ -421,13 +430,18 @@ class UploadHandler(WorkspaceApiHandler):
         )
         self.send(result)
 
+    def _close_pipe(self) -> None:
+        """Abort the upload after any piece still in flight (a no-op after ``finish``)."""
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:  # once: on_finish and on_connection_close may both come
+            pipe.submit(self._writer.abort)
+            pipe.shutdown(wait=False)
+
     def on_finish(self):
-        if self._writer is not None:
-            self._writer.abort()  # no-op after finish
+        self._close_pipe()
 
     def on_connection_close(self):
-        if self._writer is not None:
-            self._writer.abort()
+        self._close_pipe()
 
 
 class ReleaseKeyHandler(_Base):

@@ -8,7 +8,7 @@ import os
 from tornado.log import enable_pretty_logging
 
 from sde_spawner import lifecycle
-from sde_spawner.services.app import ServiceSettings, make_app
+from sde_spawner.services.app import ServiceSettings, http_server, make_app
 from sde_spawner.services.audit_pages import checkpoint_loop
 
 
@@ -32,7 +32,7 @@ async def main() -> None:
     enable_pretty_logging()
     settings = ServiceSettings.from_env()
     app = make_app(settings)
-    app.listen(settings.port, address=settings.bind_ip, xheaders=False)
+    http_server(app).listen(settings.port, address=settings.bind_ip)
     await asyncio.gather(
         checkpoint_loop(app.settings["sessionmaker"], settings.state_dir),
         enforce_loop(app.settings["sessionmaker"]),

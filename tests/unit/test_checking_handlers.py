@@ -5,19 +5,22 @@ app over the same directory carries on where the old one stopped."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
 from http.cookies import SimpleCookie
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
-from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.web import create_signed_value
 
 from sde_spawner import audit
 from sde_spawner.checking import manifest
+from sde_spawner.checking.storage import BlobStore
 from sde_spawner.checking.testing import (
     PROJECT,
     FakeHubOAuth,
@@ -27,7 +30,7 @@ from sde_spawner.checking.testing import (
     server_token_model,
     sha256,
 )
-from sde_spawner.services.app import ServiceSettings, make_app
+from sde_spawner.services.app import ServiceSettings, http_server, make_app
 
 PREFIX = "/services/sde/"
 CSV = b"region,n\nnorth,120\nsouth,98\n"
@@ -74,7 +77,7 @@ class Service:
         )
         self.app = make_app(self.settings, hub_auth=hub_auth)
         sock, self.port = bind_unused_port()
-        self.server = HTTPServer(self.app)
+        self.server = http_server(self.app)
         self.server.add_sockets([sock])
         self.client = AsyncHTTPClient(force_instance=True)
         self.jars: dict[str, dict[str, str]] = {}
@@ -379,6 +382,55 @@ async def test_uploads_must_match_their_declaration(svc, db):
                 .glob("exports/blobs/.upload-*")) == []  # fmt: skip
 
 
+def upload_temps(svc: Service) -> list:
+    return list(Path(svc.settings.state_dir).glob("exports/blobs/.upload-*"))
+
+
+async def test_a_large_upload_is_stored_whole_and_a_bad_piece_anywhere_refuses_it(svc, db):
+    data = os.urandom(7 * 1024 * 1024 + 5)  # several pieces of HTTP_CHUNK_SIZE, more in flight
+    r = await svc.fetch("POST", "api/exports", token="ws-alice", body=body_of({"t.csv": data}))
+    rid = json.loads(r.body)["id"]
+    at = 5 * 1024 * 1024  # one bit flipped in a late piece
+    spoiled = data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
+    r = await svc.fetch("PUT", f"api/exports/{rid}/files/0", token="ws-alice", body=spoiled)
+    assert r.code == 400 and b"does not match the declared" in r.body
+    r = await svc.fetch("PUT", f"api/exports/{rid}/files/0", token="ws-alice", body=data)
+    assert r.code == 200, r.body
+    assert json.loads(r.body)["sha256"] == sha256(data)
+    store = BlobStore.for_state_dir(svc.settings.state_dir)
+    assert store.read_verified(sha256(data), sha256(data)) == data
+    assert upload_temps(svc) == []
+
+
+async def test_a_workspace_that_hangs_up_mid_upload_leaves_no_partial_file(svc, db):
+    data = os.urandom(3 * 1024 * 1024)
+    r = await svc.fetch("POST", "api/exports", token="ws-alice", body=body_of({"t.csv": data}))
+    rid = json.loads(r.body)["id"]
+    _reader, writer = await asyncio.open_connection("127.0.0.1", svc.port)
+    writer.write(
+        f"PUT {PREFIX}api/exports/{rid}/files/0 HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: token ws-alice\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+        + data[: 2 * 1024 * 1024]
+    )
+    await writer.drain()
+    for _ in range(200):  # the service has started the upload
+        if upload_temps(svc):
+            break
+        await asyncio.sleep(0.01)
+    assert upload_temps(svc)
+    writer.close()
+    await writer.wait_closed()
+    for _ in range(500):
+        if not upload_temps(svc):
+            break
+        await asyncio.sleep(0.01)
+    assert upload_temps(svc) == []
+    store = BlobStore.for_state_dir(svc.settings.state_dir)
+    assert not store.exists(sha256(data))
+    r = await svc.fetch("POST", f"api/exports/{rid}/submit", token="ws-alice")
+    assert r.code == 409 and b"not uploaded yet" in r.body
+
+
 async def test_the_service_survives_a_restart(tmp_path, db, hub_auth):
     first = Service(tmp_path, hub_auth)
     rid = await submit_request(first)
@@ -402,7 +454,6 @@ async def test_a_tampered_blob_is_not_released(svc, db):
     rid = await submit_request(svc, files={"a.csv": CSV})
     await review_all(svc, "chris", rid)
     await review_all(svc, "dana", rid)
-    from sde_spawner.checking.storage import BlobStore
 
     path = BlobStore.for_state_dir(svc.settings.state_dir).path(sha256(CSV))
     path.chmod(0o644)

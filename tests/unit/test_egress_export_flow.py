@@ -70,7 +70,7 @@ class Service:
 @pytest.fixture
 def service(tmp_path_factory, jp_asyncio_loop):
     from sde_spawner.checking import testing
-    from sde_spawner.services.app import ServiceSettings, make_app
+    from sde_spawner.services.app import ServiceSettings, http_server, make_app
 
     state = tmp_path_factory.mktemp("sde-service")
     Session = testing.make_db(state)
@@ -85,7 +85,7 @@ def service(tmp_path_factory, jp_asyncio_loop):
     )
 
     async def start():
-        server = HTTPServer(make_app(settings, hub_auth=hub_auth))
+        server = http_server(make_app(settings, hub_auth=hub_auth))
         sockets = bind_sockets(0, "127.0.0.1")
         server.add_sockets(sockets)
         return server, sockets[0].getsockname()[1]
@@ -178,7 +178,39 @@ def test_a_submitted_export_holds_the_snapshot_bytes_not_later_edits(fetch, serv
     )
     assert service.blob(stored[0][4]) == CSV
     assert service.blob(stored[1][4]) == b'{"auc": 0.81}'
-    assert os.listdir(ext.snapshot_dir) == []  # snapshots removed once uploaded
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(lambda p: p.write_bytes(CSV.replace(b"120", b"  3")), id="same-size"),
+        pytest.param(lambda p: p.write_bytes(b"region,n\n"), id="shrunk"),
+    ],
+)
+def test_a_file_edited_while_it_is_sent_is_not_stored_and_the_researcher_is_told(
+    fetch, service, home, ext, run, monkeypatch, edit
+):
+    from egress_extension.service import ExportService
+
+    upload = ExportService.upload
+
+    async def edit_then_upload(self, url, fd, size):
+        edit(home / "results.csv")  # after the snapshot was declared, before the bytes go
+        return await upload(self, url, fd, size)
+
+    monkeypatch.setattr(ExportService, "upload", edit_then_upload)
+    r = submit(fetch, [{"path": "results.csv", "description": "counts"}])
+    body = json.loads(r.body)
+    assert (r.code, body["code"], body["path"]) == (409, "changed", "results.csv"), body
+    assert "changed while it was being sent, so none of it was kept" in body["message"]
+    ((request_id, *_rest, state),) = service.requests()
+    assert state == "draft"  # never submitted: checkers do not see it
+    (declared,) = service.files(request_id)
+    assert declared[3] == hashlib.sha256(CSV).hexdigest() and declared[4] is None
+    blobs = service.state_dir / "exports" / "blobs"
+    assert [p for p in blobs.rglob("*") if p.is_file()] == []  # no blob, no partial upload
+    (refused,) = shipped(ext, run, service, "export.refused")
+    assert refused["details"]["code"] == "changed"
 
 
 def test_a_larger_file_streams_through_intact(fetch, service, home):

@@ -1,8 +1,8 @@
 """Which files may leave (path confinement, file types, policy) and the snapshot they leave as.
 
 Pure file-system tests of :mod:`egress_extension.files`: every refusal carries one code and
-one readable reason; a snapshot holds exactly the bytes read, with their SHA-256, in a private
-place, and later edits of the original do not reach it.
+one readable reason; a snapshot fixes the bytes of the open file by their size and SHA-256
+without copying them, and notices when the file is written to afterwards.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from pathlib import Path
 
 import pytest
 
@@ -20,7 +19,7 @@ from egress_extension.files import (
     list_candidates,
     open_confined,
     relative_path,
-    snapshot,
+    take_snapshot,
 )
 
 
@@ -167,41 +166,62 @@ def test_relative_path_refuses_nul_bytes(policy):
     assert raised.value.code == "bad_path"
 
 
-def test_snapshot_copies_the_bytes_with_their_sha256_privately(policy, home, tmp_path):
+def test_a_snapshot_is_the_size_and_sha256_of_the_open_file(policy, home):
     data = os.urandom(3 * 1024 * 1024 + 17)
     (home / "blob.parquet").write_bytes(data)
     fd, _st, _rel = open_confined(policy, "blob.parquet")
     try:
-        snap = snapshot(fd, str(tmp_path / "snaps"), chunk=1024 * 1024)
+        os.lseek(fd, 5, os.SEEK_SET)  # the descriptor's position does not matter
+        snap = take_snapshot(fd, chunk=1024 * 1024)
+        assert (snap.fd, snap.size) == (fd, len(data))
+        assert snap.sha256 == hashlib.sha256(data).hexdigest()
+        assert not snap.changed()
     finally:
         os.close(fd)
-    assert snap.size == len(data)
-    assert snap.sha256 == hashlib.sha256(data).hexdigest()
-    assert Path(snap.path).read_bytes() == data
-    assert stat.S_IMODE(os.stat(tmp_path / "snaps").st_mode) == 0o700
-    assert stat.S_IMODE(os.stat(snap.path).st_mode) == 0o600
-    (home / "blob.parquet").write_bytes(b"edited afterwards")
-    assert Path(snap.path).read_bytes() == data
-    snap.discard()
-    assert not os.path.exists(snap.path)
+    assert snap.changed()  # a closed descriptor counts as changed, never as unchanged
 
 
-def test_snapshot_of_an_empty_file(policy, home, tmp_path):
+def append(path, data: bytes) -> None:
+    with open(path, "ab") as fh:
+        fh.write(data)
+
+
+@pytest.mark.parametrize(
+    ("edit", "changed"),
+    [
+        pytest.param(lambda p: p.write_bytes(b"b" * 4096), True, id="rewritten-same-size"),
+        pytest.param(lambda p: os.truncate(p, 10), True, id="truncated"),
+        pytest.param(lambda p: append(p, b"more"), True, id="appended"),
+        pytest.param(lambda p: os.utime(p, ns=(0, 0)), False, id="touched-only"),
+    ],
+)
+def test_a_snapshot_knows_whether_the_bytes_changed_since(policy, home, edit, changed):
+    path = home / "t.csv"
+    path.write_bytes(b"a" * 4096)
+    fd, _st, _rel = open_confined(policy, "t.csv")
+    try:
+        snap = take_snapshot(fd)
+        edit(path)
+        assert snap.changed() is changed
+    finally:
+        os.close(fd)
+
+
+def test_snapshot_of_an_empty_file(policy, home):
     (home / "empty.txt").write_bytes(b"")
     fd, _st, _rel = open_confined(policy, "empty.txt")
-    snap = snapshot(fd, str(tmp_path / "snaps"))
+    snap = take_snapshot(fd)
     os.close(fd)
     assert (snap.size, snap.sha256) == (0, hashlib.sha256(b"").hexdigest())
 
 
-def test_snapshot_refuses_a_file_that_grew_past_the_limit(policy, home, tmp_path):
+def test_snapshot_refuses_a_file_that_grew_past_the_limit(policy, home):
     (home / "grows.csv").write_bytes(b"x" * 5000)
     fd, _st, _rel = open_confined(policy, "grows.csv")
     with pytest.raises(ExportRefused) as raised:
-        snapshot(fd, str(tmp_path / "snaps"), max_size=4096, chunk=1024)
+        take_snapshot(fd, max_size=4096, chunk=1024)
     os.close(fd)
     assert raised.value.code == "too_large"
-    assert os.listdir(tmp_path / "snaps") == []  # the partial copy is gone
 
 
 def test_candidates_list_files_with_reasons_and_skip_hidden(policy, home, tmp_path):

@@ -177,10 +177,23 @@ def test_each_refused_export_says_why_and_is_audited(
     assert refused[0]["details"]["code"] == code
 
 
-def test_one_bad_file_refuses_the_whole_request_before_anything_is_copied(fetch, files, ext):
+def open_files_under(root) -> set[str]:
+    """Files under ``root`` this process holds open (its descriptors, from /proc)."""
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(root)):
+            out.add(target)
+    return out
+
+
+def test_one_bad_file_refuses_the_whole_request_before_anything_is_sent(fetch, files, ext):
     r = export(fetch, "results.csv", "cohort.sqlite")
     assert r.code == 403 and json.loads(r.body)["path"] == "cohort.sqlite"
-    assert not os.path.exists(ext.snapshot_dir) or os.listdir(ext.snapshot_dir) == []
+    assert open_files_under(files) == set()  # results.csv, opened first, was closed again
 
 
 @pytest.mark.parametrize(
@@ -202,10 +215,10 @@ def test_malformed_requests_are_refused_with_one_reason(fetch, events, files, bo
     assert events("export.refused")[0]["details"]["code"] == "bad_request"
 
 
-def test_an_unreachable_service_is_a_502_and_the_snapshot_is_gone(fetch, files, ext):
+def test_an_unreachable_service_is_a_502_and_no_file_is_left_open(fetch, files, ext):
     r = export(fetch, "results.csv")
     assert r.code == 502 and "cannot be reached" in json.loads(r.body)["message"]
-    assert os.listdir(ext.snapshot_dir) == []
+    assert open_files_under(files) == set()
 
 
 # --- blocked downloads ----------------------------------------------------------------------
