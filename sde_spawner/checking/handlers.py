@@ -27,6 +27,7 @@ import json
 import os
 import threading
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,7 +39,7 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 
 from sde_spawner import audit
-from sde_spawner.checking import logic, render
+from sde_spawner.checking import logic, render, sdc
 from sde_spawner.checking import manifest as manifest_mod
 from sde_spawner.checking.states import REASON_CODES, Decision, State
 from sde_spawner.checking.storage import BlobError, BlobStore, BlobWriter
@@ -82,9 +83,11 @@ class Checking:
     max_file_bytes: int = logic.DEFAULT_MAX_FILE_BYTES
     preview_rows: int = render.MAX_ROWS
     page_networks: tuple = DEFAULT_PAGE_NETWORKS
+    sdc_rules: sdc.Rules = field(default_factory=sdc.Rules)
     _key: object = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _previews: OrderedDict = field(default_factory=OrderedDict)
+    _checks: OrderedDict = field(default_factory=OrderedDict)
 
     @classmethod
     def from_settings(cls, settings: dict) -> Checking:
@@ -100,6 +103,7 @@ class Checking:
             page_networks=parse_networks(
                 os.environ.get("SDE_CHECKING_PAGE_NETWORKS", ",".join(DEFAULT_PAGE_NETWORKS))
             ),
+            sdc_rules=sdc_rules_from_env(os.environ),
         )
 
     def page_allowed_from(self, remote_ip: str | None) -> bool:
@@ -131,6 +135,36 @@ class Checking:
             while len(self._previews) > 32:
                 self._previews.popitem(last=False)
         return rendered
+
+    def checks(self, path: str, sha256: str, blob_key: str) -> sdc.Report:
+        """The automated disclosure checks of a verified blob (cached: blobs never change)."""
+        cache_key = (sha256, PurePosixPath(path).suffix.lower())
+        with self._lock:
+            if cache_key in self._checks:
+                self._checks.move_to_end(cache_key)
+                return self._checks[cache_key]
+        data = self.store.read_verified(blob_key, sha256)
+        report = sdc.check(path, data, self.sdc_rules)
+        with self._lock:
+            self._checks[cache_key] = report
+            while len(self._checks) > 256:
+                self._checks.popitem(last=False)
+        return report
+
+
+def sdc_rules_from_env(env: Mapping[str, str]) -> sdc.Rules:
+    """``SDE_SDC_THRESHOLD``, ``SDE_SDC_DOF_THRESHOLD``, ``SDE_SDC_ZEROS_ARE_DISCLOSIVE``."""
+    default = sdc.Rules()
+    zeros = env.get("SDE_SDC_ZEROS_ARE_DISCLOSIVE", "")
+    return sdc.Rules(
+        threshold=int(env.get("SDE_SDC_THRESHOLD", default.threshold)),
+        dof_threshold=int(env.get("SDE_SDC_DOF_THRESHOLD", default.dof_threshold)),
+        zeros_are_disclosive=(
+            default.zeros_are_disclosive
+            if not zeros
+            else zeros.strip().lower() in ("1", "true", "yes")
+        ),
+    )
 
 
 def checking(handler: web.RequestHandler) -> Checking:
@@ -594,13 +628,33 @@ class QueueHandler(PageHandler):
         self.render_page("queue.html", states=[s.value for s in State], **data)
 
 
+SDC_LABELS = {
+    sdc.FAIL: "rules failed",
+    sdc.REVIEW: "needs review",
+    sdc.INFO: "nothing to check automatically",
+    sdc.PASS: "no findings",
+}
+
+
 class RequestPageHandler(PageHandler):
     action = "export.request.viewed"
 
     async def get(self, request_id):
         data = await self.run(logic.review_page, self.username, int(request_id))
+        checks = {}
+        for f in data["files"]:
+            try:
+                checks[f["id"]] = await asyncio.to_thread(
+                    self.checking.checks, f["path"], f["sha256"], f["blob_key"]
+                )
+            except BlobError as exc:  # the preview says the same; the page still opens
+                checks[f["id"]] = sdc.Report(
+                    "other",
+                    ["nothing"],
+                    [sdc.Finding("manual", sdc.REVIEW, "file", str(exc))],
+                )
         flash = self.get_query_argument("done", "")
-        self.render_page("request.html", flash=flash, **data)
+        self.render_page("request.html", flash=flash, checks=checks, sdc_labels=SDC_LABELS, **data)
 
 
 class ClaimHandler(PageHandler):

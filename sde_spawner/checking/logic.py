@@ -1182,6 +1182,7 @@ def review_page(session: Session, username: str, request_id: int) -> dict:
                 "description": f.description,
                 "size": f.size,
                 "sha256": f.sha256,
+                "blob_key": f.blob_key,
             }
             for f in version.files
         ],

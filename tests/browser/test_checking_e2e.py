@@ -180,6 +180,15 @@ def review_in_browser(chromium, hub, checker: str, rid: int, screenshot: str | N
             frame = section.frame_locator("iframe")
             frame.locator("body").wait_for()
             previews[path] = frame
+        # automated disclosure checks beside each preview: the CSV's counts (patients) are all
+        # over 10, its means need a dominance check by a person
+        checks = {
+            sections.nth(i).locator(".path").inner_text(): sections.nth(i).locator(".sdc")
+            for i in range(2)
+        }
+        assert checks["results/summary.csv"].get_attribute("data-status") == "review"
+        assert "dominance" in checks["results/summary.csv"].inner_text()
+        assert checks["analysis.ipynb"].is_visible()
         # the CSV is the snapshot taken at submission, not the file as edited afterwards
         csv_frame = previews["results/summary.csv"]
         assert csv_frame.locator("p.meta").inner_text().endswith("3 rows × 3 columns")

@@ -261,6 +261,22 @@ async def test_workspace_submits_checkers_review_requester_downloads(svc, db):
     assert len(events(db, action="export.release.downloaded", outcome="allowed")) == 2
 
 
+async def test_the_request_page_shows_each_files_automated_disclosure_checks(svc, db):
+    files = {
+        "counts.csv": b"region,n\nnorth,120\nsouth,4\n",
+        "safe.csv": CSV,
+        "fig.png": b"\x89PNG\r\n\x1a\n" + b"\x00" * 16,
+        "model.txt": b"Df Residuals:   3\n",
+    }
+    rid = await submit_request(svc, files=files)
+    page = (await svc.fetch("GET", f"checking/requests/{rid}", user="chris")).body.decode()
+    statuses = re.findall(r'class="sdc (\w+)" id="checks-\d+" data-status="(\w+)"', page)
+    assert [s for s, _ in statuses] == ["fail", "pass", "info", "fail"]
+    assert "1 cell under the threshold of 10 (row 2: 4)" in page
+    assert 'data-rule="dof"' in page and "3 residual degrees of freedom" in page
+    assert "check by eye" in page
+
+
 async def test_a_workspace_token_can_never_review_approve_or_download(svc, db):
     rid = await submit_request(svc)
     attempts = [

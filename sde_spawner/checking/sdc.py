@@ -1,0 +1,692 @@
+"""Automated statistical disclosure control (SDC) checks of exported files, for checkers.
+
+Pure: ``check(path, data, rules) -> Report``. The checks run on the *finished* output (the
+file that would leave), not on the microdata behind it, and tell a checker where to look; the
+decision stays with two people. Rules, names and defaults follow ACRO (AI-SDC/ACRO,
+``acro/default.yaml``: ``safe_threshold: 10``, ``safe_dof_threshold: 10``,
+``zeros_are_disclosive: True``), the checking tool of the UK SACRO project:
+
+===============  ========  ==================================================================
+rule             status    when
+===============  ========  ==================================================================
+``threshold``    fail      a count cell is above 0 and under ``threshold``
+``zeros``        fail      a count cell is 0 (``review`` with ``zeros_are_disclosive=False``)
+``min-max``      fail      a column of minima or maxima: each is one person's value
+``identifier``   fail      a column named like a direct identifier (NHS number, date of
+                           birth, postcode, name, ...) or values that are valid NHS numbers,
+                           full UK postcodes or e-mail addresses
+``dof``          fail      regression output with residual degrees of freedom under
+                           ``dof_threshold``
+``threshold``    review    an unnamed integer column beside magnitude columns that may be
+                           counts has cells under ``threshold`` or 0
+``magnitude``    review    magnitude values (means, sums, rates): dominance (p-ratio, n-k)
+                           needs the contributors' values; without a count column the
+                           threshold cannot be checked either
+``row-level``    review    many rows, no counts, a label column whose values are all
+                           distinct: it may be record-level data
+``small-n``      review    text that reports ``n = 4`` and the like, under ``threshold``
+``manual``       info      figures, PDFs and files nothing here can read
+===============  ========  ==================================================================
+
+A table is read from CSV/TSV, Parquet, or the HTML tables of a notebook's outputs (pandas'
+``to_html``); a pandas index column (empty header, 0..n-1) is a label, not a count. Text is
+read from text files, JSON, Markdown and notebooks' text outputs and Markdown cells. Only
+the first ``max_rows`` rows of a table are checked (the report says so).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import PurePosixPath
+
+FAIL, REVIEW, INFO, PASS = "fail", "review", "info", "pass"
+_RANK = {PASS: 0, INFO: 1, REVIEW: 2, FAIL: 3}
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Deployment settings (``SDE_SDC_*``); the defaults are ACRO's."""
+
+    threshold: int = 10
+    dof_threshold: int = 10
+    zeros_are_disclosive: bool = True
+    max_rows: int = 200_000
+    max_examples: int = 5
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    status: str
+    where: str  # "column n", "cell 4, table 1, column count", "line 12"
+    message: str
+    cells: tuple[tuple[int, str], ...] = ()  # (1-based data row, column) of table findings
+
+
+@dataclass
+class Report:
+    """What the automated checks found in one file."""
+
+    kind: str  # table | notebook | text | figure | other
+    checked: list[str] = field(default_factory=list)  # what was read, for the checker
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """The worst status of any finding; ``pass`` when the checks found nothing."""
+        return max((f.status for f in self.findings), key=_RANK.__getitem__, default=PASS)
+
+    def count(self, status: str) -> int:
+        return sum(1 for f in self.findings if f.status == status)
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "status": self.status,
+            "checked": list(self.checked),
+            "findings": [
+                {
+                    "rule": f.rule,
+                    "status": f.status,
+                    "where": f.where,
+                    "message": f.message,
+                    "cells": [list(c) for c in f.cells],
+                }
+                for f in self.findings
+            ],
+        }
+
+
+# --- values -------------------------------------------------------------------------------
+
+#: Cells that hold no value: blanks and the usual suppression markers.
+MISSING = frozenset(
+    {"", "na", "n/a", "nan", "none", "null", "-", "*", "**", "..", ":", "c", "x", "[c]", "[x]",
+     "[z]", "suppressed", "redacted", "<5", "<10", "< 5", "< 10", "<=5", "<=10"}
+)  # fmt: skip
+_INT = re.compile(r"^[+-]?\d{1,3}(,\d{3})+$|^[+-]?\d+$")
+_FLOAT = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?%?$")
+
+
+def _int(text: str) -> int | None:
+    t = text.strip()
+    if _INT.match(t):
+        return int(t.replace(",", ""))
+    if re.match(r"^[+-]?\d+\.0+$", t):  # 12.0: pandas writes counts of a float column so
+        return int(float(t))
+    return None
+
+
+def _numeric(text: str) -> bool:
+    t = text.strip()
+    return bool(_INT.match(t) or _FLOAT.match(t))
+
+
+def _tokens(name: str) -> set[str]:
+    spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", name)
+    return {t for t in re.split(r"[^a-z0-9]+", spaced.lower()) if t}
+
+
+_COUNT_WORDS = frozenset(
+    {"n", "count", "counts", "cnt", "freq", "frequency", "num", "number", "total", "totals",
+     "patients", "cases", "events", "deaths", "admissions", "people", "persons", "individuals",
+     "records", "obs", "observations", "denominator", "numerator", "population", "pop",
+     "respondents", "participants", "births", "diagnoses", "referrals", "prescriptions",
+     "visits", "attendances", "episodes", "users", "subjects"}
+)  # fmt: skip
+_NOT_COUNT_WORDS = frozenset(
+    {"year", "yr", "age", "id", "code", "rank", "month", "day", "week", "quarter", "decile",
+     "quintile", "tertile", "quartile", "group", "category", "cat", "band", "level", "index",
+     "idx", "period", "wave", "order", "sex", "gender", "flag", "lsoa", "msoa", "region",
+     "date", "time", "bin", "class", "cluster", "stage", "grade", "imd", "version", "seq"}
+)  # fmt: skip
+_MAGNITUDE_WORDS = frozenset(
+    {"mean", "avg", "average", "median", "sum", "sd", "std", "stdev", "se", "sem", "var",
+     "variance", "rate", "ratio", "pct", "percent", "percentage", "prop", "proportion", "cost",
+     "amount", "value", "iqr", "q1", "q3", "or", "hr", "rr", "coef", "beta", "estimate", "ci",
+     "lower", "upper", "lcl", "ucl", "p", "pvalue"}
+)  # fmt: skip
+_MINMAX_WORDS = frozenset({"min", "max", "minimum", "maximum", "lowest", "highest", "range"})
+#: Column names of direct identifiers (as tokens or whole names).
+_IDENTIFIER_NAMES = (
+    re.compile(
+        r"^(nhs_?(no|num|number)?|chi(_?(no|number))?|mrn|hospital_?(no|number)|"
+        r"(patient|person|subject|participant|pseudo|study|client|member|individual)_?(id|key|no|number)|"
+        r"pid|dob|date_?of_?birth|birth_?date|birth_?dt|post_?code|postal_?code|zip(_?code)?|"
+        r"address(_?line_?\d)?|street|name|full_?name|first_?name|last_?name|surname|forenames?|"
+        r"given_?name|e_?mail|email_?address|phone|telephone|mobile|ni_?(no|number)|"
+        r"national_?insurance(_?(no|number))?)$"
+    ),
+)
+
+
+def _identifier_column(name: str) -> bool:
+    norm = re.sub(r"[^a-z0-9]+", "_", re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()).strip("_")
+    return any(p.match(norm) for p in _IDENTIFIER_NAMES)
+
+
+def valid_nhs_number(digits: str) -> bool:
+    """A 10-digit NHS number with a valid modulus-11 check digit."""
+    if len(digits) != 10 or not digits.isdigit() or len(set(digits)) == 1:
+        return False
+    total = sum(int(d) * w for d, w in zip(digits[:9], range(10, 1, -1), strict=True))
+    check = 11 - total % 11
+    check = 0 if check == 11 else check
+    return check != 10 and check == int(digits[9])
+
+
+_NHS_IN_TEXT = re.compile(r"(?<![\d.])(\d{3})[ -]?(\d{3})[ -]?(\d{4})(?![\d.])")
+_POSTCODE = re.compile(
+    r"\b(GIR ?0AA|[A-PR-UWYZ][A-HK-Y]?\d[A-Z\d]? ?\d[ABD-HJLNP-UW-Z]{2})\b", re.IGNORECASE
+)
+_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
+
+
+def _identifiers_in(text: str) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for m in _NHS_IN_TEXT.finditer(text):
+        if valid_nhs_number("".join(m.groups())):
+            found["NHS number"] = found.get("NHS number", 0) + 1
+    for _m in _POSTCODE.finditer(text):
+        found["full UK postcode"] = found.get("full UK postcode", 0) + 1
+    for _m in _EMAIL.finditer(text):
+        found["e-mail address"] = found.get("e-mail address", 0) + 1
+    return found
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+# --- tables -------------------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+    total_rows: int  # rows in the source (may be more than read)
+    where: str = ""  # "" for a file that is one table; "cell 4, table 1" in a notebook
+
+
+def _column(table: Table, index: int) -> list[str]:
+    return [row[index] if index < len(row) else "" for row in table.rows]
+
+
+def _is_index(name: str, values: list[str]) -> bool:
+    """pandas' index written out: no name (or "Unnamed: 0") and 0..n-1 or 1..n."""
+    if name.strip() and not name.startswith("Unnamed:"):
+        return False
+    ints = [_int(v) for v in values]
+    if not ints or any(i is None for i in ints):
+        return False
+    start = ints[0]
+    return start in (0, 1) and ints == list(range(start, start + len(ints)))
+
+
+def _mostly_text(values: list[str]) -> bool:
+    return sum(_numeric(v) for v in values) < 0.9 * len(values)
+
+
+def _roles(table: Table) -> list[str]:
+    """Per column: label | count | integer | magnitude | minmax | identifier | empty."""
+    roles = []
+    for i in range(max(len(table.header), max((len(r) for r in table.rows), default=0))):
+        name = table.header[i] if i < len(table.header) else ""
+        values = [v for v in _column(table, i) if v.strip().lower() not in MISSING]
+        tokens = _tokens(name)
+        if _identifier_column(name):
+            roles.append("identifier")
+        elif not values:
+            roles.append("empty")
+        elif _mostly_text(values) or _is_index(name, _column(table, i)):
+            roles.append("label")
+        elif tokens & _MINMAX_WORDS:
+            roles.append("minmax")
+        elif tokens & _MAGNITUDE_WORDS:
+            roles.append("magnitude")
+        elif tokens & _COUNT_WORDS and not tokens & _NOT_COUNT_WORDS:
+            roles.append("count" if all(_int(v) is not None for v in values) else "magnitude")
+        elif tokens & _NOT_COUNT_WORDS:
+            roles.append("label")
+        elif all((x := _int(v)) is not None and x >= 0 for v in values):
+            roles.append("integer")
+        else:
+            roles.append("magnitude")
+    return roles
+
+
+def _where(table: Table, column: str) -> str:
+    col = f"column {column!r}" if column else "an unnamed column"
+    return f"{table.where}, {col}" if table.where else col
+
+
+def check_table(table: Table, rules: Rules) -> list[Finding]:
+    """The table rules (threshold, zeros, min-max, identifier, magnitude, row-level)."""
+    roles = _roles(table)
+    names = [table.header[i] if i < len(table.header) else "" for i in range(len(roles))]
+    findings: list[Finding] = []
+    magnitude = [n for n, r in zip(names, roles, strict=True) if r in ("magnitude", "minmax")]
+    counts = [i for i, r in enumerate(roles) if r == "count"]
+    integers = [i for i, r in enumerate(roles) if r == "integer"]
+    # A table of only labels and non-negative integers is a frequency table: those are counts.
+    frequency_table = not magnitude and bool(counts or integers)
+    sure = counts + (integers if frequency_table else [])
+    maybe = [] if frequency_table else integers
+
+    for i, role in enumerate(roles):
+        if role == "identifier":
+            findings.append(
+                Finding(
+                    "identifier",
+                    FAIL,
+                    _where(table, names[i]),
+                    f"{names[i]!r} is a direct identifier column: record-level data about "
+                    "people must not leave",
+                )
+            )
+        elif role == "minmax":
+            findings.append(
+                Finding(
+                    "min-max",
+                    FAIL,
+                    _where(table, names[i]),
+                    f"{names[i]!r} holds minima or maxima: each is a single person's value",
+                )
+            )
+    for i in sure + maybe:
+        findings += _count_cells(table, i, names[i], rules, sure=i in sure)
+    findings += _identifier_values(table, roles, names)
+    if magnitude:
+        if counts:
+            message = (
+                f"magnitude values ({', '.join(magnitude[:4])}): the counts are checked above, "
+                "but dominance (p-ratio, n-k rules) needs the contributors' values; ask for "
+                "the largest contributions or an ACRO check of this table"
+            )
+        else:
+            message = (
+                f"magnitude values ({', '.join(magnitude[:4])}) with no count column: neither "
+                f"the threshold ({rules.threshold} contributors per cell) nor dominance can "
+                "be checked; ask for the number of contributors per cell"
+            )
+        findings.append(Finding("magnitude", REVIEW, table.where or "table", message))
+    labels = [i for i, r in enumerate(roles) if r == "label"]
+    if not sure and table.total_rows >= 100 and labels:
+        for i in labels:
+            values = [v for v in _column(table, i) if v.strip()]
+            if len(values) >= 100 and len(set(values)) == len(values):
+                findings.append(
+                    Finding(
+                        "row-level",
+                        REVIEW,
+                        _where(table, names[i]),
+                        f"{table.total_rows:,} rows, no counts, and every value of "
+                        f"{names[i]!r} is different: this may be record-level data, not an "
+                        "aggregate",
+                    )
+                )
+                break
+    return findings
+
+
+def _count_cells(table: Table, i: int, name: str, rules: Rules, *, sure: bool) -> list[Finding]:
+    small: list[tuple[int, int]] = []
+    zeros: list[int] = []
+    for number, value in enumerate(_column(table, i), 1):
+        if value.strip().lower() in MISSING:
+            continue
+        n = _int(value)
+        if n is None:
+            continue
+        if n == 0:
+            zeros.append(number)
+        elif 0 < n < rules.threshold:
+            small.append((number, n))
+    out = []
+    maybe = "" if sure else " (an integer column beside magnitude values: it may be counts)"
+    if small:
+        shown = ", ".join(f"row {r}: {n}" for r, n in small[: rules.max_examples])
+        more = f" and {len(small) - rules.max_examples:,} more" if len(small) > 5 else ""
+        out.append(
+            Finding(
+                "threshold",
+                FAIL if sure else REVIEW,
+                _where(table, name),
+                f"{_plural(len(small), 'cell')} under the threshold of {rules.threshold} "
+                f"({shown}{more}){maybe}",
+                tuple((r, name) for r, _n in small),
+            )
+        )
+    if zeros:
+        shown = ", ".join(f"row {r}" for r in zeros[: rules.max_examples])
+        more = f" and {len(zeros) - rules.max_examples:,} more" if len(zeros) > 5 else ""
+        status = FAIL if sure and rules.zeros_are_disclosive else REVIEW
+        out.append(
+            Finding(
+                "zeros",
+                status,
+                _where(table, name),
+                f"{_plural(len(zeros), 'zero count')} ({shown}{more}): a zero can disclose "
+                f"that nobody in a group has a characteristic{maybe}",
+                tuple((r, name) for r in zeros),
+            )
+        )
+    return out
+
+
+def _identifier_values(table: Table, roles: list[str], names: list[str]) -> list[Finding]:
+    out = []
+    for i, role in enumerate(roles):
+        if role in ("identifier", "empty"):
+            continue
+        found: dict[str, int] = {}
+        for value in _column(table, i):
+            if len(value) > 4:
+                for kind, n in _identifiers_in(value).items():
+                    found[kind] = found.get(kind, 0) + n
+        if found:
+            what = ", ".join(_plural(n, kind) for kind, n in found.items())
+            out.append(
+                Finding(
+                    "identifier",
+                    FAIL,
+                    _where(table, names[i]),
+                    f"values that identify people: {what}",
+                )
+            )
+    return out
+
+
+def read_delimited(data: bytes, delimiter: str, max_rows: int) -> Table:
+    reader = csv.reader(io.StringIO(_decode(data), newline=""), delimiter=delimiter)
+    header = next(reader, [])
+    rows: list[list[str]] = []
+    total = 0
+    for row in reader:
+        if not any(c.strip() for c in row):
+            continue
+        total += 1
+        if len(rows) < max_rows:
+            rows.append(row)
+    return Table(header, rows, total)
+
+
+def read_parquet(data: bytes, max_rows: int) -> Table:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(io.BytesIO(data))
+    total = pf.metadata.num_rows
+    batches = []
+    taken = 0
+    for batch in pf.iter_batches(batch_size=min(max_rows, 65_536)):
+        batches.append(batch.slice(0, max_rows - taken))
+        taken += batches[-1].num_rows
+        if taken >= max_rows:
+            break
+    header = list(pf.schema_arrow.names)
+    columns = [[] for _ in header]
+    for batch in batches:
+        for i, column in enumerate(batch.columns):
+            columns[i] += ["" if v is None else str(v) for v in column.to_pylist()]
+    rows = [list(r) for r in zip(*columns, strict=True)] if columns else []
+    return Table(header, rows, total)
+
+
+def _decode(data: bytes) -> str:
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+class _HTMLTables(HTMLParser):
+    """The tables of an HTML fragment (pandas ``to_html``) and the text outside them."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tables: list[list[list[str]]] = []
+        self.text: list[str] = []
+        self._stack: list[list[list[str]]] = []
+        self._cell: list[str] | None = None
+        self._skip = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("script", "style"):
+            self._skip += 1
+        elif tag == "table":
+            self._stack.append([])
+        elif tag == "tr" and self._stack:
+            self._stack[-1].append([])
+        elif tag in ("td", "th") and self._stack:
+            if not self._stack[-1]:
+                self._stack[-1].append([])
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("script", "style"):
+            self._skip = max(0, self._skip - 1)
+        elif tag in ("td", "th") and self._cell is not None and self._stack:
+            self._stack[-1][-1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+        elif tag == "table" and self._stack:
+            self.tables.append(self._stack.pop())
+
+    def handle_data(self, data):
+        if self._skip:
+            return
+        if self._cell is not None:
+            self._cell.append(data)
+        elif not self._stack:
+            self.text.append(data)
+
+
+def html_tables(fragment: str) -> tuple[list[list[list[str]]], str]:
+    parser = _HTMLTables()
+    parser.feed(fragment)
+    parser.close()
+    return [t for t in parser.tables if t], " ".join(parser.text)
+
+
+def _table_from_rows(rows: list[list[str]], where: str) -> Table:
+    """pandas ``to_html``: one header row (a second, index-name row is folded in)."""
+    header, body = list(rows[0]), rows[1:]
+    if body and body[0] and body[0][0] and all(not c for c in body[0][1:]) and not header[0]:
+        header[0] = body[0][0]  # the index-name row pandas adds under the header
+        body = body[1:]
+    if body and len(header) == len(body[0]) - 1:
+        header = ["", *header]
+    return Table(header, body, len(body), where)
+
+
+# --- text ---------------------------------------------------------------------------------
+
+_DOF = (
+    re.compile(r"Df Residuals:\s+(\d+)"),  # statsmodels summary()
+    re.compile(r"on (\d+) degrees of freedom"),  # R's summary.lm
+    re.compile(r"[Rr]esidual (?:[Dd]egrees of freedom|DF|df)\s*[:=]?\s*(\d+)"),
+)
+_SMALL_N = re.compile(r"(?<![A-Za-z0-9_])[nN]\s*=\s*(\d{1,6})(?![\d.])")
+
+
+def check_text(text: str, where: str, rules: Rules) -> list[Finding]:
+    """The text rules (dof, identifier, small-n) over free text."""
+    findings: list[Finding] = []
+    dofs = [int(m.group(1)) for p in _DOF for m in p.finditer(text)]
+    low = [d for d in dofs if d < rules.dof_threshold]
+    if low:
+        findings.append(
+            Finding(
+                "dof",
+                FAIL,
+                where,
+                f"a model with {min(low)} residual degrees of freedom (under "
+                f"{rules.dof_threshold}): its estimates describe too few people",
+            )
+        )
+    found = _identifiers_in(text)
+    if found:
+        what = ", ".join(_plural(n, kind) for kind, n in found.items())
+        findings.append(Finding("identifier", FAIL, where, f"values that identify people: {what}"))
+    small = sorted({int(m.group(1)) for m in _SMALL_N.finditer(text)} & set(range(rules.threshold)))
+    if small:
+        findings.append(
+            Finding(
+                "small-n",
+                REVIEW,
+                where,
+                f"the text reports group sizes under {rules.threshold} "
+                f"({', '.join(f'n={n}' for n in small[: rules.max_examples])})",
+            )
+        )
+    return findings
+
+
+# --- files --------------------------------------------------------------------------------
+
+TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+TEXT_SUFFIXES = frozenset({".txt", ".md", ".json", ".log", ".tex", ".rst"})
+FIGURE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".svg", ".pdf"})
+
+
+def check(path: str, data: bytes, rules: Rules | None = None) -> Report:
+    """Run every rule that applies to ``path``'s kind over ``data``."""
+    rules = rules or Rules()
+    ext = PurePosixPath(path).suffix.lower()
+    try:
+        if ext in TABLE_DELIMITERS or ext == ".parquet":
+            table = (
+                read_parquet(data, rules.max_rows)
+                if ext == ".parquet"
+                else read_delimited(data, TABLE_DELIMITERS[ext], rules.max_rows)
+            )
+            report = Report("table", [_table_summary(table, rules)])
+            report.findings = check_table(table, rules)
+            return report
+        if ext == ".ipynb":
+            return _check_notebook(data, rules)
+        if ext in (".html", ".htm"):
+            report = Report("text")
+            tables, text = html_tables(_decode(data))
+            for n, rows in enumerate(tables, 1):
+                report.findings += check_table(_table_from_rows(rows, f"table {n}"), rules)
+            report.findings += check_text(text, "text", rules)
+            report.checked.append(f"HTML: {_plural(len(tables), 'table')} and the text")
+            return report
+        if ext in TEXT_SUFFIXES:
+            report = Report("text", ["the whole text"])
+            report.findings = check_text(_decode(data), "text", rules)
+            return report
+    except (csv.Error, ValueError, OSError, ImportError) as exc:
+        return Report(
+            "other",
+            ["nothing: the file could not be read"],
+            [Finding("manual", REVIEW, "file", f"automated checks could not read it: {exc}")],
+        )
+    if ext in FIGURE_SUFFIXES:
+        return Report(
+            "figure",
+            ["nothing: figures are not read automatically"],
+            [
+                Finding(
+                    "manual",
+                    INFO,
+                    "figure",
+                    "check by eye: axis ranges, labels and annotations can show small counts, "
+                    "outliers or single people",
+                )
+            ],
+        )
+    return Report(
+        "other",
+        ["nothing"],
+        [Finding("manual", INFO, "file", "no automated checks for this file type")],
+    )
+
+
+def _table_summary(table: Table, rules: Rules) -> str:
+    width = max((len(r) for r in table.rows), default=len(table.header))
+    read = (
+        f"the first {len(table.rows):,} of {table.total_rows:,} rows"
+        if table.total_rows > len(table.rows)
+        else f"all {_plural(table.total_rows, 'row')}"
+    )
+    return f"table of {width} columns: {read} (threshold {rules.threshold})"
+
+
+def _notebook_parts(nb: dict) -> Iterator[tuple[str, str, str]]:
+    """``(where, kind, content)`` for each Markdown cell and text or HTML output."""
+    for number, cell in enumerate(nb.get("cells") or [], 1):
+        if not isinstance(cell, dict):
+            continue
+        if cell.get("cell_type") == "markdown":
+            yield f"cell {number} (Markdown)", "text", _joined(cell.get("source"))
+            continue
+        for output in cell.get("outputs") or []:
+            if not isinstance(output, dict):
+                continue
+            if output.get("output_type") == "stream":
+                yield f"cell {number} output", "text", _joined(output.get("text"))
+                continue
+            bundle = output.get("data") or {}
+            if not isinstance(bundle, dict):
+                continue
+            if "text/html" in bundle:
+                yield f"cell {number} output", "html", _joined(bundle["text/html"])
+            elif "text/plain" in bundle:
+                yield f"cell {number} output", "text", _joined(bundle["text/plain"])
+            if any(str(k).startswith("image/") for k in bundle):
+                yield f"cell {number} output", "figure", ""
+
+
+def _joined(value: object) -> str:
+    if isinstance(value, list):
+        return "".join(str(v) for v in value)
+    return value if isinstance(value, str) else ""
+
+
+def _check_notebook(data: bytes, rules: Rules) -> Report:
+    nb = json.loads(_decode(data))
+    if not isinstance(nb, dict):
+        raise ValueError("not a notebook")
+    report = Report("notebook")
+    tables = texts = figures = 0
+    for where, kind, content in _notebook_parts(nb):
+        if kind == "figure":
+            figures += 1
+        elif kind == "html":
+            found, text = html_tables(content)
+            for n, rows in enumerate(found, 1):
+                tables += 1
+                report.findings += check_table(_table_from_rows(rows, f"{where}, table {n}"), rules)
+            report.findings += check_text(text, where, rules)
+        else:
+            texts += 1
+            report.findings += check_text(content, where, rules)
+    report.checked.append(
+        f"{_plural(tables, 'output table')}, {_plural(texts, 'text part')} "
+        f"(threshold {rules.threshold}, residual df {rules.dof_threshold})"
+    )
+    if figures:
+        report.findings.append(
+            Finding(
+                "manual",
+                INFO,
+                "figures",
+                f"{_plural(figures, 'figure')} not read automatically: check axes, labels and "
+                "annotations by eye",
+            )
+        )
+    return report
+
+
+def worst(statuses: Iterable[str]) -> str:
+    return max(statuses, key=_RANK.__getitem__, default=PASS)

@@ -1,0 +1,263 @@
+"""Automated disclosure checks (:mod:`sde_spawner.checking.sdc`) on the kinds of outputs
+researchers export: each rule on a case it must catch and a near miss it must not, with
+ACRO's default thresholds (10 per cell, 10 residual degrees of freedom, zeros disclosive).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from sde_spawner.checking import sdc
+
+
+def rules_hit(report: sdc.Report) -> set[tuple[str, str]]:
+    return {(f.rule, f.status) for f in report.findings}
+
+
+def check_csv(text: str, **rules) -> sdc.Report:
+    return sdc.check("t.csv", text.encode(), sdc.Rules(**rules))
+
+
+# --- tables -------------------------------------------------------------------------------
+
+
+def test_a_safe_frequency_table_passes():
+    report = check_csv("region,n\nnorth,120\nsouth,10\n")
+    assert (report.status, report.findings) == ("pass", [])
+    assert report.checked == ["table of 2 columns: all 2 rows (threshold 10)"]
+
+
+def test_a_crosstab_cell_under_the_threshold_and_a_zero_fail_with_their_cells():
+    report = check_csv(",female,male\nasthma,12,4\ncopd,0,25\nflu,9,10\n")
+    assert report.status == "fail"
+    by_rule = {f.rule: f for f in report.findings}
+    assert by_rule["threshold"].status == "fail"
+    assert by_rule["threshold"].cells == ((1, "male"),)
+    assert "row 1: 4" in by_rule["threshold"].message
+    assert by_rule["zeros"].cells == ((2, "female"),)
+    female_small = [f for f in report.findings if f.rule == "threshold" and "female" in f.where]
+    assert female_small[0].cells == ((3, "female"),)  # 9 fails, 10 passes: "under" is strict
+
+
+def test_zeros_are_for_review_when_the_deployment_says_they_are_not_disclosive():
+    report = check_csv("group,n\na,0\nb,50\n", zeros_are_disclosive=False)
+    assert rules_hit(report) == {("zeros", "review")}
+
+
+def test_the_threshold_is_a_setting():
+    assert check_csv("g,n\na,12\n", threshold=15).status == "fail"
+    assert check_csv("g,n\na,12\n", threshold=10).status == "pass"
+
+
+def test_a_pandas_index_column_is_a_label_not_a_count_with_a_zero():
+    report = check_csv(",region,count\n0,north,120\n1,south,98\n2,east,40\n")
+    assert report.status == "pass", report.findings
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["year,n", "age,n", "region_code,n", "rank,n", "imd_decile,n"],
+)
+def test_label_like_integer_columns_are_not_taken_for_counts(header):
+    label = header.split(",")[0]
+    report = check_csv(f"{header}\n1,50\n2,60\n3,70\n")
+    assert report.status == "pass", (label, report.findings)
+
+
+def test_suppression_markers_are_not_counts():
+    assert check_csv("region,n\nnorth,120\nsouth,<10\neast,[c]\nwest,*\n").status == "pass"
+
+
+def test_a_magnitude_table_checks_its_counts_and_asks_for_dominance():
+    report = check_csv("region,n,mean_hba1c\nnorth,120,52.1\nsouth,7,49.0\n")
+    assert rules_hit(report) == {("threshold", "fail"), ("magnitude", "review")}
+    assert "dominance" in next(f.message for f in report.findings if f.rule == "magnitude")
+
+
+def test_means_without_counts_cannot_be_checked_and_say_so():
+    report = check_csv("region,mean_cost\nnorth,1520.5\nsouth,980.25\n")
+    (finding,) = report.findings
+    assert (finding.rule, finding.status) == ("magnitude", "review")
+    assert "no count column" in finding.message
+
+
+def test_an_unnamed_integer_column_beside_means_is_only_a_maybe():
+    report = check_csv("region,mean_cost,patients_seen_by_gp\nnorth,1520.5,3\n")
+    # "patients" names it a count: sure
+    assert ("threshold", "fail") in rules_hit(report)
+    report = check_csv("region,mean_cost,widgets\nnorth,1520.5,3\n")
+    assert ("threshold", "review") in rules_hit(report)
+
+
+@pytest.mark.parametrize("column", ["max_age", "min_weight", "Maximum", "highest_bmi"])
+def test_minima_and_maxima_fail(column):
+    report = check_csv(f"region,n,{column}\nnorth,120,98\n")
+    assert ("min-max", "fail") in rules_hit(report)
+
+
+@pytest.mark.parametrize(
+    "column",
+    ["nhs_number", "NHSNumber", "patient_id", "dob", "date_of_birth", "postcode", "surname"],
+)
+def test_direct_identifier_columns_fail(column):
+    report = check_csv(f"{column},hba1c\nx,52\n")
+    assert ("identifier", "fail") in rules_hit(report)
+
+
+def test_identifier_values_fail_wherever_they_are():
+    # 943 476 5919 is a valid NHS number (check digit 9); 943 476 5918 is not
+    report = check_csv("ref,value\n943 476 5919,1.5\n9434765918,2.5\n")
+    (ident,) = [f for f in report.findings if f.rule == "identifier"]
+    assert ident.status == "fail" and "1 NHS number" in ident.message
+    report = check_csv("where,value\nSW1A 1AA,1.5\nM1 1AE,2.5\n")
+    assert "2 full UK postcodes" in next(f.message for f in report.findings)
+    report = check_csv("contact,value\njo@example.org,1.5\n")
+    assert "1 e-mail address" in next(f.message for f in report.findings)
+
+
+def test_postcode_districts_and_invalid_nhs_numbers_are_not_identifiers():
+    report = check_csv("district,n\nSW1A,120\nM1,300\n")
+    assert report.status == "pass", report.findings
+    assert not sdc.valid_nhs_number("9434765918")
+    assert not sdc.valid_nhs_number("0000000000")
+    assert sdc.valid_nhs_number("9434765919")
+
+
+def test_many_distinct_rows_without_counts_look_like_record_level_data():
+    rows = "".join(f"P{i:05d},{50 + i % 7}.5\n" for i in range(150))
+    report = check_csv("ref,hba1c\n" + rows)
+    assert ("row-level", "review") in rules_hit(report)
+    rows = "".join(f"R{i:05d},{100 + i}\n" for i in range(150))
+    assert check_csv("area,n\n" + rows).status == "pass"  # an aggregate with counts
+
+
+def test_only_the_first_max_rows_are_read_and_the_report_says_so():
+    rows = "".join(f"r{i},{100 + i}\n" for i in range(50)) + "last,3\n"
+    report = check_csv("g,n\n" + rows, max_rows=20)
+    assert report.checked == ["table of 2 columns: the first 20 of 51 rows (threshold 10)"]
+    assert report.status == "pass"
+
+
+def test_tsv_and_parquet_tables_are_read_too():
+    report = sdc.check("t.tsv", b"region\tn\nnorth\t3\n")
+    assert ("threshold", "fail") in rules_hit(report)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"nhs_number": ["9434765919"], "n": [3]}), buf)
+    report = sdc.check("t.parquet", buf.getvalue())
+    assert {("identifier", "fail"), ("threshold", "fail")} <= rules_hit(report)
+
+
+def test_an_unreadable_file_is_a_review_not_a_crash():
+    report = sdc.check("t.parquet", b"not parquet at all")
+    assert report.status == "review" and report.findings[0].rule == "manual"
+    report = sdc.check("t.ipynb", b"{not json")
+    assert report.status == "review"
+
+
+# --- text ---------------------------------------------------------------------------------
+
+STATSMODELS = """                            OLS Regression Results
+==============================================================================
+Dep. Variable:                  hba1c   R-squared:                       0.412
+Model:                            OLS   Adj. R-squared:                  0.201
+No. Observations:                   8   AIC:                             40.12
+Df Residuals:                       5   BIC:                             40.36
+Df Model:                           2
+"""
+
+
+def test_a_regression_with_too_few_residual_degrees_of_freedom_fails():
+    report = sdc.check("model.txt", STATSMODELS.encode())
+    assert rules_hit(report) == {("dof", "fail")}
+    assert "5 residual degrees of freedom" in report.findings[0].message
+    ok = STATSMODELS.replace("Df Residuals:                       5", "Df Residuals:  497")
+    assert sdc.check("model.txt", ok.encode()).status == "pass"
+    r_lm = "Residual standard error: 1.2 on 6 degrees of freedom\n"
+    assert rules_hit(sdc.check("lm.txt", r_lm.encode())) == {("dof", "fail")}
+
+
+def test_text_reporting_small_groups_is_for_review():
+    report = sdc.check("notes.md", b"Of the cohort (n = 4) three had a stroke; controls n=250.")
+    (finding,) = report.findings
+    assert (finding.rule, finding.status) == ("small-n", "review")
+    assert "n=4" in finding.message and "250" not in finding.message
+
+
+def test_figures_are_left_to_the_eye():
+    report = sdc.check("fig.png", b"\x89PNG\r\n\x1a\n")
+    assert (report.kind, report.status) == ("figure", "info")
+
+
+# --- notebooks ----------------------------------------------------------------------------
+
+
+def notebook(*outputs, markdown: str = "") -> bytes:
+    cells = []
+    if markdown:
+        cells.append({"cell_type": "markdown", "metadata": {}, "source": markdown})
+    for out in outputs:
+        cells.append(
+            {
+                "cell_type": "code",
+                "metadata": {},
+                "execution_count": 1,
+                "source": "x",
+                "outputs": [out],
+            }
+        )
+    return json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": cells}).encode()
+
+
+def html_output(html: str) -> dict:
+    return {"output_type": "execute_result", "metadata": {}, "execution_count": 1,
+            "data": {"text/html": html, "text/plain": "df"}}  # fmt: skip
+
+
+PANDAS_HEAD = """<div><table border="1" class="dataframe">
+  <thead><tr style="text-align: right;"><th></th><th>nhs_number</th><th>hba1c</th></tr></thead>
+  <tbody><tr><th>0</th><td>9434765919</td><td>52</td></tr>
+         <tr><th>1</th><td>4010232137</td><td>61</td></tr></tbody></table></div>"""
+
+PANDAS_GROUPBY = """<table border="1" class="dataframe">
+  <thead><tr style="text-align: right;"><th></th><th>n</th></tr>
+         <tr><th>region</th><th></th></tr></thead>
+  <tbody><tr><th>north</th><td>120</td></tr><tr><th>south</th><td>6</td></tr></tbody></table>"""
+
+
+def test_a_notebook_showing_record_level_rows_fails():
+    report = sdc.check("a.ipynb", notebook(html_output(PANDAS_HEAD)))
+    (finding,) = [f for f in report.findings if f.rule == "identifier"]
+    assert finding.status == "fail" and finding.where.startswith("cell 1 output, table 1")
+
+
+def test_a_notebook_groupby_table_is_checked_cell_by_cell():
+    report = sdc.check("a.ipynb", notebook(html_output(PANDAS_GROUPBY)))
+    (finding,) = report.findings
+    assert (finding.rule, finding.status, finding.cells) == ("threshold", "fail", ((2, "n"),))
+    assert report.checked == ["1 output table, 0 text parts (threshold 10, residual df 10)"]
+
+
+def test_a_notebook_text_output_and_markdown_are_read_and_figures_listed():
+    stream = {"output_type": "stream", "name": "stdout", "text": STATSMODELS}
+    figure = {"output_type": "display_data", "metadata": {}, "data": {"image/png": "iVBO"}}
+    report = sdc.check("a.ipynb", notebook(stream, figure, markdown="Cases (n=3) were excluded."))
+    assert rules_hit(report) == {("dof", "fail"), ("small-n", "review"), ("manual", "info")}
+
+
+def test_a_safe_notebook_passes():
+    safe = PANDAS_GROUPBY.replace("<td>6</td>", "<td>60</td>")
+    report = sdc.check("a.ipynb", notebook(html_output(safe), markdown="All cells n >= 10."))
+    assert report.status == "pass", report.findings
+
+
+def test_the_report_serialises_for_the_api():
+    as_dict = check_csv("g,n\na,3\n").to_dict()
+    assert as_dict["status"] == "fail"
+    assert as_dict["findings"][0]["cells"] == [[1, "n"]]
+    json.dumps(as_dict)
