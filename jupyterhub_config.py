@@ -8,7 +8,9 @@ SDE_PROXY_API_PORT (default 8001, loopback only), SDE_SERVICE_PORT (the sde serv
 SDE_OBJECT_PREFIX (Docker object names and labels, default sde), SDE_DEMO_PASSWORD.
 Read by the sde service itself: SDE_EXPORT_MAX_FILE_BYTES (250 MiB), SDE_CHECKING_PREVIEW_ROWS
 (1000), SDE_CHECKING_PAGE_NETWORKS (addresses people's pages are served to: the proxy's,
-default 127.0.0.0/8,::1/128), SDE_ENFORCE_SECONDS, SDE_AUDIT_CHECKPOINT_SECONDS.
+default 127.0.0.0/8,::1/128), SDE_ENFORCE_SECONDS, SDE_AUDIT_CHECKPOINT_SECONDS, and the
+disclosure-control rules SDE_SDC_THRESHOLD (10), SDE_SDC_DOF_THRESHOLD (10),
+SDE_SDC_ZEROS_ARE_DISCLOSIVE (true), which workspaces get too for researchers' pre-checks.
 """
 
 import os
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from sde_spawner.db import upgrade
 from sde_spawner.hub_events import make_log_function
+from sde_spawner.spawner import SDC_SETTINGS
 
 c = get_config()  # noqa: F821 - provided by JupyterHub
 
@@ -50,6 +53,13 @@ c.Spawner.http_timeout = 60
 # (/services/sde/); workspaces reach it directly on its port, which the host firewall opens
 # to them besides the hub API.
 service_port = int(os.environ.get("SDE_SERVICE_PORT", "9100"))
+SERVICE_SETTINGS = (
+    "SDE_EXPORT_MAX_FILE_BYTES",
+    "SDE_CHECKING_PREVIEW_ROWS",
+    "SDE_CHECKING_PAGE_NETWORKS",
+    "SDE_AUDIT_CHECKPOINT_SECONDS",
+    *SDC_SETTINGS,
+)
 c.JupyterHub.services = [
     {
         "name": "sde",
@@ -60,6 +70,7 @@ c.JupyterHub.services = [
             "SDE_STATE_DIR": str(state),
             "SDE_ENFORCE_SECONDS": os.environ.get("SDE_ENFORCE_SECONDS", "60"),
             "SDE_SERVICE_BIND_IP": "0.0.0.0",  # noqa: S104 - reached via workspace gateways
+            **{k: os.environ[k] for k in SERVICE_SETTINGS if os.environ.get(k)},
         },
         "oauth_no_confirm": True,
         "display": True,

@@ -38,6 +38,7 @@ from egress_extension.blocking import (
 from egress_extension.files import DEFAULT_ALLOWED_SUFFIXES, DEFAULT_MAX_FILE_SIZE, ExportPolicy
 from egress_extension.handlers import handlers
 from egress_extension.service import ExportService
+from sde_spawner.checking.sdc import Rules
 
 PR_SET_DUMPABLE = 4
 
@@ -78,6 +79,12 @@ class EgressApp(ExtensionApp):
     ).tag(config=True)
 
     max_files = Int(20, help="Most files in one export request.").tag(config=True)
+
+    max_check_size = Int(
+        64 * 1024 * 1024,
+        help="Largest file (bytes) the export page checks for disclosure risks in the "
+        "workspace before submission; larger files are checked by the service only.",
+    ).tag(config=True)
 
     service_url = Unicode(
         help="Base URL of the hub-side `sde` service (ends with /). Default: $SDE_SERVICE_URL.",
@@ -157,6 +164,7 @@ class EgressApp(ExtensionApp):
             max_file_size=self.max_file_size,
             allowed_suffixes=tuple(self.allowed_suffixes),
         )
+        self.sdc_rules = Rules.from_env(os.environ)
         configured = bool(self.service_url and self.api_token)
         self.service = ExportService(self.service_url, self.api_token) if configured else None
         sink = HTTPSink(self.service_url, self.api_token) if configured else None

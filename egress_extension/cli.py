@@ -4,6 +4,7 @@ Runs inside the researcher's container and talks to the workspace's own Jupyter 
 request from the command line takes exactly the path of one made on the export page
 (``egress/api/requests``: confinement, snapshot, upload, submit, audit)::
 
+    sde-export check results.csv analysis.ipynb
     sde-export submit results.csv figure.png --justification "..." --description "..."
     sde-export list
     sde-export withdraw 12
@@ -22,7 +23,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 PROG = "sde-export"
 
@@ -105,6 +106,22 @@ def cmd_submit(args: argparse.Namespace, base: str, token: str) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace, base: str, token: str) -> int:
+    """Exit 0 when no file fails a rule, 3 when one does (findings printed either way)."""
+    reports = [
+        call("GET", f"checks?path={quote(os.path.abspath(path))}", base=base, token=token)
+        for path in args.files
+    ]
+    if args.json:
+        print(json.dumps(reports, indent=2))
+    else:
+        for r in reports:
+            print(f"{r['path']}: {r['status']}  (checked {'; '.join(r['checked'])})")
+            for f in r["findings"]:
+                print(f"  {f['status']:<6} {f['rule']:<10} {f['where']}: {f['message']}")
+    return 3 if any(r["status"] == "fail" for r in reports) else 0
+
+
 def cmd_list(args: argparse.Namespace, base: str, token: str) -> int:
     result = call("GET", "requests", base=base, token=token)
     if args.json:
@@ -136,6 +153,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the server's JSON answer")
     sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser(
+        "check",
+        help="run the output checkers' automated disclosure checks on files (exit 3 if a "
+        "rule fails)",
+    )
+    c.add_argument("files", nargs="+", metavar="FILE", help="files in your home directory")
+    c.set_defaults(run=cmd_check)
     s = sub.add_parser("submit", help="submit files for output checking")
     s.add_argument("files", nargs="+", metavar="FILE", help="files in your home directory")
     s.add_argument("--justification", "-j", required=True, help="why these files must leave")

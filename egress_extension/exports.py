@@ -33,6 +33,7 @@ from egress_extension.files import (
     take_snapshot,
 )
 from egress_extension.service import ExportService, ServiceError
+from sde_spawner.checking.sdc import INFO, Finding, Report, Rules, check
 
 MAX_JUSTIFICATION = 10_000
 MAX_DESCRIPTION = 5_000
@@ -175,3 +176,26 @@ async def submit_export(
         "version": submitted.get("version", created.get("version", 1)),
         "files": declared,
     }
+
+
+def precheck(policy: ExportPolicy, path: str, rules: Rules, *, max_bytes: int) -> dict:
+    """The automated disclosure checks of one file, before it is submitted.
+
+    The same confinement as an export (a file that could not be exported is refused with
+    the same reason) and the same rules the checkers' page shows
+    (:mod:`sde_spawner.checking.sdc`); files over ``max_bytes`` are left to the service.
+    """
+    fd, st, rel = open_confined(policy, path)
+    try:
+        if st.st_size > max_bytes:
+            report = Report(
+                "other",
+                ["nothing here: the file is too large to check in the workspace"],
+                [Finding("manual", INFO, "file", "the checkers' service will run the checks")],
+            )
+        else:
+            with open(fd, "rb", closefd=False) as fh:
+                report = check(rel, fh.read(max_bytes), rules)
+    finally:
+        os.close(fd)
+    return {"path": rel, **report.to_dict()}

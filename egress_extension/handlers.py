@@ -28,7 +28,7 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 
 from egress_extension import __version__
-from egress_extension.exports import parse_request, submit_export
+from egress_extension.exports import parse_request, precheck, submit_export
 from egress_extension.files import ExportRefused, human_size, list_candidates
 from egress_extension.service import ServiceError
 
@@ -74,9 +74,9 @@ class EgressAPIHandler(APIHandler):
             body["request"] = exc.request  # type: ignore[attr-defined]
         self.reply(body, status)
 
-    def refused(self, refused: ExportRefused) -> None:
+    def refused(self, refused: ExportRefused, *, action: str = "export.refused") -> None:
         self.egress.record(
-            "export.refused",
+            action,
             {"path": refused.path[:1024], "code": refused.code},
             outcome="denied",
             reason=refused.message,
@@ -181,6 +181,27 @@ class FilesHandler(EgressAPIHandler):
         )
 
 
+class ChecksHandler(EgressAPIHandler):
+    """``GET egress/api/checks?path=P``: the automated disclosure checks of one file, the
+    same the output checkers will see, so the researcher can fix an output first."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        path = self.get_query_argument("path", "")
+        try:
+            report = await asyncio.to_thread(
+                precheck,
+                self.egress.policy,
+                path,
+                self.egress.sdc_rules,
+                max_bytes=self.egress.max_check_size,
+            )
+        except ExportRefused as refused:
+            self.refused(refused, action="export.check.refused")
+            return
+        self.reply(report)
+
+
 class PageHandler(JupyterHandler):
     """``GET egress/``: the export page."""
 
@@ -210,5 +231,6 @@ def handlers() -> list[tuple[str, type[web.RequestHandler]]]:
         (r"/egress/api/requests/(\d+)/versions", RequestsHandler),
         (r"/egress/api/requests/(\d+)/withdraw", WithdrawHandler),
         (r"/egress/api/files", FilesHandler),
+        (r"/egress/api/checks", ChecksHandler),
         (r"/egress/?", PageHandler),
     ]

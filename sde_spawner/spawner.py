@@ -63,6 +63,10 @@ class SpawnRefused(web.HTTPError):
         self.jupyterhub_message = f"Workspace not started: {reason}"
 
 
+#: Disclosure-control settings of the `sde` service, passed on to workspaces.
+SDC_SETTINGS = ("SDE_SDC_THRESHOLD", "SDE_SDC_DOF_THRESHOLD", "SDE_SDC_ZEROS_ARE_DISCLOSIVE")
+
+
 class SDESpawner(DockerSpawner):
     """Locked-room workspaces: one per (person, project), on their own internal network."""
 
@@ -543,6 +547,9 @@ class SDESpawner(DockerSpawner):
             env["SDE_SERVICE_URL"] = f"http://{host}:{self.service_port}{self.service_prefix}"
         if self.project:
             env["SDE_PROJECT"] = self.project
+        for name in SDC_SETTINGS:  # researchers' pre-checks use the checkers' thresholds
+            if os.environ.get(name):
+                env[name] = os.environ[name]
         return env
 
     async def create_object(self):

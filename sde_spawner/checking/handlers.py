@@ -27,7 +27,6 @@ import json
 import os
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -103,7 +102,7 @@ class Checking:
             page_networks=parse_networks(
                 os.environ.get("SDE_CHECKING_PAGE_NETWORKS", ",".join(DEFAULT_PAGE_NETWORKS))
             ),
-            sdc_rules=sdc_rules_from_env(os.environ),
+            sdc_rules=sdc.Rules.from_env(os.environ),
         )
 
     def page_allowed_from(self, remote_ip: str | None) -> bool:
@@ -150,21 +149,6 @@ class Checking:
             while len(self._checks) > 256:
                 self._checks.popitem(last=False)
         return report
-
-
-def sdc_rules_from_env(env: Mapping[str, str]) -> sdc.Rules:
-    """``SDE_SDC_THRESHOLD``, ``SDE_SDC_DOF_THRESHOLD``, ``SDE_SDC_ZEROS_ARE_DISCLOSIVE``."""
-    default = sdc.Rules()
-    zeros = env.get("SDE_SDC_ZEROS_ARE_DISCLOSIVE", "")
-    return sdc.Rules(
-        threshold=int(env.get("SDE_SDC_THRESHOLD", default.threshold)),
-        dof_threshold=int(env.get("SDE_SDC_DOF_THRESHOLD", default.dof_threshold)),
-        zeros_are_disclosive=(
-            default.zeros_are_disclosive
-            if not zeros
-            else zeros.strip().lower() in ("1", "true", "yes")
-        ),
-    )
 
 
 def checking(handler: web.RequestHandler) -> Checking:

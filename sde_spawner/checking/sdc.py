@@ -40,7 +40,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import PurePosixPath
@@ -58,6 +58,20 @@ class Rules:
     zeros_are_disclosive: bool = True
     max_rows: int = 200_000
     max_examples: int = 5
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Rules:
+        """``SDE_SDC_THRESHOLD``, ``SDE_SDC_DOF_THRESHOLD``, ``SDE_SDC_ZEROS_ARE_DISCLOSIVE``
+        (the hub passes them on to workspaces, so researchers' pre-checks use the same)."""
+        default = cls()
+        zeros = env.get("SDE_SDC_ZEROS_ARE_DISCLOSIVE", "").strip().lower()
+        return cls(
+            threshold=int(env.get("SDE_SDC_THRESHOLD") or default.threshold),
+            dof_threshold=int(env.get("SDE_SDC_DOF_THRESHOLD") or default.dof_threshold),
+            zeros_are_disclosive=(
+                default.zeros_are_disclosive if not zeros else zeros in ("1", "true", "yes")
+            ),
+        )
 
 
 @dataclass(frozen=True)

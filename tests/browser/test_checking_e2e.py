@@ -294,3 +294,44 @@ def test_export_review_release_end_to_end(hub, alice_ws, chromium):
         e for e in hub.events(actor="alice", outcome="denied") if e["action"].startswith("export.")
     ]
     assert {e["action"] for e in denied} >= {"export.reviewed", "export.release.downloaded"}
+
+
+def test_the_export_page_checks_files_and_submits_in_the_workspace(hub, alice_ws, chromium):
+    """alice's own export page in Chromium: picking a file runs the checkers' automated
+    disclosure checks on it in her workspace; a clean file is then submitted from the page."""
+    files = {
+        "out/small.csv": b"region,patients\nnorth,120\nsouth,4\n",
+        "out/clean.csv": b"region,patients\nnorth,120\nsouth,98\n",
+    }
+    in_workspace(alice_ws, "write", b64(files))
+    context, page, dialogs = login(chromium, hub, "alice")
+    try:
+        page.goto(f"{hub.url}/user/alice/{PROJECT}/egress/")
+        rows = {}
+        for path in files:
+            page.locator("#files label", has_text=path).wait_for()
+            rows[path] = page.locator("#files tr", has=page.locator("label", has_text=path))
+        rows["out/small.csv"].locator("input[type=checkbox]").check()
+        checks = rows["out/small.csv"].locator(".checks[data-status]")
+        checks.wait_for()
+        assert checks.get_attribute("data-status") == "fail"
+        assert "1 cell under the threshold of 10 (row 2: 4)" in checks.inner_text()
+        rows["out/small.csv"].locator("input[type=checkbox]").uncheck()
+
+        rows["out/clean.csv"].locator("input[type=checkbox]").check()
+        clean = rows["out/clean.csv"].locator(".checks[data-status]")
+        clean.wait_for()
+        assert clean.get_attribute("data-status") == "pass"
+        rows["out/clean.csv"].locator("input[type=text]").fill("patients by region")
+        page.fill("#justification", "Table 1 of the paper: patients by region, all cells >= 10")
+        page.click("#submit")
+        page.wait_for_selector("#message.ok")
+        rid = int(re.search(r"Request (\d+) submitted", page.inner_text("#message")).group(1))
+        page.locator("#requests td", has_text="out/clean.csv").wait_for()
+        assert dialogs == []
+    finally:
+        context.close()
+    status = in_workspace(alice_ws, "call", {"method": "GET", "url": "api/exports"})
+    listed = {r["id"]: r for r in json.loads(status["body"])["requests"]}
+    assert listed[rid]["state"] == "submitted"
+    assert [f["path"] for f in listed[rid]["files"]] == ["out/clean.csv"]

@@ -279,6 +279,14 @@ def test_the_command_line_takes_the_same_path(
     def cli_run(*argv):
         return run(asyncio.to_thread(cli.main, list(argv)))
 
+    (home / "small.csv").write_bytes(b"region,n\nnorth,120\nsouth,4\n")
+    assert cli_run("check", "results.csv", "small.csv") == 3  # a rule failed
+    out = capsys.readouterr().out
+    assert "results.csv: pass" in out and "small.csv: fail" in out
+    assert "threshold  column 'n': 1 cell under the threshold of 10 (row 2: 4)" in out
+    assert cli_run("check", "results.csv") == 0
+    capsys.readouterr()
+
     assert cli_run("submit", "results.csv", "-j", "counts for the paper", "-d", "counts") == 0
     out = capsys.readouterr().out
     assert "export request 1 submitted" in out and hashlib.sha256(CSV).hexdigest() in out

@@ -221,6 +221,42 @@ def test_an_unreachable_service_is_a_502_and_no_file_is_left_open(fetch, files, 
     assert open_files_under(files) == set()
 
 
+# --- disclosure pre-checks -------------------------------------------------------------------
+
+
+def precheck(fetch, path):
+    return fetch("egress", "api", "checks", params={"path": path})
+
+
+def test_a_researcher_sees_the_checkers_findings_before_submitting(fetch, files, ext, events):
+    (files / "crosstab.csv").write_text(",female,male\nasthma,12,4\ncopd,30,25\n")
+    r = precheck(fetch, "crosstab.csv")
+    report = json.loads(r.body)
+    assert (r.code, report["path"], report["status"]) == (200, "crosstab.csv", "fail")
+    (finding,) = report["findings"]
+    assert (finding["rule"], finding["cells"]) == ("threshold", [[1, "male"]])
+    r = precheck(fetch, str(files / "results.csv"))
+    assert json.loads(r.body)["status"] == "pass"
+    assert events("export.check.refused") == []
+
+
+def test_a_precheck_refuses_what_an_export_would_refuse_and_records_it(fetch, files, ext, events):
+    (files / "patients.csv").symlink_to(files.parent / "extract" / "patients.csv")
+    r = precheck(fetch, "patients.csv")
+    assert r.code == 403 and "symbolic link" in json.loads(r.body)["message"]
+    (refused,) = events("export.check.refused")
+    assert refused["details"]["code"] == "symlink" and refused["outcome"] == "denied"
+    assert precheck(fetch, "../etc/passwd").code == 400
+    assert precheck(fetch, "cohort.sqlite").code == 403
+
+
+def test_a_file_over_the_precheck_size_is_left_to_the_service(fetch, files, ext):
+    ext.max_check_size = 10
+    r = precheck(fetch, "results.csv")
+    report = json.loads(r.body)
+    assert report["status"] == "info" and "too large" in report["checked"][0]
+
+
 # --- blocked downloads ----------------------------------------------------------------------
 
 
