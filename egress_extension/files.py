@@ -27,8 +27,10 @@ from dataclasses import dataclass
 
 #: File types a project may export by default: tables, text, figures, documents, notebooks.
 #: No archives (.zip, .tar.gz: they hide their content from a checker), no databases, no
-#: pickles or other opaque binaries. Override per deployment with
-#: ``c.EgressApp.allowed_suffixes``.
+#: pickles or other opaque binaries, and no SVG (as in ACRO's ``blocked_extensions``: a vector
+#: plot carries the exact value of every point it draws, i.e. the rows behind a scatter plot,
+#: which a checker looking at the picture cannot see; export a PNG). Override per deployment
+#: with ``c.EgressApp.allowed_suffixes``.
 DEFAULT_ALLOWED_SUFFIXES = (
     ".csv",
     ".tsv",
@@ -37,7 +39,6 @@ DEFAULT_ALLOWED_SUFFIXES = (
     ".png",
     ".jpg",
     ".jpeg",
-    ".svg",
     ".pdf",
     ".ipynb",
     ".html",

@@ -154,6 +154,9 @@ _COUNT_WORDS = frozenset(
      "respondents", "participants", "births", "diagnoses", "referrals", "prescriptions",
      "visits", "attendances", "episodes", "users", "subjects"}
 )  # fmt: skip
+#: Names of counting aggregations (pandas/ACRO ``aggfunc``): they outrank a magnitude word in
+#: the same (multi-level) column name.
+_AGGREGATE_COUNT_WORDS = frozenset({"n", "count", "counts", "cnt", "freq", "frequency", "nobs"})
 _NOT_COUNT_WORDS = frozenset(
     {"year", "yr", "age", "id", "code", "rank", "month", "day", "week", "quarter", "decile",
      "quintile", "tertile", "quartile", "group", "category", "cat", "band", "level", "index",
@@ -263,6 +266,8 @@ def _roles(table: Table) -> list[str]:
             roles.append("label")
         elif tokens & _MINMAX_WORDS:
             roles.append("minmax")
+        elif tokens & _AGGREGATE_COUNT_WORDS and all(_int(v) is not None for v in values):
+            roles.append("count")  # "count / cost / a": pandas' aggfunc names the level
         elif tokens & _MAGNITUDE_WORDS:
             roles.append("magnitude")
         elif tokens & _COUNT_WORDS and not tokens & _NOT_COUNT_WORDS:
@@ -353,7 +358,14 @@ def check_table(table: Table, rules: Rules) -> list[Finding]:
 def _count_cells(table: Table, i: int, name: str, rules: Rules, *, sure: bool) -> list[Finding]:
     small: list[tuple[int, int]] = []
     zeros: list[int] = []
+    empty = 0
     for number, value in enumerate(_column(table, i), 1):
+        if not value.strip() and (len(table.rows[number - 1]) > i or sure):
+            # pandas writes a group with no one in it as an empty cell (NaN): a zero, as in
+            # ACRO. Suppressed cells carry a marker ("[c]", "*", "<10") and are skipped.
+            zeros.append(number)
+            empty += 1
+            continue
         if value.strip().lower() in MISSING:
             continue
         n = _int(value)
@@ -387,7 +399,8 @@ def _count_cells(table: Table, i: int, name: str, rules: Rules, *, sure: bool) -
                 "zeros",
                 status,
                 _where(table, name),
-                f"{_plural(len(zeros), 'zero count')} ({shown}{more}): a zero can disclose "
+                f"{_plural(len(zeros), 'zero count')} ({shown}{more}"
+                f"{f'; {empty} of them empty cells' if empty else ''}): a zero can disclose "
                 f"that nobody in a group has a characteristic{maybe}",
                 tuple((r, name) for r in zeros),
             )
@@ -418,6 +431,31 @@ def _identifier_values(table: Table, roles: list[str], names: list[str]) -> list
     return out
 
 
+MAX_HEADER_ROWS = 6
+
+
+def fold_header(header: list[str], rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
+    """One header from several: pandas writes a table with multi-level columns (a
+    ``pivot_table`` with two aggregations, say) as one header row per level and a row naming
+    the index, all before the first row of numbers. Those rows are joined per column
+    (``"count / cost / a"``) so every column keeps the names that say what it holds."""
+    block = [header]
+    body = rows
+    while body and len(block) < MAX_HEADER_ROWS:
+        rest = [c for c in body[0][1:] if c.strip()]
+        if any(_numeric(c) for c in rest):
+            break
+        block.append(body[0])
+        body = body[1:]
+    if len(block) == 1 or not body:  # no numbers below: it was a table of text after all
+        return header, rows
+    width = max(len(r) for r in block)
+    merged = [
+        " / ".join(r[j].strip() for r in block if j < len(r) and r[j].strip()) for j in range(width)
+    ]
+    return merged, body
+
+
 def read_delimited(data: bytes, delimiter: str, max_rows: int) -> Table:
     reader = csv.reader(io.StringIO(_decode(data), newline=""), delimiter=delimiter)
     header = next(reader, [])
@@ -429,7 +467,8 @@ def read_delimited(data: bytes, delimiter: str, max_rows: int) -> Table:
         total += 1
         if len(rows) < max_rows:
             rows.append(row)
-    return Table(header, rows, total)
+    header, body = fold_header(header, rows)
+    return Table(header, body, total - (len(rows) - len(body)))
 
 
 def read_parquet(data: bytes, max_rows: int) -> Table:
@@ -512,10 +551,7 @@ def html_tables(fragment: str) -> tuple[list[list[list[str]]], str]:
 
 def _table_from_rows(rows: list[list[str]], where: str) -> Table:
     """pandas ``to_html``: one header row (a second, index-name row is folded in)."""
-    header, body = list(rows[0]), rows[1:]
-    if body and body[0] and body[0][0] and all(not c for c in body[0][1:]) and not header[0]:
-        header[0] = body[0][0]  # the index-name row pandas adds under the header
-        body = body[1:]
+    header, body = fold_header(list(rows[0]), rows[1:])
     if body and len(header) == len(body[0]) - 1:
         header = ["", *header]
     return Table(header, body, len(body), where)

@@ -267,3 +267,9 @@ def test_a_symlink_swapped_in_between_check_and_open_is_not_followed(
     monkeypatch.setattr(os, "open", racing_open)
     refused = refusal(policy, "results.csv")
     assert refused.code == "changed" and "Too many levels of symbolic links" in refused.message
+
+
+def test_svg_is_not_exportable_by_default_its_points_are_the_data(home):
+    (home / "scatter.svg").write_text('<svg><circle cx="52.1" cy="61.3" r="1"/></svg>')
+    refused = refusal(ExportPolicy(root=str(home)), "scatter.svg")
+    assert refused.code == "suffix" and ".svg may not be exported" in refused.message
