@@ -32,6 +32,9 @@ c.JupyterHub.bind_url = os.environ.get("SDE_PUBLIC_BIND", "http://127.0.0.1:8000
 # Workspaces reach the hub API through their own network's gateway; the host firewall
 # (sde_spawner.firewall) lets workspace networks reach this port and nothing else.
 c.JupyterHub.hub_bind_url = f"http://0.0.0.0:{os.environ.get('SDE_HUB_PORT', '8081')}"
+# The proxy and the services reach the hub over loopback; anything else on this port is a
+# workspace (or the LAN) and gets only what a single-user server needs (sde_spawner.hub_gate).
+c.JupyterHub.hub_connect_ip = "127.0.0.1"
 c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{os.environ.get('SDE_PROXY_API_PORT', '8001')}"
 c.JupyterHub.db_url = f"sqlite:///{state}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")

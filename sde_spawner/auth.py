@@ -2,6 +2,9 @@
 
 Production deployments use an OpenID Connect provider through oauthenticator; this class
 exists for ``make demo`` and the test tiers, and is refused unless explicitly configured.
+Whatever the authenticator, give it :class:`~sde_spawner.hub_gate.WorkspaceGateMixin` and
+:class:`~sde_spawner.hub_events.AuditedLogoutMixin` first, e.g.
+``class SDEOAuthenticator(WorkspaceGateMixin, AuditedLogoutMixin, GenericOAuthenticator)``.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ from traitlets import Unicode
 
 from sde_spawner import audit
 from sde_spawner.hub_events import AuditedLogoutMixin
+from sde_spawner.hub_gate import WorkspaceGateMixin
 from sde_spawner.registry.models import PersonStatus
 from sde_spawner.registry.store import get_person
 from sde_spawner.spawner import _sessionmaker
 
 
-class DemoAuthenticator(AuditedLogoutMixin, Authenticator):
+class DemoAuthenticator(WorkspaceGateMixin, AuditedLogoutMixin, Authenticator):
     """Accepts registered, active people with the shared demo password."""
 
     registry_url = Unicode(help="SQLAlchemy URL of the registry.").tag(config=True)

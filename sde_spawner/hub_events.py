@@ -125,7 +125,7 @@ def make_log_function(db_url: str, hub_prefix: str = "/hub/"):
     def log_function(handler) -> None:
         log_request(handler)
         path = handler.request.path
-        if not path.startswith(hub_prefix):
+        if not path.startswith(hub_prefix) or getattr(handler, "_sde_audited", False):
             return
         user = getattr(handler, "_jupyterhub_user", None)
         name = getattr(user, "name", None)

@@ -241,7 +241,7 @@ class SDESpawner(DockerSpawner):
             details={"server": self.name, **(details or {})},
         )
 
-    def _record_started(self, datasets: list[str]) -> None:
+    def _record_started(self, datasets: list[str], address: str) -> None:
         """The open-workspace row and its audit event, in one transaction."""
         Session = _sessionmaker(self.registry_url)
         with Session() as session, session.begin():
@@ -252,6 +252,7 @@ class SDESpawner(DockerSpawner):
                     server_name=self.name,
                     project_slug=self.project,
                     container=self.object_name,
+                    address=address,
                     started_at=self._now(),
                 )
             )
@@ -414,7 +415,7 @@ class SDESpawner(DockerSpawner):
         self._event(85, "Waiting for JupyterLab")
         await self._wait_listening(*ip_port)
         self._event(90, "Workspace started; connecting")
-        await self._in_thread(self._record_started, [g.dataset for g in found.grants])
+        await self._in_thread(self._record_started, [g.dataset for g in found.grants], ip_port[0])
         return ip_port
 
     async def _wait_listening(self, ip: str, port: int) -> None:

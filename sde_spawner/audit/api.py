@@ -111,6 +111,8 @@ class AuditEventsHandler(web.RequestHandler):
         ident = await asyncio.to_thread(lookup)
         if ident is None:
             raise web.HTTPError(403, "only a running workspace's own token may report activity")
+        if not ident.accepts(self.request.remote_ip):
+            raise web.HTTPError(403, ident.refusal(self.request.remote_ip))
         return ident
 
     async def post(self):

@@ -250,6 +250,13 @@ class WorkspaceApiHandler(_Base):
                 "only a running workspace's own token may use the export API",
                 actor=str(who)[:64] if who else None,
             )
+        if not ident.accepts(self.request.remote_ip):
+            await self.deny(
+                self.action,
+                ident.refusal(self.request.remote_ip),
+                actor=ident.username,
+                project=ident.project,
+            )
         return ident
 
     async def json_body(self, ident: WorkspaceIdentity) -> object:

@@ -1251,9 +1251,34 @@ def file_for_checker(session: Session, username: str, file_id: int) -> BlobRef:
 # --- release --------------------------------------------------------------------------------
 
 
+#: What the workspace wrote about a file: shown outside the workspace only once approved.
+_WORKSPACE_AUTHORED = ("path", "description", "size", "sha256")
+
+
 def releases(session: Session, username: str) -> list[dict]:
-    """Every request the person made (all projects), with outcomes once decided."""
-    return [_requester_view(r) for r in _own_requests(session, username, None)]
+    """The person's submitted requests (all projects) as seen *outside* the workspace.
+
+    Everything the workspace wrote — the justification, file names, descriptions, declared
+    sizes and digests — is text that has not left the environment until checkers approve
+    it, so this page shows it only for approved files of approved (or released) requests.
+    Otherwise it shows the state, the file numbers and the checkers' own comments; the
+    researcher reads the rest on the export page inside the workspace. Drafts (never seen by
+    a checker) are not listed at all.
+    """
+    out = []
+    for req in _own_requests(session, username, None):
+        if State(req.state) == State.draft:
+            continue
+        view = _requester_view(req)
+        releasable = State(req.state) in RELEASABLE
+        if not releasable:
+            view["justification"] = None
+        for f in view["files"]:
+            if not (releasable and f["outcome"] == "approved"):
+                for key in _WORKSPACE_AUTHORED:
+                    f[key] = None
+        out.append(view)
+    return out
 
 
 def _releasable(

@@ -77,7 +77,9 @@ def seed(Session: sessionmaker[Session], *, required_approvals: int = 2) -> None
                 s.add(Membership(person=person, project=projects[slug], role=role))
 
 
-def open_workspace(Session, username: str, project: str, server: str | None = None) -> str:
+def open_workspace(
+    Session, username: str, project: str, server: str | None = None, address: str = "127.0.0.1"
+) -> str:
     """Record a running workspace (as the spawner would); returns its server name."""
     server = server if server is not None else project
     with Session() as s, s.begin():
@@ -87,6 +89,7 @@ def open_workspace(Session, username: str, project: str, server: str | None = No
                 server_name=server,
                 project_slug=project,
                 container=f"sde-{username}-{server}",
+                address=address,
                 started_at=datetime.now(UTC).replace(tzinfo=None),
             )
         )

@@ -177,5 +177,8 @@ class Workspace(Base):
     server_name: Mapped[str] = mapped_column(String(255), default="")
     project_slug: Mapped[str] = mapped_column(String(40), index=True)
     container: Mapped[str] = mapped_column(String(200))
+    #: The container's IP on its workspace network: its server token is accepted from there
+    #: only (a token copied out of the room is useless elsewhere).
+    address: Mapped[str | None] = mapped_column(String(64), nullable=True)
     started_at: Mapped[datetime] = mapped_column(DateTime)
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

@@ -41,6 +41,20 @@ class WorkspaceIdentity:
     server_name: str
     project: str
     workspace_id: int
+    address: str | None = None  # the container's IP (None: recorded before it was kept)
+
+    def accepts(self, remote_ip: str | None) -> bool:
+        """Is this request from the workspace's own container? A server token copied out
+        of the room (read off the screen, say) must not work from anywhere else: through
+        the public proxy the export API would otherwise hand back what the workspace wrote.
+        """
+        return self.address is not None and remote_ip == self.address
+
+    def refusal(self, remote_ip: str | None) -> str:
+        return (
+            f"the token of workspace {self.username}/{self.server_name} is accepted from its "
+            f"own container only, not from {remote_ip or 'an unknown address'}"
+        )
 
 
 def server_of_scopes(scopes: list[str]) -> tuple[str, str] | None:
@@ -64,7 +78,7 @@ def workspace_for(session: Session, username: str, server_name: str) -> Workspac
     )
     if ws is None:
         return None
-    return WorkspaceIdentity(ws.username, ws.server_name, ws.project_slug, ws.id)
+    return WorkspaceIdentity(ws.username, ws.server_name, ws.project_slug, ws.id, ws.address)
 
 
 def identify_workspace(session: Session, whoami: dict | None) -> WorkspaceIdentity | None:

@@ -91,7 +91,9 @@ class Service:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{PREFIX}{path}"
 
-    async def fetch(self, method, path, *, token=None, user=None, body=None, headers=None):
+    async def fetch(
+        self, method, path, *, token=None, user=None, body=None, headers=None, source=None
+    ):
         headers = dict(headers or {})
         if token:
             headers["Authorization"] = f"token {token}"
@@ -115,6 +117,7 @@ class Service:
                 body=body,
                 headers=headers,
                 follow_redirects=False,
+                network_interface=source,  # the client's address (127.0.0.x): who is calling
             ),
             raise_error=False,
         )
@@ -275,6 +278,62 @@ async def test_the_request_page_shows_each_files_automated_disclosure_checks(svc
     assert "1 cell under the threshold of 10 (row 2: 4)" in page
     assert 'data-rule="dof"' in page and "3 residual degrees of freedom" in page
     assert "check by eye" in page
+
+
+async def test_a_workspace_token_copied_out_of_its_container_is_refused(svc, db):
+    """The spawner records the container's address; the token works from there only. From
+    anywhere else (the public proxy, another host) the API would otherwise hand back what the
+    workspace wrote (justification, paths) without any checker seeing it."""
+    rid = await submit_request(svc)  # from 127.0.0.1, alice's recorded address
+    for method, path, body in [
+        ("GET", "api/exports", None),
+        ("GET", f"api/exports/{rid}", None),
+        ("POST", "api/exports", body_of({"a.csv": CSV})),
+        ("POST", f"api/exports/{rid}/withdraw", None),
+    ]:
+        r = await svc.fetch(method, path, token="ws-alice", body=body, source="127.0.0.2")
+        assert r.code == 403, (path, r.body)
+        assert b"accepted from its own container only, not from 127.0.0.2" in r.body
+    r = await svc.fetch(
+        "POST",
+        "api/audit/events",
+        token="ws-alice",
+        body={"events": [{"action": "file.saved", "details": {"path": "a.py"}}]},
+        source="127.0.0.2",
+    )
+    assert r.code == 403 and b"own container only" in r.body
+    denied = [e for e in events(db, outcome="denied") if "127.0.0.2" in (e["reason"] or "")]
+    assert len(denied) == 5 and {e["actor"] for e in denied} == {"alice"}
+    assert (await svc.fetch("GET", "api/exports", token="ws-alice")).code == 200
+
+
+async def test_what_the_workspace_wrote_is_shown_outside_only_once_approved(svc, db):
+    """The releases page is outside the workspace: a justification, file name or declared
+    digest shown there before approval would be a way out that no checker saw."""
+    secret = "c2VjcmV0LXBhdGllbnQtZGF0YQ"  # e.g. base64 of rows, typed into the metadata
+    draft = {**body_of({f"{secret}.csv": CSV}), "justification": f"draft {secret}"}
+    assert (await svc.fetch("POST", "api/exports", token="ws-alice", body=draft)).code == 201
+    files = {f"out/{secret}.csv": CSV, "notes.txt": b"fine\n"}
+    body = {**body_of(files), "justification": f"Table 2 {secret}"}
+    r = await svc.fetch("POST", "api/exports", token="ws-alice", body=body)
+    rid = json.loads(r.body)["id"]
+    for up, data in zip(json.loads(r.body)["uploads"], files.values(), strict=True):
+        await svc.fetch("PUT", up["url"].removeprefix(PREFIX), token="ws-alice", body=data)
+    assert (await svc.fetch("POST", f"api/exports/{rid}/submit", token="ws-alice")).code == 200
+
+    page = (await svc.fetch("GET", "releases/", user="alice")).body.decode()
+    assert secret not in page and sha256(CSV) not in page
+    assert f'id="request-{rid}"' in page and page.count('class="withheld"') == 2
+    assert 'id="request-1"' not in page  # the draft: never seen by a checker, not listed
+
+    await review_all(svc, "chris", rid, decision="changes")  # returned: still withheld
+    await review_all(svc, "dana", rid, decision="changes")
+    page = (await svc.fetch("GET", "releases/", user="alice")).body.decode()
+    assert "returned" in page and secret not in page and "small cell counts" in page.lower()
+
+    # inside the workspace the researcher still sees everything they wrote
+    listed = json.loads((await svc.fetch("GET", "api/exports", token="ws-alice")).body)
+    assert any(secret in (r["justification"] or "") for r in listed["requests"])
 
 
 async def test_a_workspace_token_can_never_review_approve_or_download(svc, db):
