@@ -1,8 +1,8 @@
 """The hub as a workspace sees it: only what a single-user server needs, nothing else.
 
 A workspace reaches two ports of the host: the ``sde`` service and the hub's own port, because
-its Jupyter server must ask the hub whose a browser's token is, finish the OAuth login and
-report activity. That port serves the whole hub, though: the login form, the token page, the
+its Jupyter server must ask the hub whose a browser's token is and finish the OAuth login.
+That port serves the whole hub, though: the login form, the token page, the
 REST API. A researcher who brings a credential into the locked room (types their password,
 pastes a token made in their browser) could otherwise use the hub from inside it: create
 API tokens whose *notes* carry data out (they are listed outside), start or stop servers,
@@ -30,12 +30,15 @@ from tornado.routing import Router
 
 from sde_spawner.registry.models import Workspace
 
-#: (method, path below the hub prefix) a workspace's server may call.
+#: (method, path below the hub prefix) a workspace's server may call. Not the activity
+#: heartbeat (``POST api/users/NAME/activity``): its timestamps are stored to the microsecond
+#: and shown outside (``GET api/users/NAME``), so writing chosen timestamps is a way out; the
+#: hub takes activity from the proxy instead (the spawner does not set
+#: ``JUPYTERHUB_ACTIVITY_URL``).
 WORKSPACE_ALLOWED: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("GET", re.compile(r"^api/?$")),  # version check at server start
     ("GET", re.compile(r"^api/user$")),  # whoami of a browser's token
     ("POST", re.compile(r"^api/oauth2/token$")),  # OAuth code exchange at login
-    ("POST", re.compile(r"^api/users/[^/]+/activity$")),  # activity heartbeat
 )
 DEFAULT_TRUSTED = ("127.0.0.0/8", "::1/128")
 
@@ -98,8 +101,8 @@ class GateDeniedHandler(web.RequestHandler):
     async def prepare(self) -> None:
         reason = (
             f"the hub does not serve {self.request.method} {self.request.path} to workspaces: "
-            "from inside a workspace the hub only answers its Jupyter server (identity, login, "
-            "activity). Use the hub from your own browser, outside the workspace"
+            "from inside a workspace the hub only answers its Jupyter server (identity and "
+            "login). Use the hub from your own browser, outside the workspace"
         )
         writer = getattr(self.settings.get("log_function"), "writer", None)
         if writer is not None:

@@ -548,6 +548,9 @@ class SDESpawner(DockerSpawner):
             env["SDE_SERVICE_URL"] = f"http://{host}:{self.service_port}{self.service_prefix}"
         if self.project:
             env["SDE_PROJECT"] = self.project
+        # No activity heartbeat: the hub gate refuses it (its timestamps would be a way out);
+        # the hub takes activity from the proxy's routes instead.
+        env.pop("JUPYTERHUB_ACTIVITY_URL", None)
         for name in SDC_SETTINGS:  # researchers' pre-checks use the checkers' thresholds
             if os.environ.get(name):
                 env[name] = os.environ[name]
