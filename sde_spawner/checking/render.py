@@ -29,6 +29,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from sde_spawner.checking.sdc import decode_text
+
 PREVIEW_CSP = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 PREVIEW_HEADERS = {
     "Content-Security-Policy": PREVIEW_CSP,
@@ -337,22 +339,13 @@ def _notebook(data: bytes) -> tuple[str, str]:
 # --- tables ---------------------------------------------------------------------------------
 
 
-def _decode(data: bytes) -> str:
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
-
-
 def _small(cell: str) -> bool:
     value = cell.strip()
     return value.isdigit() and 0 < int(value) < SMALL_COUNT
 
 
 def _table(data: bytes, delimiter: str, max_rows: int) -> tuple[str, str]:
-    reader = csv.reader(io.StringIO(_decode(data), newline=""), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(decode_text(data), newline=""), delimiter=delimiter)
     try:
         header = next(reader, [])
         rows: list[list[str]] = []
@@ -392,7 +385,7 @@ def _table(data: bytes, delimiter: str, max_rows: int) -> tuple[str, str]:
 
 def table_row_count(data: bytes, delimiter: str = ",") -> int:
     """Data rows (after the header) of a CSV/TSV file."""
-    reader = csv.reader(io.StringIO(_decode(data), newline=""), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(decode_text(data), newline=""), delimiter=delimiter)
     next(reader, None)
     return sum(1 for _ in reader)
 
@@ -421,7 +414,7 @@ def _text_or_binary(data: bytes) -> tuple[str, str, str]:
             "format.</p>",
             f"binary, {len(data):,} bytes",
         )
-    text = _decode(data)
+    text = decode_text(data)
     lines = text.count("\n") + (0 if text.endswith("\n") or not text else 1)
     shown = text[:MAX_TEXT_CHARS]
     note = ""

@@ -299,26 +299,17 @@ def check_table(table: Table, rules: Rules) -> list[Finding]:
     sure = counts + (integers if frequency_table else [])
     maybe = [] if frequency_table else integers
 
+    column_rules = {
+        "identifier": (
+            "identifier",
+            "is a direct identifier column: record-level data about people must not leave",
+        ),
+        "minmax": ("min-max", "holds minima or maxima: each is a single person's value"),
+    }
     for i, role in enumerate(roles):
-        if role == "identifier":
-            findings.append(
-                Finding(
-                    "identifier",
-                    FAIL,
-                    _where(table, names[i]),
-                    f"{names[i]!r} is a direct identifier column: record-level data about "
-                    "people must not leave",
-                )
-            )
-        elif role == "minmax":
-            findings.append(
-                Finding(
-                    "min-max",
-                    FAIL,
-                    _where(table, names[i]),
-                    f"{names[i]!r} holds minima or maxima: each is a single person's value",
-                )
-            )
+        if role in column_rules:
+            rule, says = column_rules[role]
+            findings.append(Finding(rule, FAIL, _where(table, names[i]), f"{names[i]!r} {says}"))
     for i in sure + maybe:
         findings += _count_cells(table, i, names[i], rules, sure=i in sure)
     findings += _identifier_values(table, roles, names)
@@ -457,7 +448,7 @@ def fold_header(header: list[str], rows: list[list[str]]) -> tuple[list[str], li
 
 
 def read_delimited(data: bytes, delimiter: str, max_rows: int) -> Table:
-    reader = csv.reader(io.StringIO(_decode(data), newline=""), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(decode_text(data), newline=""), delimiter=delimiter)
     header = next(reader, [])
     rows: list[list[str]] = []
     total = 0
@@ -492,7 +483,8 @@ def read_parquet(data: bytes, max_rows: int) -> Table:
     return Table(header, rows, total)
 
 
-def _decode(data: bytes) -> str:
+def decode_text(data: bytes) -> str:
+    """Text of an exported file: UTF-8 (a byte-order mark dropped), else Latin-1."""
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
@@ -625,7 +617,7 @@ def check(path: str, data: bytes, rules: Rules | None = None) -> Report:
             return _check_notebook(data, rules)
         if ext in (".html", ".htm"):
             report = Report("text")
-            tables, text = html_tables(_decode(data))
+            tables, text = html_tables(decode_text(data))
             for n, rows in enumerate(tables, 1):
                 report.findings += check_table(_table_from_rows(rows, f"table {n}"), rules)
             report.findings += check_text(text, "text", rules)
@@ -633,7 +625,7 @@ def check(path: str, data: bytes, rules: Rules | None = None) -> Report:
             return report
         if ext in TEXT_SUFFIXES:
             report = Report("text", ["the whole text"])
-            report.findings = check_text(_decode(data), "text", rules)
+            report.findings = check_text(decode_text(data), "text", rules)
             return report
     except (csv.Error, ValueError, OSError, ImportError) as exc:
         return Report(
@@ -704,7 +696,7 @@ def _joined(value: object) -> str:
 
 
 def _check_notebook(data: bytes, rules: Rules) -> Report:
-    nb = json.loads(_decode(data))
+    nb = json.loads(decode_text(data))
     if not isinstance(nb, dict):
         raise ValueError("not a notebook")
     report = Report("notebook")
