@@ -169,13 +169,17 @@ _MAGNITUDE_WORDS = frozenset(
      "amount", "value", "iqr", "q1", "q3", "or", "hr", "rr", "coef", "beta", "estimate", "ci",
      "lower", "upper", "lcl", "ucl", "p", "pvalue"}
 )  # fmt: skip
+_ESTIMATE_WORDS = frozenset({"coef", "coefficient", "estimate", "beta", "or", "hr", "rr"})
+_ERROR_WORDS = frozenset({"se", "std", "err", "stderr", "pvalue", "p", "t", "z", "ci", "lower"})
 _MINMAX_WORDS = frozenset({"min", "max", "minimum", "maximum", "lowest", "highest", "range"})
 #: Column names of direct identifiers (as tokens or whole names).
 _IDENTIFIER_NAMES = (
     re.compile(
         r"^(nhs_?(no|num|number)?|chi(_?(no|number))?|mrn|hospital_?(no|number)|"
-        r"(patient|person|subject|participant|pseudo|study|client|member|individual)_?(id|key|no|number)|"
-        r"pid|dob|date_?of_?birth|birth_?date|birth_?dt|post_?code|postal_?code|zip(_?code)?|"
+        r"(patient|person|subject|participant|pseudo|study|client|member|individual|record|"
+        r"case|encounter|episode|admission|visit|sample|specimen)_?(id|key|no|number)|"
+        r"pid|eid|dob|date_?of_?birth|birth_?date|birth_?dt|dod|date_?of_?death|death_?date|"
+        r"post_?code|postal_?code|zip(_?code)?|"
         r"address(_?line_?\d)?|street|name|full_?name|first_?name|last_?name|surname|forenames?|"
         r"given_?name|e_?mail|email_?address|phone|telephone|mobile|ni_?(no|number)|"
         r"national_?insurance(_?(no|number))?)$"
@@ -313,7 +317,19 @@ def check_table(table: Table, rules: Rules) -> list[Finding]:
     for i in sure + maybe:
         findings += _count_cells(table, i, names[i], rules, sure=i in sure)
     findings += _identifier_values(table, roles, names)
-    if magnitude:
+    tokens = set().union(*(_tokens(n) for n in names)) if names else set()
+    if tokens & _ESTIMATE_WORDS and tokens & _ERROR_WORDS:
+        findings.append(
+            Finding(
+                "dof",
+                REVIEW,
+                table.where or "table",
+                "model estimates (coefficients with standard errors or p-values): the "
+                f"residual degrees of freedom (at least {rules.dof_threshold}) are not in this "
+                "file; ask for the model summary or the number of observations",
+            )
+        )
+    elif magnitude:
         if counts:
             message = (
                 f"magnitude values ({', '.join(magnitude[:4])}): the counts are checked above, "

@@ -100,7 +100,18 @@ def test_minima_and_maxima_fail(column):
 
 @pytest.mark.parametrize(
     "column",
-    ["nhs_number", "NHSNumber", "patient_id", "dob", "date_of_birth", "postcode", "surname"],
+    [
+        "nhs_number",
+        "NHSNumber",
+        "patient_id",
+        "record_id",
+        "eid",
+        "dob",
+        "date_of_birth",
+        "date_of_death",
+        "postcode",
+        "surname",
+    ],
 )
 def test_direct_identifier_columns_fail(column):
     report = check_csv(f"{column},hba1c\nx,52\n")
@@ -180,6 +191,13 @@ def test_a_regression_with_too_few_residual_degrees_of_freedom_fails():
     assert sdc.check("model.txt", ok.encode()).status == "pass"
     r_lm = "Residual standard error: 1.2 on 6 degrees of freedom\n"
     assert rules_hit(sdc.check("lm.txt", r_lm.encode())) == {("dof", "fail")}
+
+
+def test_a_table_of_model_estimates_asks_for_the_degrees_of_freedom():
+    report = check_csv("term,coef,std err,P>|t|\nconst,1.2,0.3,0.001\nage,0.04,0.01,0.02\n")
+    (finding,) = report.findings
+    assert (finding.rule, finding.status) == ("dof", "review")
+    assert "residual degrees of freedom" in finding.message
 
 
 def test_text_reporting_small_groups_is_for_review():
