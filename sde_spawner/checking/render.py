@@ -5,8 +5,9 @@ in the checker's browser. Every preview is a complete HTML document with no scri
 
 * notebooks: nbconvert's ``basic`` template after a preprocessor that keeps only inert output
   types (SVG becomes an ``<img>`` of a data: URI, JavaScript/widget outputs are dropped), then
-  the whole fragment is sanitised with an allowlist (bleach; ``<script>``/``<style>`` and
-  friends removed with their content, every ``on*`` attribute and non-data image source gone);
+  the whole fragment is sanitised with an allowlist (ammonia via nh3; ``<script>``/``<style>``
+  and friends removed with their content, every ``on*`` attribute and non-data image source
+  gone);
 * CSV/TSV: an escaped HTML table of the first ``max_rows`` rows with the total row count, small
   counts (1..9) highlighted;
 * images (PNG, JPEG, GIF, and SVG only ever as an image): an ``<img>`` of a data: URI;
@@ -126,37 +127,71 @@ def sanitize_html(fragment: str) -> str:
     return sanitize_html_report(fragment)[0]
 
 
-def sanitize_html_report(fragment: str) -> tuple[str, dict[str, int]]:
-    """:func:`sanitize_html` plus what active content was removed (for the checker to know)."""
-    import bleach
-    from bs4 import BeautifulSoup
+_REPORTED_ELEMENTS = re.compile(
+    r"<\s*(script|iframe|object|embed|applet|svg|form)\b", re.IGNORECASE
+)
+_START_TAG = re.compile(r"<([a-zA-Z][a-zA-Z0-9-]*)(\s[^<>]*)?>")
+_EVENT_ATTRIBUTE = re.compile(r"""(?:^|[\s"'/])on[a-zA-Z]+\s*=""")
+_IMG_SRC = re.compile(r"""\ssrc\s*=\s*["']?\s*([^"'\s>]*)""", re.IGNORECASE)
 
-    soup = BeautifulSoup(fragment, "html.parser")
+
+def _removal_report(fragment: str) -> dict[str, int]:
+    """What active content a fragment holds, for the note above its preview.
+
+    Only the note: what is *removed* is decided by the sanitiser's allowlist, not by these
+    patterns, so a miscount can make the note wrong but never lets anything through.
+    """
     removed: dict[str, int] = {}
-    for element in soup.find_all(True):
-        handlers = [a for a in element.attrs if a.lower().startswith("on")]
-        if handlers:
-            removed["event-handler attribute"] = removed.get("event-handler attribute", 0) + len(
-                handlers
-            )
-    for element in soup.find_all("img"):
-        if not _DATA_IMAGE.match(str(element.get("src", ""))):  # would load from elsewhere
-            removed["external image"] = removed.get("external image", 0) + 1
-            element.decompose()
-    for element in soup.find_all(DROP_WITH_CONTENT):
-        if element.name in ("script", "iframe", "object", "embed", "applet", "svg", "form"):
-            label = f"<{element.name}> element"
-            removed[label] = removed.get(label, 0) + 1
-        element.decompose()
-    cleaned = bleach.clean(
-        str(soup),
-        tags=ALLOWED_TAGS,
-        attributes=_allow_attribute,
-        protocols={"http", "https", "data"},
-        strip=True,
-        strip_comments=True,
-    )
-    return cleaned, removed
+
+    def add(label: str, n: int = 1) -> None:
+        removed[label] = removed.get(label, 0) + n
+
+    for m in _REPORTED_ELEMENTS.finditer(fragment):
+        add(f"<{m.group(1).lower()}> element")
+    for m in _START_TAG.finditer(fragment):
+        attrs = m.group(2) or ""
+        if handlers := len(_EVENT_ATTRIBUTE.findall(attrs)):
+            add("event-handler attribute", handlers)
+        if m.group(1).lower() == "img":
+            src = _IMG_SRC.search(attrs)
+            if src and not src.group(1).lower().startswith("data:image/"):
+                add("external image")
+    return removed
+
+
+_CLEANER = None
+
+
+def _cleaner():
+    global _CLEANER
+    if _CLEANER is None:
+        import nh3
+
+        _CLEANER = nh3.Cleaner(
+            tags=set(ALLOWED_TAGS),
+            clean_content_tags=set(DROP_WITH_CONTENT),
+            attributes={"*": set(_GLOBAL_ATTRS), **{t: set(a) for t, a in _TAG_ATTRS.items()}},
+            attribute_filter=_filter_attribute,
+            url_schemes={"http", "https", "data"},
+            strip_comments=True,
+            link_rel="noopener noreferrer",
+        )
+    return _CLEANER
+
+
+def _filter_attribute(tag: str, name: str, value: str) -> str | None:
+    return value if _allow_attribute(tag, name, value) else None
+
+
+def sanitize_html_report(fragment: str) -> tuple[str, dict[str, int]]:
+    """:func:`sanitize_html` plus what active content was removed (for the checker to know).
+
+    The sanitiser is ammonia (through ``nh3``, the successor bleach's maintainers point to):
+    an allowlist of inert tags and attributes; ``<script>``, ``<style>``, ``<svg>`` and the
+    like go with their content; every ``on*`` attribute and every image source that is not a
+    ``data:`` image is dropped; comments are stripped.
+    """
+    return _cleaner().clean(fragment), _removal_report(fragment)
 
 
 # --- the result -----------------------------------------------------------------------------

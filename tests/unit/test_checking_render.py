@@ -204,3 +204,41 @@ def test_preview_headers():
         "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"
     )
     assert render.PREVIEW_HEADERS["X-Content-Type-Options"] == "nosniff"
+
+
+HOSTILE_FRAGMENTS = [
+    '<a href="javascript:alert(1)">x</a>',
+    '<a href="JaVaScRiPt:alert(1)">x</a>',
+    '<a href=" javascript:alert(1)">x</a>',
+    '<a href="data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==">x</a>',
+    '<img src="data:text/html,<script>alert(1)</script>">',
+    "<img src=x onerror=alert(1)>",
+    "<IMG SRC=x OnErRoR=alert(1)>",
+    "<svg><script>alert(1)</script></svg>",
+    '<svg onload="alert(1)">',
+    "<math><mtext><script>alert(1)</script></mtext></math>",
+    '<noscript><p title="</noscript><img src=x onerror=alert(1)>"></noscript>',
+    '<iframe srcdoc="<script>alert(1)</script>"></iframe>',
+    '<object data="javascript:alert(1)"></object><embed src="x.swf">',
+    '<form action="https://evil.example"><input name=q><button>go</button></form>',
+    '<meta http-equiv="refresh" content="0;url=https://evil.example">',
+    '<base href="https://evil.example/"><link rel=stylesheet href="https://evil.example/s.css">',
+    '<div style="background:url(https://evil.example/beacon)">x</div>',
+    '<style>@import "https://evil.example/x.css";</style>',
+    "<p><!--<img src=x onerror=alert(1)>--></p>",
+    '<details open ontoggle="alert(1)"><summary>s</summary></details>',
+    '<table background="https://evil.example/b.png"><tr><td>1</td></tr></table>',
+    "<scr<script>ipt>alert(1)</scr</script>ipt>",
+]
+
+
+@pytest.mark.parametrize("fragment", HOSTILE_FRAGMENTS)
+def test_known_xss_and_beacon_vectors_come_out_inert(fragment):
+    cleaned = render.sanitize_html(fragment)
+    assert_inert(
+        '<html><head><meta charset="utf-8"><title>t</title><style></style></head>'
+        f"<body>{cleaned}</body></html>"
+    )
+    lowered = cleaned.lower()
+    assert "evil.example" not in lowered  # nothing that would make the browser fetch
+    assert "style=" not in lowered and "background=" not in lowered
