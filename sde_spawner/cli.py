@@ -586,6 +586,9 @@ def firewall_show():
 
     rules = firewall.installed_rules()
     click.echo("\n".join(rules) if rules else "no SDE firewall rules installed")
+    rules6 = firewall.installed_rules(ipv6=True)
+    if rules6:
+        click.echo("# IPv6\n" + "\n".join(rules6))
 
 
 # ---- lifecycle -------------------------------------------------------------------------------

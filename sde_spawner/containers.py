@@ -104,6 +104,12 @@ class Limits:
     tmp_size: str = "256m"
 
 
+NO_IPV6_SYSCTLS = {
+    "net.ipv6.conf.all.disable_ipv6": "1",
+    "net.ipv6.conf.default.disable_ipv6": "1",
+}
+
+
 def container_spec(
     *,
     names: WorkspaceNames,
@@ -136,6 +142,9 @@ def container_spec(
             "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={limits.tmp_size},mode=1777"},  # noqa: S108
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges:true"],
+            # No IPv6 in the room: a link-local address would reach every host service bound
+            # to [::] past the IPv4 chain (the host's ip6tables chain rejects it as well).
+            "sysctls": dict(NO_IPV6_SYSCTLS),
             "privileged": False,
             "ipc_mode": "private",
             "pids_limit": limits.pids_limit,

@@ -6,12 +6,18 @@ in reach. Every workspace network's bridge is named ``sde<hex>`` (see
 :mod:`sde_spawner.containers`), so one chain matched on ``-i sde+`` closes that: replies to
 connections the host opened (the proxy talking to JupyterLab) pass, new connections reach only
 the allowed ports (the hub API), everything else is rejected.
+
+IPv6 gets the same chain name in ip6tables with nothing allowed, jumped to from INPUT and
+FORWARD: workspaces have IPv6 switched off (``containers.NO_IPV6_SYSCTLS``), and should it
+ever come back (a daemon or network with IPv6), a link-local address must still reach neither
+the host's ``[::]`` listeners nor anything beyond the bridge.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import re
 import shutil
 import subprocess
@@ -50,6 +56,19 @@ def rules(allowed_tcp_ports: list[int], interface: str = BRIDGE_PREFIX + "+") ->
     return out
 
 
+def rules6(interface: str = BRIDGE_PREFIX + "+") -> list[list[str]]:
+    """The IPv6 chain: replies pass, nothing new is allowed from (or forwarded to) workspaces."""
+    return [
+        ["-i", interface, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+        ["-i", interface, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"],
+        ["-i", interface, "-j", "REJECT", "--reject-with", "icmp6-adm-prohibited"],
+    ]
+
+
+def ipv6_enabled() -> bool:
+    return os.path.exists("/proc/net/if_inet6")
+
+
 def _exe(name: str) -> str:
     exe = shutil.which(name)
     if exe is None:
@@ -66,12 +85,39 @@ def _iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
-def restore_script(allowed_tcp_ports: list[int]) -> str:
-    """``iptables-restore --noflush`` input replacing the chain in one atomic commit."""
+def restore_script(allowed_tcp_ports: list[int] | None, *, ipv6: bool = False) -> str:
+    """``ip(6)tables-restore --noflush`` input replacing the chain in one atomic commit."""
+    chain_rules = rules6() if ipv6 else rules(allowed_tcp_ports or [])
     lines = ["*filter", f":{CHAIN} - [0:0]", f"-F {CHAIN}"]
-    lines += [f"-A {CHAIN} " + " ".join(rule) for rule in rules(allowed_tcp_ports)]
+    lines += [f"-A {CHAIN} " + " ".join(rule) for rule in chain_rules]
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
+
+
+def _ip6tables(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [_exe("ip6tables"), "-w", *args], capture_output=True, text=True, check=False
+    )
+    if check and proc.returncode != 0:
+        raise FirewallError(f"ip6tables {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc
+
+
+def _write6() -> None:
+    if not ipv6_enabled():
+        return  # no IPv6 in this kernel: nothing to close
+    proc = subprocess.run(
+        [_exe("ip6tables-restore"), "-w", "--noflush"],
+        input=restore_script(None, ipv6=True),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise FirewallError(f"ip6tables-restore failed: {proc.stderr.strip()}")
+    for parent in ("INPUT", "FORWARD"):
+        if _ip6tables("-C", parent, "-j", CHAIN, check=False).returncode != 0:
+            _ip6tables("-I", parent, "1", "-j", CHAIN)
 
 
 _PORT_RE = re.compile(r"--dport (\d+) ")
@@ -94,6 +140,7 @@ def _write(ports: list[int]) -> list[list[str]]:
         raise FirewallError(f"iptables-restore failed: {proc.stderr.strip()}")
     if _iptables("-C", "INPUT", "-j", CHAIN, check=False).returncode != 0:
         _iptables("-I", "INPUT", "1", "-j", CHAIN)
+    _write6()
     return rules(ports)
 
 
@@ -124,24 +171,27 @@ def revoke(tcp_port: int) -> list[list[str]]:
         return _write([p for p in allowed_ports() if p != tcp_port])
 
 
-def remove(attempts: int = 5) -> None:
-    """Take the chain out entirely (used by tests that prove the rules matter).
+def remove(attempts: int = 5, *, ipv6: bool = False) -> None:
+    """Take the IPv4 chain (or, with ``ipv6``, the IPv6 one) out entirely: used by tests
+    that prove the rules matter.
 
     Another hub on the host may re-insert the jump meanwhile; try again a few times.
     """
+    run, parents = (_ip6tables, ("INPUT", "FORWARD")) if ipv6 else (_iptables, ("INPUT",))
     for _ in range(attempts):
-        while _iptables("-C", "INPUT", "-j", CHAIN, check=False).returncode == 0:
-            _iptables("-D", "INPUT", "-j", CHAIN, check=False)
-        if _iptables("-n", "-L", CHAIN, check=False).returncode != 0:
+        for parent in parents:
+            while run("-C", parent, "-j", CHAIN, check=False).returncode == 0:
+                run("-D", parent, "-j", CHAIN, check=False)
+        if run("-n", "-L", CHAIN, check=False).returncode != 0:
             return
-        _iptables("-F", CHAIN, check=False)
-        if _iptables("-X", CHAIN, check=False).returncode == 0:
+        run("-F", CHAIN, check=False)
+        if run("-X", CHAIN, check=False).returncode == 0:
             return
     raise FirewallError(f"could not remove chain {CHAIN}: it is still referenced")
 
 
-def installed_rules() -> list[str]:
-    if shutil.which("iptables") is None:
+def installed_rules(*, ipv6: bool = False) -> list[str]:
+    if shutil.which("ip6tables" if ipv6 else "iptables") is None:
         return []
-    proc = _iptables("-S", CHAIN, check=False)
+    proc = (_ip6tables if ipv6 else _iptables)("-S", CHAIN, check=False)
     return proc.stdout.splitlines() if proc.returncode == 0 else []

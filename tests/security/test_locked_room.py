@@ -308,3 +308,123 @@ def test_control_without_the_firewall_the_host_listener_is_reached(hub, alice_ws
     assert host_listener.accepted == 1
     out = probe(alice_ws, listener=["tcp", gw, host_listener.port])
     assert out["listener"].startswith("ConnectionRefusedError"), out
+
+
+# ---- no IPv6 ---------------------------------------------------------------------------------
+
+V6_PROBE = r"""
+import json, socket, sys
+ll, port = sys.argv[1], int(sys.argv[2])
+addrs = open("/proc/net/if_inet6").read().split()
+try:
+    s = socket.create_connection((ll + "%eth0", port), timeout=4)
+    got = "open:" + s.recv(16).decode(errors="replace").strip()
+    s.close()
+except OSError as e:
+    got = type(e).__name__ + ":" + str(e.errno)
+print(json.dumps({"inet6": len(addrs), "connect": got}))
+"""
+
+
+def bridge_link_local(docker_client, network: str) -> str:
+    import subprocess
+
+    bridge = (
+        docker_client.networks.get(network).attrs["Options"].get("com.docker.network.bridge.name")
+    )
+    out = subprocess.run(
+        ["ip", "-6", "-o", "addr", "show", "dev", bridge, "scope", "link"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.split()[3].split("/")[0]
+
+
+class Host6Listener(HostListener):
+    """A host listener on [::] (dual stack), as sshd and many daemons bind."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET6)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("::", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.5)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+
+@pytest.fixture
+def host6_listener():
+    if not firewall.ipv6_enabled():
+        pytest.skip("this kernel has no IPv6")
+    listener = Host6Listener()
+    yield listener
+    listener.close()
+
+
+def v6_probe(container, ll: str, port: int) -> dict:
+    res = container.exec_run(["python3", "-c", V6_PROBE, ll, str(port)])
+    out = res.output.decode(errors="replace")
+    assert res.exit_code == 0, out
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_the_workspace_has_no_ipv6_to_reach_the_host_with(
+    hub, alice_ws, docker_client, host6_listener
+):
+    alice_ws.reload()
+    assert alice_ws.attrs["HostConfig"]["Sysctls"]["net.ipv6.conf.all.disable_ipv6"] == "1"
+    net = workspace_names("alice", PROJECT, hub.prefix).network
+    out = v6_probe(alice_ws, bridge_link_local(docker_client, net), host6_listener.port)
+    assert out["inet6"] == 0 and not out["connect"].startswith("open"), out
+    assert host6_listener.accepted == 0
+
+
+def test_ipv6_chain_blocks_a_workspace_that_has_ipv6_anyway(
+    hub, alice_ws, docker_client, notebook_image, host6_listener
+):
+    """Layer by layer: a box on a workspace-style network *with* IPv6 switched on (as a
+    different daemon or a lost sysctl would leave it) reaches a [::] host listener through
+    the bridge's link-local address unless the ip6tables chain is there."""
+    tag = uuid.uuid4().hex[:8]
+    net = docker_client.networks.create(
+        f"sdetest-v6-{tag}",
+        driver="bridge",
+        internal=True,
+        options={"com.docker.network.bridge.name": f"sdet{tag}"[:15]},
+    )
+    box = docker_client.containers.run(
+        notebook_image,
+        ["sleep", "120"],
+        name=f"sdetest-v6-{tag}",
+        network=net.name,
+        detach=True,
+        user="1000:1000",
+        sysctls={"net.ipv6.conf.all.disable_ipv6": "0", "net.ipv6.conf.default.disable_ipv6": "0",
+                 "net.ipv6.conf.eth0.disable_ipv6": "0"},
+    )  # fmt: skip
+    try:
+        ll = bridge_link_local(docker_client, net.name)
+        # until the box's link-local address has passed duplicate detection (EADDRNOTAVAIL)
+        blocked = wait_for(
+            lambda: (r := v6_probe(box, ll, host6_listener.port))["connect"] != "OSError:99" and r,
+            30,
+            "a usable link-local address in the box",
+        )
+        firewall.remove(ipv6=True)
+        try:
+            reached = v6_probe(box, ll, host6_listener.port)
+        finally:
+            firewall.apply(firewall.allowed_ports())
+        again = v6_probe(box, ll, host6_listener.port)
+    finally:
+        box.remove(force=True)
+        net.remove()
+    assert not blocked["connect"].startswith("open"), blocked
+    assert reached["connect"] == "open:host", reached  # control: without the chain it gets in
+    assert not again["connect"].startswith("open"), again
+    assert host6_listener.accepted == 1

@@ -93,6 +93,10 @@ def test_container_spec_whole():
             "tmpfs": {"/tmp": "rw,nosuid,nodev,size=64m,mode=1777"},
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges:true"],
+            "sysctls": {
+                "net.ipv6.conf.all.disable_ipv6": "1",
+                "net.ipv6.conf.default.disable_ipv6": "1",
+            },
             "privileged": False,
             "ipc_mode": "private",
             "pids_limit": 128,
