@@ -677,14 +677,35 @@ class ReviewHandler(PageHandler):
                 reason_code=self.get_body_argument(f"reason-{file_id}", "") or None,
                 comment=self.get_body_argument(f"comment-{file_id}", ""),
             )
+        failed = await self._failed_checks(int(request_id))
         result = await self.run(
-            logic.submit_review, self.username, int(request_id), version, verdicts
+            logic.submit_review, self.username, int(request_id), version, verdicts, failed
         )
         done = result["outcome"] or "reviewed"
         self.redirect(
             url_path_join(self.settings["sde"].prefix, f"checking/requests/{request_id}")
             + f"?done={done}"
         )
+
+    async def _failed_checks(self, request_id: int) -> dict[str, str]:
+        """sha256 -> the automated rules each file of the current version fails."""
+
+        def files():
+            with self.settings["sessionmaker"]() as s:
+                return logic.current_files(s, request_id)
+
+        failed = {}
+        for path, sha, key in await asyncio.to_thread(files):
+            if key is None:
+                continue
+            try:
+                report = await asyncio.to_thread(self.checking.checks, path, sha, key)
+            except BlobError:
+                continue  # the preview and the release re-check the blob and refuse
+            rules = sorted({f.rule for f in report.findings if f.status == sdc.FAIL})
+            if rules:
+                failed[sha] = ", ".join(rules)
+        return failed
 
 
 class PreviewHandler(PageHandler):

@@ -853,13 +853,19 @@ def submit_review(
     request_id: int,
     version: int,
     verdicts: Mapping[int, FileVerdict],
+    failed_checks: Mapping[str, str] | None = None,
 ) -> dict:
     """A checker's whole review of one version: a decision for every file.
+
+    ``failed_checks`` maps a file's sha256 to the automated disclosure rules it fails
+    (:mod:`sde_spawner.checking.sdc`); approving such a file needs a comment saying why it is
+    safe, and the override is recorded with the decision.
 
     Once ``required_approvals`` distinct checkers have submitted, the outcome is computed and
     the system moves the request to approved, rejected or returned (with the manifest fixed
     on approval).
     """
+    failed_checks = failed_checks or {}
     action = "export.reviewed"
     req = _load(session, request_id, action, username, lock=True)
     mine = _may_review(session, username, req, action, claimed_ok=True)
@@ -875,7 +881,7 @@ def submit_review(
             status=409,
         )
     files = req.version.files
-    problems = _check_verdicts(files, verdicts)
+    problems = _check_verdicts(files, verdicts, failed_checks)
     if problems:
         raise Invalid(
             action,
@@ -914,6 +920,11 @@ def submit_review(
                     "sha256": f.sha256,
                     "decision": str(verdicts[f.id].decision),
                     "reason_code": verdicts[f.id].reason_code or None,
+                    **(
+                        {"failed_checks": failed_checks[f.sha256]}
+                        if f.sha256 in failed_checks
+                        else {}
+                    ),
                 }
                 for f in files
             ],
@@ -940,7 +951,11 @@ def submit_review(
     return {"id": req.id, "state": req.state, "outcome": str(outcome) if outcome else None}
 
 
-def _check_verdicts(files: list[ExportFile], verdicts: Mapping[int, FileVerdict]) -> list[str]:
+def _check_verdicts(
+    files: list[ExportFile],
+    verdicts: Mapping[int, FileVerdict],
+    failed_checks: Mapping[str, str],
+) -> list[str]:
     problems = []
     ids = {f.id for f in files}
     extra = set(verdicts) - ids
@@ -958,6 +973,12 @@ def _check_verdicts(files: list[ExportFile], verdicts: Mapping[int, FileVerdict]
             problems.append(f"{f.path}: unknown reason code {v.reason_code!r}")
         if v.decision != Decision.approve and not v.reason_code:
             problems.append(f"{f.path}: a reason is required to request changes or reject")
+        failed = failed_checks.get(f.sha256)
+        if v.decision == Decision.approve and failed and not (v.comment or "").strip():
+            problems.append(
+                f"{f.path} fails automated disclosure rules ({failed}): approving it needs a "
+                "comment saying why it is safe to release"
+            )
         if len(v.comment or "") > MAX_COMMENT:
             problems.append(f"{f.path}: comment longer than {MAX_COMMENT} characters")
     return problems
@@ -1214,6 +1235,15 @@ class BlobRef:
     size: int
     sha256: str
     blob_key: str
+
+
+def current_files(session: Session, request_id: int) -> list[tuple[str, str, str | None]]:
+    """(path, sha256, blob key) of the files of a request's current version. No access check
+    and no audit: for the service's own use before :func:`submit_review` (which checks)."""
+    req = session.get(ExportRequest, request_id)
+    if req is None or req.version is None:
+        return []
+    return [(f.path, f.sha256, f.blob_key) for f in req.version.files]
 
 
 def file_for_checker(session: Session, username: str, file_id: int) -> BlobRef:

@@ -279,6 +279,19 @@ async def test_the_request_page_shows_each_files_automated_disclosure_checks(svc
     assert 'data-rule="dof"' in page and "3 residual degrees of freedom" in page
     assert "check by eye" in page
 
+    # approving files that fail the rules needs a comment for each
+    assert (await svc.form_post("chris", f"checking/requests/{rid}/claim", {})).code == 302
+    page = (await svc.fetch("GET", f"checking/requests/{rid}", user="chris")).body.decode()
+    ids = dict(zip(files, re.findall(r'name="decision-(\d+)" value="approve"', page), strict=True))
+    fields = {"version": "1", **{f"decision-{i}": "approve" for i in ids.values()}}
+    r = await svc.form_post("chris", f"checking/requests/{rid}/review", fields)
+    assert r.code == 400 and b"counts.csv fails automated disclosure rules (threshold)" in r.body
+    assert b"model.txt fails automated disclosure rules (dof)" in r.body
+    fields[f"comment-{ids['counts.csv']}"] = "south is a published figure (ONS table 4)"
+    fields[f"comment-{ids['model.txt']}"] = "a toy model on synthetic data"
+    r = await svc.form_post("chris", f"checking/requests/{rid}/review", fields)
+    assert r.code == 302, r.body
+
 
 async def test_a_workspace_token_copied_out_of_its_container_is_refused(svc, db):
     """The spawner records the container's address; the token works from there only. From

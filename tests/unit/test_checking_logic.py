@@ -465,3 +465,27 @@ def test_simultaneous_reviews_complete_the_round(db, store):
         assert errors == []
         assert sorted(str(r["outcome"]) for r in results.values()) == ["None", "approved"]
         assert state(db, rid) == "approved"
+
+
+def test_approving_a_file_that_fails_automated_rules_needs_a_comment_and_is_recorded(db, store):
+    rid = make_request(db, store)
+    page = perform(db, logic.review_page, "chris", rid)
+    by_path = {f["path"]: f for f in page["files"]}
+    failed = {by_path["out/summary.csv"]["sha256"]: "threshold, zeros"}
+    bare = {f["id"]: FileVerdict("approve") for f in page["files"]}
+    with pytest.raises(
+        logic.Refused, match=r"fails automated disclosure rules \(threshold, zeros\)"
+    ):
+        perform(db, logic.submit_review, "chris", rid, 1, bare, failed)
+    assert events(db, action="export.reviewed", outcome="allowed") == []
+    explained = {
+        **bare,
+        by_path["out/summary.csv"]["id"]: FileVerdict(
+            "approve", None, "The 0 is structural (no men in the maternity cohort)"
+        ),
+    }
+    perform(db, logic.submit_review, "chris", rid, 1, explained, failed)
+    (reviewed,) = events(db, action="export.reviewed", outcome="allowed")
+    decisions = {d["path"]: d for d in reviewed["details"]["decisions"]}
+    assert decisions["out/summary.csv"]["failed_checks"] == "threshold, zeros"
+    assert "failed_checks" not in decisions["analysis.ipynb"]
