@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             home = Path(tmp) / "home"
             home.mkdir()
-            path = home / "cohort_summary.parquet"
+            path = home / "cohort_summary.csv"
             with open(path, "wb") as fh:
                 block = os.urandom(8 * 1024 * 1024)
                 for _ in range(size // len(block)):
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
             ours_times, base_times = [], []
             for i in range(args.runs):
                 ours_times.append(ours(service, policy, path.name))
-                base_times.append(baseline(path, Path(tmp) / "copy.parquet"))
+                base_times.append(baseline(path, Path(tmp) / "copy.csv"))
                 print(
                     f"run {i + 1}: ours {ours_times[-1]:.3f} s, sha256sum+cp {base_times[-1]:.3f} s"
                 )

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 #: No archives (.zip, .tar.gz: they hide their content from a checker), no databases, no
 #: pickles or other opaque binaries, and no SVG (as in ACRO's ``blocked_extensions``: a vector
 #: plot carries the exact value of every point it draws, i.e. the rows behind a scatter plot,
-#: which a checker looking at the picture cannot see; export a PNG). Override per deployment
-#: with ``c.EgressApp.allowed_suffixes``.
+#: which a checker looking at the picture cannot see; export a PNG). No Parquet or PDF either:
+#: the checkers' pages cannot show them, and a checker must see what leaves (export the table
+#: as CSV, the figure as PNG). Override per deployment with ``c.EgressApp.allowed_suffixes``.
 DEFAULT_ALLOWED_SUFFIXES = (
     ".csv",
     ".tsv",
@@ -39,11 +40,9 @@ DEFAULT_ALLOWED_SUFFIXES = (
     ".png",
     ".jpg",
     ".jpeg",
-    ".pdf",
     ".ipynb",
     ".html",
     ".json",
-    ".parquet",
 )
 DEFAULT_MAX_FILE_SIZE = 200 * 1024 * 1024
 READ_CHUNK = 1024 * 1024

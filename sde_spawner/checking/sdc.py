@@ -478,25 +478,65 @@ def read_delimited(data: bytes, delimiter: str, max_rows: int) -> Table:
     return Table(header, body, total - (len(rows) - len(body)))
 
 
+#: Bytes of decoded Parquet the checks will hold at once, and the longest cell they keep: a
+#: small file can decode to a huge one (a long string repeated through a dictionary).
+PARQUET_BUDGET = 256 * 1024 * 1024
+MAX_CELL_CHARS = 256
+
+
+class TooLarge(ValueError):
+    pass
+
+
 def read_parquet(data: bytes, max_rows: int) -> Table:
+    """The first ``max_rows`` rows of a Parquet file as text cells, within a memory budget.
+
+    Strings stay dictionary-encoded while read and are cut to ``MAX_CELL_CHARS``; row groups
+    whose declared decoded size is over ``PARQUET_BUDGET`` are not read at all.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(io.BytesIO(data))
-    total = pf.metadata.num_rows
-    batches = []
-    taken = 0
-    for batch in pf.iter_batches(batch_size=min(max_rows, 65_536)):
-        batches.append(batch.slice(0, max_rows - taken))
-        taken += batches[-1].num_rows
+    probe = pq.ParquetFile(io.BytesIO(data))
+    meta = probe.metadata
+    texts = [
+        f.name
+        for f in probe.schema_arrow
+        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+        or pa.types.is_binary(f.type)
+    ]  # fmt: skip
+    pf = pq.ParquetFile(io.BytesIO(data), read_dictionary=texts)
+    header = list(pf.schema_arrow.names)
+    columns: list[list[str]] = [[] for _ in header]
+    taken = held = 0
+    for g in range(meta.num_row_groups):
         if taken >= max_rows:
             break
-    header = list(pf.schema_arrow.names)
-    columns = [[] for _ in header]
-    for batch in batches:
-        for i, column in enumerate(batch.columns):
-            columns[i] += ["" if v is None else str(v) for v in column.to_pylist()]
-    rows = [list(r) for r in zip(*columns, strict=True)] if columns else []
-    return Table(header, rows, total)
+        held += meta.row_group(g).total_byte_size
+        if held > PARQUET_BUDGET:
+            if taken == 0:
+                raise TooLarge("its row groups decode to more than the checks' memory budget")
+            break
+        for batch in pf.iter_batches(batch_size=4096, row_groups=[g]):
+            batch = batch.slice(0, max_rows - taken)
+            for i, column in enumerate(batch.columns):
+                columns[i] += _cells(column, pa, pc)
+            taken += batch.num_rows
+            if taken >= max_rows:
+                break
+    rows = [list(r) for r in zip(*columns, strict=True)] if header else []
+    return Table(header, rows, meta.num_rows)
+
+
+def _cells(column, pa, pc) -> list[str]:
+    if pa.types.is_dictionary(column.type):
+        values = column.dictionary
+        if pa.types.is_binary(values.type):
+            values = values.cast(pa.string(), safe=False)
+        short = pc.utf8_slice_codeunits(values, 0, MAX_CELL_CHARS).to_pylist()
+        return ["" if i is None else str(short[i]) for i in column.indices.to_pylist()]
+    return ["" if v is None else str(v)[:MAX_CELL_CHARS] for v in column.to_pylist()]
 
 
 def decode_text(data: bytes) -> str:

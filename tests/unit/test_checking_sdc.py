@@ -279,3 +279,36 @@ def test_the_report_serialises_for_the_api():
     assert as_dict["status"] == "fail"
     assert as_dict["findings"][0]["cells"] == [[1, "n"]]
     json.dumps(as_dict)
+
+
+BOMB_CHECK = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
+from sde_spawner.checking import sdc
+report = sdc.check("t.parquet", open(sys.argv[1], "rb").read())
+print(report.status, "ok")
+"""
+
+
+def test_a_small_parquet_that_decodes_to_terabytes_is_checked_within_bounds(tmp_path):
+    """3 KB on disk, one 30 MB string repeated through a dictionary 100,000 times (3 TB
+    decoded): read naively, the service would be killed for memory by one export."""
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    big = pa.array(["x" * (30 * 1024 * 1024)])
+    notes = pa.DictionaryArray.from_arrays(pa.array([0] * 100_000, pa.int32()), big)
+    path = tmp_path / "bomb.parquet"
+    pq.write_table(pa.table({"note": notes, "n": [12] * 100_000}), path, compression="zstd")
+    assert path.stat().st_size < 100_000
+    res = subprocess.run(
+        [sys.executable, "-c", BOMB_CHECK, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["pass", "ok"]
+    table = sdc.read_parquet(path.read_bytes(), max_rows=10)
+    assert table.total_rows == 100_000 and len(table.rows) == 10
+    assert {len(row[0]) for row in table.rows} == {sdc.MAX_CELL_CHARS}

@@ -215,8 +215,8 @@ def test_a_file_edited_while_it_is_sent_is_not_stored_and_the_researcher_is_told
 
 def test_a_larger_file_streams_through_intact(fetch, service, home):
     data = os.urandom(24 * 1024 * 1024 + 3)
-    (home / "big.parquet").write_bytes(data)
-    r = submit(fetch, [{"path": "big.parquet", "description": "row-level synthetic test"}])
+    (home / "big.csv").write_bytes(data)
+    r = submit(fetch, [{"path": "big.csv", "description": "row-level synthetic test"}])
     assert r.code == 201, r.body
     (stored,) = service.files(json.loads(r.body)["id"])
     assert stored[3] == hashlib.sha256(data).hexdigest()

@@ -168,8 +168,8 @@ def test_relative_path_refuses_nul_bytes(policy):
 
 def test_a_snapshot_is_the_size_and_sha256_of_the_open_file(policy, home):
     data = os.urandom(3 * 1024 * 1024 + 17)
-    (home / "blob.parquet").write_bytes(data)
-    fd, _st, _rel = open_confined(policy, "blob.parquet")
+    (home / "blob.csv").write_bytes(data)
+    fd, _st, _rel = open_confined(policy, "blob.csv")
     try:
         os.lseek(fd, 5, os.SEEK_SET)  # the descriptor's position does not matter
         snap = take_snapshot(fd, chunk=1024 * 1024)
@@ -273,3 +273,10 @@ def test_svg_is_not_exportable_by_default_its_points_are_the_data(home):
     (home / "scatter.svg").write_text('<svg><circle cx="52.1" cy="61.3" r="1"/></svg>')
     refused = refusal(ExportPolicy(root=str(home)), "scatter.svg")
     assert refused.code == "suffix" and ".svg may not be exported" in refused.message
+
+
+@pytest.mark.parametrize("name", ["cohort.parquet", "paper.pdf"])
+def test_formats_checkers_cannot_see_are_not_exportable_by_default(home, name):
+    (home / name).write_bytes(b"PAR1\x00\x01" if name.endswith("parquet") else b"%PDF-1.7\n")
+    refused = refusal(ExportPolicy(root=str(home)), name)
+    assert refused.code == "suffix" and "may not be exported" in refused.message
