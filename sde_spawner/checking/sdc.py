@@ -16,12 +16,13 @@ rule             status    when
                            birth, postcode, name, ...) or values that are valid NHS numbers,
                            full UK postcodes or e-mail addresses
 ``dof``          fail      regression output with residual degrees of freedom under
-                           ``dof_threshold``
+                           ``dof_threshold`` (``review``: a table of estimates without them)
 ``threshold``    review    an unnamed integer column beside magnitude columns that may be
                            counts has cells under ``threshold`` or 0
-``magnitude``    review    magnitude values (means, sums, rates): dominance (p-ratio, n-k)
+``magnitude``    review    magnitude values (means, sums, costs): dominance (p-ratio, n-k)
                            needs the contributors' values; without a count column the
-                           threshold cannot be checked either
+                           threshold cannot be checked either. Percentages and rates are
+                           fine beside their counts, for review without them
 ``row-level``    review    many rows, no counts, a label column whose values are all
                            distinct: it may be record-level data
 ``small-n``      review    text that reports ``n = 4`` and the like, under ``threshold``
@@ -165,9 +166,14 @@ _NOT_COUNT_WORDS = frozenset(
 )  # fmt: skip
 _MAGNITUDE_WORDS = frozenset(
     {"mean", "avg", "average", "median", "sum", "sd", "std", "stdev", "se", "sem", "var",
-     "variance", "rate", "ratio", "pct", "percent", "percentage", "prop", "proportion", "cost",
-     "amount", "value", "iqr", "q1", "q3", "or", "hr", "rr", "coef", "beta", "estimate", "ci",
-     "lower", "upper", "lcl", "ucl", "p", "pvalue"}
+     "variance", "ratio", "cost", "amount", "value", "iqr", "q1", "q3", "or", "hr", "rr",
+     "coef", "beta", "estimate", "ci", "lower", "upper", "lcl", "ucl", "p", "pvalue"}
+)  # fmt: skip
+#: Shares of a count (percentages, proportions, rates): not magnitudes for dominance, but
+#: without the counts beside them a small group hides behind them.
+_SHARE_WORDS = frozenset(
+    {"pct", "percent", "percentage", "prop", "proportion", "share", "rate", "prevalence",
+     "incidence", "risk"}
 )  # fmt: skip
 _ESTIMATE_WORDS = frozenset({"coef", "coefficient", "estimate", "beta", "or", "hr", "rr"})
 _ERROR_WORDS = frozenset({"se", "std", "err", "stderr", "pvalue", "p", "t", "z", "ci", "lower"})
@@ -256,7 +262,7 @@ def _mostly_text(values: list[str]) -> bool:
 
 
 def _roles(table: Table) -> list[str]:
-    """Per column: label | count | integer | magnitude | minmax | identifier | empty."""
+    """Per column: label | count | integer | share | magnitude | minmax | identifier | empty."""
     roles = []
     for i in range(max(len(table.header), max((len(r) for r in table.rows), default=0))):
         name = table.header[i] if i < len(table.header) else ""
@@ -274,6 +280,8 @@ def _roles(table: Table) -> list[str]:
             roles.append("count")  # "count / cost / a": pandas' aggfunc names the level
         elif tokens & _MAGNITUDE_WORDS:
             roles.append("magnitude")
+        elif tokens & _SHARE_WORDS or all(v.strip().endswith("%") for v in values):
+            roles.append("share")
         elif tokens & _COUNT_WORDS and not tokens & _NOT_COUNT_WORDS:
             roles.append("count" if all(_int(v) is not None for v in values) else "magnitude")
         elif tokens & _NOT_COUNT_WORDS:
@@ -296,6 +304,7 @@ def check_table(table: Table, rules: Rules) -> list[Finding]:
     names = [table.header[i] if i < len(table.header) else "" for i in range(len(roles))]
     findings: list[Finding] = []
     magnitude = [n for n, r in zip(names, roles, strict=True) if r in ("magnitude", "minmax")]
+    shares = [n for n, r in zip(names, roles, strict=True) if r == "share"]
     counts = [i for i, r in enumerate(roles) if r == "count"]
     integers = [i for i, r in enumerate(roles) if r == "integer"]
     # A table of only labels and non-negative integers is a frequency table: those are counts.
@@ -343,6 +352,17 @@ def check_table(table: Table, rules: Rules) -> list[Finding]:
                 "be checked; ask for the number of contributors per cell"
             )
         findings.append(Finding("magnitude", REVIEW, table.where or "table", message))
+    if shares and not sure and not maybe:
+        findings.append(
+            Finding(
+                "magnitude",
+                REVIEW,
+                table.where or "table",
+                f"percentages or rates ({', '.join(shares[:4])}) without the counts behind "
+                f"them: a cell of fewer than {rules.threshold} people cannot be seen; ask for "
+                "the numerators and denominators",
+            )
+        )
     labels = [i for i, r in enumerate(roles) if r == "label"]
     if not sure and table.total_rows >= 100 and labels:
         for i in labels:

@@ -77,6 +77,20 @@ def test_a_magnitude_table_checks_its_counts_and_asks_for_dominance():
     assert "dominance" in next(f.message for f in report.findings if f.rule == "magnitude")
 
 
+def test_percentages_beside_their_counts_need_no_dominance_check():
+    assert check_csv("region,n,pct\nnorth,120,55.0\nsouth,98,45.0\n").status == "pass"
+    assert check_csv("region,n,share\nnorth,120,55.0%\nsouth,98,45.0%\n").status == "pass"
+    report = check_csv("region,n,pct\nnorth,120,94.5\nsouth,7,5.5\n")
+    assert rules_hit(report) == {("threshold", "fail")}
+
+
+def test_percentages_without_counts_are_for_review():
+    report = check_csv("region,pct_diabetic\nnorth,12.5\nsouth,33.3\n")
+    (finding,) = report.findings
+    assert (finding.rule, finding.status) == ("magnitude", "review")
+    assert "without the counts behind them" in finding.message
+
+
 def test_means_without_counts_cannot_be_checked_and_say_so():
     report = check_csv("region,mean_cost\nnorth,1520.5\nsouth,980.25\n")
     (finding,) = report.findings
