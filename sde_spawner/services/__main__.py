@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 
 from tornado.log import enable_pretty_logging
 
@@ -32,13 +33,28 @@ async def main() -> None:
     enable_pretty_logging()
     settings = ServiceSettings.from_env()
     app = make_app(settings)
-    http_server(app).listen(settings.port, address=settings.bind_ip)
-    await asyncio.gather(
-        checkpoint_loop(app.settings["sessionmaker"], settings.state_dir),
-        enforce_loop(app.settings["sessionmaker"]),
-    )
+    server = http_server(app)
+    server.listen(settings.port, address=settings.bind_ip)
+    # JupyterHub stops a managed service with SIGINT, then SIGTERM. Handle both here: a hub
+    # started in the background passes SIGINT on as *ignored*, and the service would then sit
+    # out the hub's timeouts before being killed.
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    loops = [
+        asyncio.create_task(checkpoint_loop(app.settings["sessionmaker"], settings.state_dir)),
+        asyncio.create_task(enforce_loop(app.settings["sessionmaker"])),
+    ]
+    await stopping.wait()
+    logging.getLogger("sde").info("stopping")
+    server.stop()
+    for task in loops:
+        task.cancel()
+    await asyncio.gather(*loops, return_exceptions=True)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(server.close_all_connections(), 5)
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+    asyncio.run(main())
