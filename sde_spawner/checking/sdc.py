@@ -212,7 +212,11 @@ _NHS_IN_TEXT = re.compile(r"(?<![\d.])(\d{3})[ -]?(\d{3})[ -]?(\d{4})(?![\d.])")
 _POSTCODE = re.compile(
     r"\b(GIR ?0AA|[A-PR-UWYZ][A-HK-Y]?\d[A-Z\d]? ?\d[ABD-HJLNP-UW-Z]{2})\b", re.IGNORECASE
 )
-_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
+#: Bounded repeats (RFC 5321 lengths) keep matching linear: with ``+`` a long run such as
+#: ``a@a.a.a.…`` costs quadratic time, a denial of service on the checks.
+_EMAIL = re.compile(
+    r"\b[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}\b"
+)
 
 
 def _identifiers_in(text: str) -> dict[str, int]:

@@ -326,3 +326,36 @@ def test_a_small_parquet_that_decodes_to_terabytes_is_checked_within_bounds(tmp_
     table = sdc.read_parquet(path.read_bytes(), max_rows=10)
     assert table.total_rows == 100_000 and len(table.rows) == 10
     assert {len(row[0]) for row in table.rows} == {sdc.MAX_CELL_CHARS}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a@" + "a." * 500_000,  # quadratic with an unbounded e-mail pattern (minutes)
+        "a@" + "a-" * 500_000 + "!",
+        ("x" * 60 + "@" + "b." * 40) * 5_000,
+    ],
+    ids=["dots", "dashes", "mixed"],
+)
+def test_adversarial_text_is_checked_in_linear_time(tmp_path, text):
+    """A workspace chooses what the service scans: a pattern with quadratic backtracking
+    would let one export tie up the checks for hours. Run in a subprocess so a regression
+    fails by timeout instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "notes.txt"
+    path.write_text(text)
+    code = (
+        "import sys; from sde_spawner.checking import sdc; "
+        "print(sdc.check('notes.txt', open(sys.argv[1], 'rb').read()).status)"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert res.returncode == 0 and res.stdout.strip() in ("pass", "fail", "review"), res.stderr
+
+
+def test_e_mail_addresses_are_still_found_with_the_bounded_pattern():
+    found = sdc._identifiers_in("jo.bloggs@nhs.net, a.b@example.co.uk; not@this; x@y.z")
+    assert found == {"e-mail address": 2}
