@@ -23,14 +23,13 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import io
 import json
 import re
 import uuid
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from sde_spawner.checking.sdc import decode_text
+from sde_spawner.checking.sdc import decode_text, open_text
 
 PREVIEW_CSP = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 PREVIEW_HEADERS = {
@@ -380,7 +379,7 @@ def _small(cell: str) -> bool:
 
 
 def _table(data: bytes, delimiter: str, max_rows: int) -> tuple[str, str]:
-    reader = csv.reader(io.StringIO(decode_text(data), newline=""), delimiter=delimiter)
+    reader = csv.reader(open_text(data), delimiter=delimiter)
     try:
         header = next(reader, [])
         rows: list[list[str]] = []
@@ -420,7 +419,7 @@ def _table(data: bytes, delimiter: str, max_rows: int) -> tuple[str, str]:
 
 def table_row_count(data: bytes, delimiter: str = ",") -> int:
     """Data rows (after the header) of a CSV/TSV file."""
-    reader = csv.reader(io.StringIO(decode_text(data), newline=""), delimiter=delimiter)
+    reader = csv.reader(open_text(data), delimiter=delimiter)
     next(reader, None)
     return sum(1 for _ in reader)
 

@@ -487,16 +487,22 @@ def fold_header(header: list[str], rows: list[list[str]]) -> tuple[list[str], li
     return merged, body
 
 
+#: Cells of one table the checks hold at once (rows are cut to fit): a wide file of tiny
+#: cells would otherwise take gigabytes of memory in the service.
+MAX_CELLS = 4_000_000
+
+
 def read_delimited(data: bytes, delimiter: str, max_rows: int) -> Table:
-    reader = csv.reader(io.StringIO(decode_text(data), newline=""), delimiter=delimiter)
+    reader = csv.reader(open_text(data), delimiter=delimiter)
     header = next(reader, [])
     rows: list[list[str]] = []
-    total = 0
+    total = cells = 0
     for row in reader:
         if not any(c.strip() for c in row):
             continue
         total += 1
-        if len(rows) < max_rows:
+        cells += len(row)
+        if len(rows) < max_rows and cells <= MAX_CELLS:
             rows.append(row)
     header, body = fold_header(header, rows)
     return Table(header, body, total - (len(rows) - len(body)))
@@ -561,6 +567,18 @@ def _cells(column, pa, pc) -> list[str]:
         short = pc.utf8_slice_codeunits(values, 0, MAX_CELL_CHARS).to_pylist()
         return ["" if i is None else str(short[i]) for i in column.indices.to_pylist()]
     return ["" if v is None else str(v)[:MAX_CELL_CHARS] for v in column.to_pylist()]
+
+
+STREAM_TEXT_OVER = 16 * 1024 * 1024
+
+
+def open_text(data: bytes) -> io.TextIOBase:
+    """A text stream over an exported file for ``csv``: small files decoded whole (UTF-8, else
+    Latin-1), large ones decoded as they are read (UTF-8, undecodable bytes replaced), so a
+    250 MiB table is not held two or three times over."""
+    if len(data) <= STREAM_TEXT_OVER:
+        return io.StringIO(decode_text(data), newline="")
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", errors="replace", newline="")
 
 
 def decode_text(data: bytes) -> str:

@@ -166,6 +166,14 @@ def test_only_the_first_max_rows_are_read_and_the_report_says_so():
     assert report.status == "pass"
 
 
+def test_a_very_wide_table_is_read_up_to_the_cell_budget(monkeypatch):
+    monkeypatch.setattr(sdc, "MAX_CELLS", 1000)
+    header = ",".join(f"c{i}" for i in range(100))
+    rows = "".join(",".join(["50"] * 100) + "\n" for _ in range(30))
+    report = check_csv(header + "\n" + rows)
+    assert report.checked == ["table of 100 columns: the first 10 of 30 rows (threshold 10)"]
+
+
 def test_tsv_and_parquet_tables_are_read_too():
     report = sdc.check("t.tsv", b"region\tn\nnorth\t3\n")
     assert ("threshold", "fail") in rules_hit(report)
