@@ -332,6 +332,8 @@ def _load_notebook(data: bytes):
         raw = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise PreviewError(f"not a notebook (invalid JSON: {exc})") from None
+    except RecursionError:
+        raise PreviewError("not a notebook (JSON nested too deeply to read)") from None
     if (
         not isinstance(raw, dict)
         or raw.get("nbformat") != 4

@@ -694,7 +694,12 @@ def check_text(text: str, where: str, rules: Rules) -> list[Finding]:
 
 TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t"}
 TEXT_SUFFIXES = frozenset({".txt", ".md", ".json", ".log", ".tex", ".rst"})
+DOCUMENT_SUFFIXES = TEXT_SUFFIXES | {".ipynb", ".html", ".htm"}
 FIGURE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".svg", ".pdf"})
+
+
+#: Largest notebook, HTML or text file the checks parse (as the preview does for notebooks).
+MAX_DOCUMENT = 64 * 1024 * 1024
 
 
 def check(path: str, data: bytes, rules: Rules | None = None) -> Report:
@@ -711,6 +716,12 @@ def check(path: str, data: bytes, rules: Rules | None = None) -> Report:
             report = Report("table", [_table_summary(table, rules)])
             report.findings = check_table(table, rules)
             return report
+        if ext in DOCUMENT_SUFFIXES and len(data) > MAX_DOCUMENT:
+            return Report(
+                "other",
+                [f"nothing: over {MAX_DOCUMENT // 2**20} MiB, too large to read automatically"],
+                [Finding("manual", REVIEW, "file", "too large for the automated checks")],
+            )
         if ext == ".ipynb":
             return _check_notebook(data, rules)
         if ext in (".html", ".htm"):
@@ -725,7 +736,7 @@ def check(path: str, data: bytes, rules: Rules | None = None) -> Report:
             report = Report("text", ["the whole text"])
             report.findings = check_text(decode_text(data), "text", rules)
             return report
-    except (csv.Error, ValueError, OSError, ImportError) as exc:
+    except (csv.Error, ValueError, OSError, ImportError, RecursionError, MemoryError) as exc:
         return Report(
             "other",
             ["nothing: the file could not be read"],

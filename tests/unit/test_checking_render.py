@@ -242,3 +242,10 @@ def test_known_xss_and_beacon_vectors_come_out_inert(fragment):
     lowered = cleaned.lower()
     assert "evil.example" not in lowered  # nothing that would make the browser fetch
     assert "style=" not in lowered and "background=" not in lowered
+
+
+def test_a_notebook_nested_too_deeply_is_an_error_page_not_a_crash():
+    deep = b'{"cells": [{"cell_type": "markdown", "source": ' + b"[" * 100_000 + b"]" * 100_000
+    out = render.render("deep.ipynb", deep + b"}]}")
+    assert out.kind == "error" and "nested too deeply" in out.summary
+    assert_inert(out.html)

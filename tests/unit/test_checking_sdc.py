@@ -186,11 +186,19 @@ def test_tsv_and_parquet_tables_are_read_too():
     assert {("identifier", "fail"), ("threshold", "fail")} <= rules_hit(report)
 
 
+def test_documents_over_the_size_limit_are_left_to_the_checker(monkeypatch):
+    monkeypatch.setattr(sdc, "MAX_DOCUMENT", 100)
+    report = sdc.check("big.ipynb", b"{" + b" " * 200 + b"}")
+    assert report.status == "review" and "too large" in report.checked[0]
+
+
 def test_an_unreadable_file_is_a_review_not_a_crash():
     report = sdc.check("t.parquet", b"not parquet at all")
     assert report.status == "review" and report.findings[0].rule == "manual"
     report = sdc.check("t.ipynb", b"{not json")
     assert report.status == "review"
+    deep = b'{"cells": [{"cell_type": "markdown", "source": ' + b"[" * 100_000 + b"]" * 100_000
+    assert sdc.check("deep.ipynb", deep + b"}]}").status == "review"  # no RecursionError
 
 
 # --- text ---------------------------------------------------------------------------------
