@@ -41,7 +41,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import PurePosixPath
@@ -96,9 +96,6 @@ class Report:
     def status(self) -> str:
         """The worst status of any finding; ``pass`` when the checks found nothing."""
         return max((f.status for f in self.findings), key=_RANK.__getitem__, default=PASS)
-
-    def count(self, status: str) -> int:
-        return sum(1 for f in self.findings if f.status == status)
 
     def to_dict(self) -> dict:
         return {
@@ -837,7 +834,3 @@ def _check_notebook(data: bytes, rules: Rules) -> Report:
             )
         )
     return report
-
-
-def worst(statuses: Iterable[str]) -> str:
-    return max(statuses, key=_RANK.__getitem__, default=PASS)
