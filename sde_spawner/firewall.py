@@ -76,13 +76,22 @@ def _exe(name: str) -> str:
     return exe
 
 
-def _iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def _tables(tool: str, *args: str, check: bool = True, stdin: str | None = None):
+    """Run ``tool -w ARGS`` (iptables, ip6tables or their -restore); FirewallError on failure."""
     proc = subprocess.run(
-        [_exe("iptables"), "-w", *args], capture_output=True, text=True, check=False
+        [_exe(tool), "-w", *args], input=stdin, capture_output=True, text=True, check=False
     )
     if check and proc.returncode != 0:
-        raise FirewallError(f"iptables {' '.join(args)} failed: {proc.stderr.strip()}")
+        raise FirewallError(f"{tool} {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc
+
+
+def _iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return _tables("iptables", *args, check=check)
+
+
+def _ip6tables(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return _tables("ip6tables", *args, check=check)
 
 
 def restore_script(allowed_tcp_ports: list[int] | None, *, ipv6: bool = False) -> str:
@@ -94,27 +103,10 @@ def restore_script(allowed_tcp_ports: list[int] | None, *, ipv6: bool = False) -
     return "\n".join(lines) + "\n"
 
 
-def _ip6tables(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [_exe("ip6tables"), "-w", *args], capture_output=True, text=True, check=False
-    )
-    if check and proc.returncode != 0:
-        raise FirewallError(f"ip6tables {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc
-
-
 def _write6() -> None:
     if not ipv6_enabled():
         return  # no IPv6 in this kernel: nothing to close
-    proc = subprocess.run(
-        [_exe("ip6tables-restore"), "-w", "--noflush"],
-        input=restore_script(None, ipv6=True),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise FirewallError(f"ip6tables-restore failed: {proc.stderr.strip()}")
+    _tables("ip6tables-restore", "--noflush", stdin=restore_script(None, ipv6=True))
     for parent in ("INPUT", "FORWARD"):
         if _ip6tables("-C", parent, "-j", CHAIN, check=False).returncode != 0:
             _ip6tables("-I", parent, "1", "-j", CHAIN)
@@ -129,15 +121,7 @@ def allowed_ports() -> list[int]:
 
 
 def _write(ports: list[int]) -> list[list[str]]:
-    proc = subprocess.run(
-        [_exe("iptables-restore"), "-w", "--noflush"],
-        input=restore_script(ports),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise FirewallError(f"iptables-restore failed: {proc.stderr.strip()}")
+    _tables("iptables-restore", "--noflush", stdin=restore_script(ports))
     if _iptables("-C", "INPUT", "-j", CHAIN, check=False).returncode != 0:
         _iptables("-I", "INPUT", "1", "-j", CHAIN)
     _write6()

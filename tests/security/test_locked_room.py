@@ -126,12 +126,13 @@ def open_bridge_box(docker_client, notebook_image):
 
 
 class HostListener:
-    """A listener the test starts on the host side, on every address (0.0.0.0)."""
+    """A listener the test starts on the host side, on every address (0.0.0.0, or [::] with
+    ``ipv6``: dual stack, as sshd and many daemons bind)."""
 
-    def __init__(self):
-        self.sock = socket.socket()
+    def __init__(self, ipv6: bool = False):
+        self.sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("0.0.0.0", 0))
+        self.sock.bind(("::" if ipv6 else "0.0.0.0", 0))
         self.sock.listen(8)
         self.sock.settimeout(0.5)
         self.port = self.sock.getsockname()[1]
@@ -341,27 +342,11 @@ def bridge_link_local(docker_client, network: str) -> str:
     return out.split()[3].split("/")[0]
 
 
-class Host6Listener(HostListener):
-    """A host listener on [::] (dual stack), as sshd and many daemons bind."""
-
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_INET6)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("::", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.5)
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        self._stop = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-
 @pytest.fixture
 def host6_listener():
     if not firewall.ipv6_enabled():
         pytest.skip("this kernel has no IPv6")
-    listener = Host6Listener()
+    listener = HostListener(ipv6=True)
     yield listener
     listener.close()
 
