@@ -947,7 +947,7 @@ def submit_review(
             details={"checkers": sorted(reviews), "completed_by": username},
         )
         if outcome == State.approved:
-            req.manifest = manifest_mod.canonical(build_manifest(req, required))
+            req.manifest = manifest_mod.canonical(build_manifest(req, required, failed_checks))
     return {"id": req.id, "state": req.state, "outcome": str(outcome) if outcome else None}
 
 
@@ -989,8 +989,15 @@ def _required_approvals(session: Session, project: str) -> int:
     return max(1, proj.required_approvals) if proj is not None and proj.required_approvals else 2
 
 
-def build_manifest(req: ExportRequest, required: int) -> dict:
-    """The release manifest of an approved request (pure: built from its rows)."""
+def build_manifest(
+    req: ExportRequest, required: int, failed_checks: Mapping[str, str] | None = None
+) -> dict:
+    """The release manifest of an approved request (pure: built from its rows).
+
+    A file that failed automated disclosure rules carries them (``failed_checks``); the
+    checkers' comments saying why it was approved anyway are in their decisions.
+    """
+    failed_checks = failed_checks or {}
     version = req.version
     reviews = [r for r in version.reviews if r.submitted_at is not None]
     by_id = {f.id: f for f in version.files}
@@ -1010,6 +1017,7 @@ def build_manifest(req: ExportRequest, required: int) -> dict:
                 "description": f.description,
                 "size": f.size,
                 "sha256": f.sha256,
+                **({"failed_checks": failed_checks[f.sha256]} if f.sha256 in failed_checks else {}),
             }
             for f in version.files
         ],

@@ -489,3 +489,9 @@ def test_approving_a_file_that_fails_automated_rules_needs_a_comment_and_is_reco
     decisions = {d["path"]: d for d in reviewed["details"]["decisions"]}
     assert decisions["out/summary.csv"]["failed_checks"] == "threshold, zeros"
     assert "failed_checks" not in decisions["analysis.ipynb"]
+    second = {**explained, by_path["out/summary.csv"]["id"]: FileVerdict("approve", None, "ok")}
+    perform(db, logic.submit_review, "dana", rid, 1, second, failed)
+    manifest = json.loads(perform(db, logic.release_manifest, "alice", rid)[2])
+    files = {f["path"]: f for f in manifest["files"]}
+    assert files["out/summary.csv"]["failed_checks"] == "threshold, zeros"
+    assert "failed_checks" not in files["analysis.ipynb"]
