@@ -20,17 +20,18 @@ system:
 	bash scripts/ensure-system.sh
 
 images: venv system
-	PYTHON=$(CURDIR)/$(PY) bash scripts/build-images.sh
+	IMAGES="notebook hub postgres" PYTHON=$(CURDIR)/$(PY) bash scripts/build-images.sh
 
 ## make demo: the whole system on http://127.0.0.1:8000 (log in as alice / demo)
-demo: images
+demo: venv system
+	PYTHON=$(CURDIR)/$(PY) bash scripts/build-images.sh
 	$(VENV)/bin/sde-admin --db sqlite:///$(CURDIR)/var/demo/registry.sqlite demo-seed var/demo/data
 	SDE_STATE_DIR=var/demo PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/jupyterhub -f jupyterhub_config.py
 
 ## make test: every tier: lint, unit, then docker, security and browser against a real engine
 test: venv
 	bash scripts/ensure-system.sh --test
-	PYTHON=$(CURDIR)/$(PY) bash scripts/build-images.sh
+	IMAGES="notebook hub postgres" PYTHON=$(CURDIR)/$(PY) bash scripts/build-images.sh
 	$(VENV)/bin/ruff check .
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -p no:cacheprovider tests/unit
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -p no:cacheprovider \

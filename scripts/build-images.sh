@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build the TRE's container images: sde-notebook:latest (researcher workspace) and
-# sde-hub:latest, from images/notebook and images/hub.
+# Build the TRE's container images: sde-notebook:latest (researcher workspace),
+# sde-hub:latest and sde-postgres:latest (docker-compose.yml), from images/<name>.
 #
 # Air-gapped by design: nothing inside a `docker build` touches the network.
 #   * Base image: $BASE_IMAGE if set; else python:3.11-slim-bookworm when it is present or
@@ -19,7 +19,7 @@
 #   DEBIAN_MIRROR   Debian mirror for debootstrap (default: from /etc/apt sources)
 #   PYTHON          host Python with pip, used for `pip download` / `pip wheel`
 #   FORCE_BASE=1    rebuild sde-base:local even if it exists
-#   IMAGES          which images to build (default: "notebook hub")
+#   IMAGES          which images to build (default: "notebook hub"; "postgres" for compose)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -244,6 +244,48 @@ put_project_wheel() {
     log "wheelhouse ${dir#"$ROOT"/}: project wheel updated"
 }
 
+# --- Debian packages and the proxy -----------------------------------------------------
+
+refresh_debs() {
+    # refresh_debs DIR PACKAGES...: the .deb files PACKAGES need on top of $BASE, in DIR.
+    # apt downloads them in a throwaway container of $BASE (from the base's own Debian
+    # sources), like `pip download` on the host for the wheelhouses: `docker build` itself
+    # stays offline and installs them with dpkg.
+    local dir="$1"
+    shift
+    local want
+    want="$(sha_of_text "$BASE_ID $*")"
+    if [[ -f "$dir/.debs.sha256" && "$(cat "$dir/.debs.sha256")" == "$want" ]]; then
+        log "debs ${dir#"$ROOT"/}: unchanged, not downloading"
+        return
+    fi
+    log "debs ${dir#"$ROOT"/}: downloading $* for $BASE"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    docker run --rm -v "$dir:/out" "$BASE" sh -c "apt-get update -qq >/dev/null \
+        && DEBIAN_FRONTEND=noninteractive apt-get install --download-only -y -qq \
+           --no-install-recommends $* >/dev/null \
+        && (cp /var/cache/apt/archives/*.deb /out/ 2>/dev/null || true) \
+        && chown -R $(id -u):$(id -g) /out" >&2 \
+        || die "could not download $* with apt in $BASE (is its Debian mirror reachable?)"
+    echo "$want" >"$dir/.debs.sha256"
+}
+
+refresh_proxy() {
+    # configurable-http-proxy for the hub image: the host's npm install (ensure-system.sh),
+    # copied into the build context.
+    local dir="$IMAGES_DIR/hub/chp" src
+    src="$(dirname "$(dirname "$(readlink -f "$(command -v configurable-http-proxy)")")")" \
+        || die "configurable-http-proxy is not installed (run scripts/ensure-system.sh)"
+    [[ -f "$src/package.json" ]] || die "no configurable-http-proxy package at $src"
+    if [[ -f "$dir/package.json" ]] && cmp -s "$src/package.json" "$dir/package.json"; then
+        return
+    fi
+    log "copying configurable-http-proxy from $src"
+    rm -rf "$dir"
+    cp -a "$src" "$dir"
+}
+
 # --- images -----------------------------------------------------------------------------
 
 build_image() {
@@ -285,8 +327,19 @@ build_hub() {
         refresh_wheelhouse "$dir" "$reqs" -- "${PROJECT_WHEEL}[${HUB_EXTRAS}]"
         put_project_wheel "$dir" "$source_hash"
     fi
+    # CHP, iptables and iproute2: the hub starts the proxy and seals workspaces itself.
+    refresh_debs "$IMAGES_DIR/hub/debs" nodejs iptables iproute2
+    refresh_proxy
     build_image hub "$(sha_of_text "$BASE_ID $(sha_of_files images/hub/Dockerfile) \
-        $(cat "$dir/.requirements.sha256" "$dir/.project.sha256")")"
+        $(cat "$dir/.requirements.sha256" "$dir/.project.sha256" \
+        "$IMAGES_DIR/hub/debs/.debs.sha256" "$IMAGES_DIR/hub/chp/package.json")")"
+}
+
+build_postgres() {
+    # PostgreSQL for docker-compose.yml (the registry and audit database).
+    refresh_debs "$IMAGES_DIR/postgres/debs" postgresql-15
+    build_image postgres "$(sha_of_text "$BASE_ID $(sha_of_files images/postgres/Dockerfile \
+        images/postgres/entrypoint.sh) $(cat "$IMAGES_DIR/postgres/debs/.debs.sha256")")"
 }
 
 main() {
@@ -304,7 +357,8 @@ main() {
         case "$image" in
             notebook) build_notebook ;;
             hub) build_hub ;;
-            *) die "unknown image '$image' (expected notebook or hub)" ;;
+            postgres) build_postgres ;;
+            *) die "unknown image '$image' (expected notebook, hub or postgres)" ;;
         esac
     done
     log "done in $((SECONDS - start)) s"

@@ -128,7 +128,8 @@ def _write(ports: list[int]) -> list[list[str]]:
     return rules(ports)
 
 
-LOCK_FILE = "/run/sde-firewall.lock"
+#: One lock per host, shared by every hub on it (docker-compose.yml mounts the host's /run).
+LOCK_FILE = os.environ.get("SDE_FIREWALL_LOCK", "/run/sde-firewall.lock")
 
 
 @contextlib.contextmanager
