@@ -178,3 +178,27 @@ def test_a_new_sqlite_database_gets_its_directory(tmp_path):
     res = run(db, "init")
     assert res.exit_code == 0, res.output
     assert (tmp_path / "not/yet/there/r.sqlite").exists()
+
+
+def test_enforce_dry_run_lists_open_workspaces_that_must_close(db, tmp_path):
+    from datetime import UTC, datetime
+
+    from sde_spawner.registry.models import Workspace
+
+    assert run(db, "demo-seed", str(tmp_path / "data")).exit_code == 0
+    with open_db(db)() as s, s.begin():
+        for user in ("alice", "bob"):
+            s.add(
+                Workspace(
+                    username=user,
+                    server_name="diabetes-outcomes",
+                    project_slug="diabetes-outcomes",
+                    container=f"sde-{user}",
+                    started_at=datetime.now(UTC).replace(tzinfo=None),
+                )
+            )
+    assert run(db, "enforce", "--dry-run").output == ""
+    assert run(db, "person", "suspend", "bob", "--reason", "DAC instruction").exit_code == 0
+    assert run(db, "enforce", "--dry-run").output == (
+        "would close bob/diabetes-outcomes (diabetes-outcomes): your account is suspended\n"
+    )
