@@ -9,6 +9,9 @@
 #   * Python packages: a wheelhouse per image (images/<name>/wheels, gitignored) downloaded on
 #     the host for CPython 3.11 / manylinux x86_64, plus the project's own wheel. Dockerfiles
 #     install with `pip install --no-index --find-links /wheels`.
+#   * Debian packages (hub: nodejs, iptables, iproute2; postgres: postgresql-15): downloaded by
+#     apt in a throwaway container of the base into images/<name>/debs (gitignored), installed
+#     with dpkg. configurable-http-proxy: the host's npm install copied to images/hub/chp.
 #
 # Idempotent and quick when nothing changed: each wheelhouse keeps stamps of what it was made
 # from, and each image carries a label with the hash of all its inputs; matching stamps and
