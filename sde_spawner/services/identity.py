@@ -51,6 +51,11 @@ class WorkspaceIdentity:
         return self.address is not None and remote_ip == self.address
 
     def refusal(self, remote_ip: str | None) -> str:
+        if self.address is None:
+            return (
+                f"workspace {self.username}/{self.server_name} was started before its address "
+                "was recorded: stop and start it again"
+            )
         return (
             f"the token of workspace {self.username}/{self.server_name} is accepted from its "
             f"own container only, not from {remote_ip or 'an unknown address'}"

@@ -53,3 +53,15 @@ def test_append_committed_writes_one_event_in_its_own_transaction(tmp_path):
             ("x.refused", "alice", "denied", "no")
         ]
         assert audit.verify(s).ok
+
+
+def test_a_workspace_token_is_accepted_from_its_own_address_only():
+    from sde_spawner.services.identity import WorkspaceIdentity
+
+    ws = WorkspaceIdentity("alice", "p1", "p1", 1, "172.18.0.2")
+    assert ws.accepts("172.18.0.2")
+    assert not ws.accepts("127.0.0.1") and not ws.accepts(None)
+    assert "not from 127.0.0.1" in ws.refusal("127.0.0.1")
+    old = WorkspaceIdentity("alice", "p1", "p1", 1, None)  # a row from before migration 0005
+    assert not old.accepts("172.18.0.2")
+    assert "stop and start it again" in old.refusal("172.18.0.2")
