@@ -11,7 +11,8 @@ request from the command line takes exactly the path of one made on the export p
 
 The server is found from ``$JUPYTERHUB_SERVICE_URL`` (its bind address, with 0.0.0.0 read as
 127.0.0.1) or ``http://127.0.0.1:8888$JUPYTERHUB_SERVICE_PREFIX``; the credential is the
-server's ``$JUPYTERHUB_API_TOKEN``. Only the standard library is imported: it starts fast.
+server's ``$JUPYTERHUB_API_TOKEN``. Only the standard library (and the extension's own
+standard-library-only ``files`` module) is imported: it starts fast.
 Errors print one line and exit non-zero.
 """
 
@@ -24,6 +25,8 @@ import sys
 import urllib.error
 import urllib.request
 from urllib.parse import quote, urlsplit, urlunsplit
+
+from egress_extension.files import human_size
 
 PROG = "sde-export"
 
@@ -72,15 +75,6 @@ def call(method: str, path: str, body: object = None, *, base: str, token: str) 
         raise CliError(f"cannot reach the workspace server at {base}: {exc.reason}") from None
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} bytes"
-
-
 def cmd_submit(args: argparse.Namespace, base: str, token: str) -> int:
     descriptions = args.description or []
     if len(descriptions) not in (1, len(args.files)):
@@ -102,7 +96,7 @@ def cmd_submit(args: argparse.Namespace, base: str, token: str) -> int:
         return 0
     print(f"export request {result['id']} {result.get('state', 'submitted')}")
     for f in result.get("files", []):
-        print(f"  {f['path']}  {_size(f['size'])}  sha256 {f['sha256']}")
+        print(f"  {f['path']}  {human_size(f['size'])}  sha256 {f['sha256']}")
     return 0
 
 

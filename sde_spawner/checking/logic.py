@@ -455,6 +455,35 @@ def _upload_list(req: ExportRequest) -> list[dict]:
     ]
 
 
+def _request_body(
+    body: Any,
+    action: str,
+    username: str,
+    project: str,
+    *,
+    max_size: int,
+    justification: str | None = None,
+) -> tuple[str, list[FileSpec]]:
+    """``(justification, files)`` of a new request or version, or :class:`Invalid`.
+
+    ``justification`` is the one kept when a new version does not give its own.
+    """
+    try:
+        if not isinstance(body, dict):
+            raise ValueError("body must be a JSON object")
+        unknown = set(body) - {"justification", "files"}
+        if unknown:
+            raise ValueError(
+                f"unknown field(s) {', '.join(sorted(unknown))} (requester and project "
+                "come from the workspace token)"
+            )
+        text = _justification(body.get("justification", justification))
+        files = validate_files(body.get("files"), max_size=max_size)
+    except ValueError as exc:
+        raise Invalid(action, str(exc), actor=username, project=project) from None
+    return text, files
+
+
 def create_request(
     session: Session,
     username: str,
@@ -466,19 +495,7 @@ def create_request(
 ) -> dict:
     """A new draft request (version 1) of ``username`` on ``project`` with declared files."""
     action = "export.created"
-    try:
-        if not isinstance(body, dict):
-            raise ValueError("body must be a JSON object")
-        unknown = set(body) - {"justification", "files"}
-        if unknown:
-            raise ValueError(
-                f"unknown field(s) {', '.join(sorted(unknown))} (requester and project "
-                "come from the workspace token)"
-            )
-        justification = _justification(body.get("justification"))
-        files = validate_files(body.get("files"), max_size=max_size)
-    except ValueError as exc:
-        raise Invalid(action, str(exc), actor=username, project=project) from None
+    justification, files = _request_body(body, action, username, project, max_size=max_size)
     _active(session, username, action, project)
     now = utcnow()
     req = ExportRequest(
@@ -521,16 +538,9 @@ def new_version(
     """After "returned": a new snapshot version (the old version's reviews stay with it)."""
     action = "export.version.created"
     req = _own(session, request_id, action, username, project, lock=True)
-    try:
-        if not isinstance(body, dict):
-            raise ValueError("body must be a JSON object")
-        unknown = set(body) - {"justification", "files"}
-        if unknown:
-            raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}")
-        justification = _justification(body.get("justification", req.justification))
-        files = validate_files(body.get("files"), max_size=max_size)
-    except ValueError as exc:
-        raise Invalid(action, str(exc), actor=username, project=project) from None
+    justification, files = _request_body(
+        body, action, username, project, max_size=max_size, justification=req.justification
+    )
     if req.state != State.returned or req.version.submitted_at is None:
         raise Refused(
             action,
