@@ -227,6 +227,16 @@ def _refuse_policy(policy: ExportPolicy, rel: str, st: os.stat_result) -> None:
         )
 
 
+def _lstat_at(name: str, dir_fd: int, rel: str) -> os.stat_result:
+    """``lstat`` of ``name`` in ``dir_fd``; a missing one is refused for the path ``rel``."""
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        raise ExportRefused(
+            "missing", f"{rel}: no such file in your home directory", status=400, path=rel
+        ) from None
+
+
 def open_confined(policy: ExportPolicy, path: object) -> tuple[int, os.stat_result, str]:
     """Open ``path`` for export: ``(fd, fstat, relative path)`` or :class:`ExportRefused`.
 
@@ -240,12 +250,7 @@ def open_confined(policy: ExportPolicy, path: object) -> tuple[int, os.stat_resu
         walked: list[str] = []
         for part in parts[:-1]:
             walked.append(part)
-            try:
-                st = os.stat(part, dir_fd=dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                raise ExportRefused(
-                    "missing", f"{rel}: no such file in your home directory", status=400, path=rel
-                ) from None
+            st = _lstat_at(part, dir_fd, rel)
             if not stat.S_ISDIR(st.st_mode):
                 _refuse_type("/".join(walked), st, part, dir_fd, policy.root)
                 raise ExportRefused(
@@ -255,12 +260,7 @@ def open_confined(policy: ExportPolicy, path: object) -> tuple[int, os.stat_resu
             os.close(dir_fd)
             dir_fd = new_fd
         name = parts[-1]
-        try:
-            lst = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            raise ExportRefused(
-                "missing", f"{rel}: no such file in your home directory", status=400, path=rel
-            ) from None
+        lst = _lstat_at(name, dir_fd, rel)
         _refuse_type(rel, lst, name, dir_fd, policy.root)
         _refuse_policy(policy, rel, lst)
         try:
