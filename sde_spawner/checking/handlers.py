@@ -120,35 +120,41 @@ class Checking:
                 self._key = manifest_mod.load_or_create_key(self.state_dir)
             return self._key
 
+    def _cached(self, cache: OrderedDict, key: tuple, limit: int, make):
+        """``make()`` once per key (blobs never change), keeping the ``limit`` latest."""
+        with self._lock:
+            if key in cache:
+                cache.move_to_end(key)
+                return cache[key]
+        value = make()
+        with self._lock:
+            cache[key] = value
+            while len(cache) > limit:
+                cache.popitem(last=False)
+        return value
+
     def preview(self, ref: logic.BlobRef) -> render.Rendered:
-        """The preview of a verified blob (cached: blobs never change)."""
-        cache_key = (ref.sha256, render.kind_of(ref.path), PurePosixPath(ref.path).suffix.lower())
-        with self._lock:
-            if cache_key in self._previews:
-                self._previews.move_to_end(cache_key)
-                return self._previews[cache_key]
-        data = self.store.read_verified(ref.blob_key, ref.sha256)
-        rendered = render.render(ref.path, data, max_rows=self.preview_rows)
-        with self._lock:
-            self._previews[cache_key] = rendered
-            while len(self._previews) > 32:
-                self._previews.popitem(last=False)
-        return rendered
+        """The preview of a verified blob."""
+        key = (ref.sha256, render.kind_of(ref.path), PurePosixPath(ref.path).suffix.lower())
+        return self._cached(
+            self._previews,
+            key,
+            32,
+            lambda: render.render(
+                ref.path,
+                self.store.read_verified(ref.blob_key, ref.sha256),
+                max_rows=self.preview_rows,
+            ),
+        )
 
     def checks(self, path: str, sha256: str, blob_key: str) -> sdc.Report:
-        """The automated disclosure checks of a verified blob (cached: blobs never change)."""
-        cache_key = (sha256, PurePosixPath(path).suffix.lower())
-        with self._lock:
-            if cache_key in self._checks:
-                self._checks.move_to_end(cache_key)
-                return self._checks[cache_key]
-        data = self.store.read_verified(blob_key, sha256)
-        report = sdc.check(path, data, self.sdc_rules)
-        with self._lock:
-            self._checks[cache_key] = report
-            while len(self._checks) > 256:
-                self._checks.popitem(last=False)
-        return report
+        """The automated disclosure checks of a verified blob."""
+        return self._cached(
+            self._checks,
+            (sha256, PurePosixPath(path).suffix.lower()),
+            256,
+            lambda: sdc.check(path, self.store.read_verified(blob_key, sha256), self.sdc_rules),
+        )
 
 
 def checking(handler: web.RequestHandler) -> Checking:
