@@ -267,13 +267,14 @@ def _roles(table: Table) -> list[str]:
     roles = []
     for i in range(max(len(table.header), max((len(r) for r in table.rows), default=0))):
         name = table.header[i] if i < len(table.header) else ""
-        values = [v for v in _column(table, i) if v.strip().lower() not in MISSING]
+        cells = _column(table, i)
+        values = [v for v in cells if v.strip().lower() not in MISSING]
         tokens = _tokens(name)
         if _identifier_column(name):
             roles.append("identifier")
         elif not values:
             roles.append("empty")
-        elif _mostly_text(values) or _is_index(name, _column(table, i)):
+        elif _mostly_text(values) or _is_index(name, cells):
             roles.append("label")
         elif tokens & _MINMAX_WORDS:
             roles.append("minmax")
