@@ -23,6 +23,8 @@
 #   PYTHON          host Python with pip, used for `pip download` / `pip wheel`
 #   FORCE_BASE=1    rebuild sde-base:local even if it exists
 #   IMAGES          which images to build (default: "notebook hub"; "postgres" for compose)
+#   SDE_IMAGE_TAG   tag of the built images (default: latest; a work tree of its own can build
+#                   and test its own images side by side, see tests/conftest.py)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -294,7 +296,7 @@ refresh_proxy() {
 build_image() {
     # build_image NAME INPUT_HASH: docker build images/NAME as sde-NAME:latest unless the
     # image already carries the same input hash.
-    local name="$1" inputs="$2" tag="sde-$1:latest"
+    local name="$1" inputs="$2" tag="sde-$1:${SDE_IMAGE_TAG:-latest}"
     if [[ "$(image_label "$tag" "$LABEL")" == "$inputs" ]]; then
         log "$tag is up to date (inputs ${inputs:0:12})"
         return

@@ -10,7 +10,10 @@ import pytest
 
 from tests.support import REPO, Hub, OutsideHost, close_sessions
 
-NOTEBOOK_IMAGE = "sde-notebook:latest"
+#: ``SDE_IMAGE_TAG`` picks images built with the same variable (scripts/build-images.sh); the
+#: test hubs inherit the environment, so their spawner uses the same workspace image.
+NOTEBOOK_IMAGE = f"sde-notebook:{os.environ.get('SDE_IMAGE_TAG', 'latest')}"
+os.environ.setdefault("SDE_WORKSPACE_IMAGE", NOTEBOOK_IMAGE)
 
 
 @pytest.fixture(scope="session")

@@ -21,13 +21,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import NOTEBOOK_IMAGE
+
 docker = pytest.importorskip("docker")
 
 pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOK = "sde-notebook:latest"
-HUB = "sde-hub:latest"
+NOTEBOOK = NOTEBOOK_IMAGE
+HUB = f"sde-hub:{os.environ.get('SDE_IMAGE_TAG', 'latest')}"
 PORT = 8888
 TOKEN = uuid.uuid4().hex
 #: What the spawner applies to every workspace (see sde_spawner/containers.py).

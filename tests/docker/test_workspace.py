@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from sde_spawner.containers import workspace_names
+from tests.conftest import NOTEBOOK_IMAGE
 from tests.support import User, wait_for
 
 pytestmark = pytest.mark.docker
@@ -70,7 +71,7 @@ def test_container_is_hardened_as_inspected(hub, alice_ws):
     alice_ws.reload()
     hc, cfg = alice_ws.attrs["HostConfig"], alice_ws.attrs["Config"]
     assert cfg["User"] == "1000:1000"
-    assert cfg["Image"] == "sde-notebook:latest"
+    assert cfg["Image"] == NOTEBOOK_IMAGE
     assert hc["ReadonlyRootfs"] is True
     assert hc["CapDrop"] == ["ALL"] and not hc["CapAdd"]
     assert hc["SecurityOpt"] == ["no-new-privileges:true"]
