@@ -67,12 +67,21 @@ def bound_details(details: dict) -> dict:
         return details
     fields = [(str(k)[:128], v, len(json.dumps(v, default=str))) for k, v in details.items()]
     fields.sort(key=lambda f: (f[0] not in KEEP_FIRST, f[2]))
+    kept, dropped = fields[:MAX_FIELDS], fields[MAX_FIELDS:]
+    code = [f for f in dropped if f[0] == "code"]
+    if code:  # the code itself is never among the fields left out
+        dropped = [f for f in dropped if f[0] != "code"] + kept[-1:]
+        kept = kept[:-1] + code
     out: dict = {"details_sha256": hashlib.sha256(text.encode()).hexdigest()}
     clipped: list[str] = []
     budget = MAX_DETAILS - 3_000  # the digest, the clipped list, separators
-    for key, value, size in fields[:MAX_FIELDS]:
+    reserve = min(next((f[2] for f in kept if f[0] == "code"), 0), 16_384)  # room for code
+    for key, value, size in kept:
         overhead = len(json.dumps(key)) + 2
-        cap = budget if key == "code" else min(budget, MAX_FIELD)
+        if key == "code":
+            cap, reserve = budget, 0
+        else:
+            cap = min(budget - reserve, MAX_FIELD)
         if size + overhead <= cap:
             out[key] = value
         else:
@@ -80,7 +89,7 @@ def bound_details(details: dict) -> dict:
             out[key] = _cut(raw, cap - overhead)
             clipped.append(key)
         budget -= len(json.dumps(out[key], default=str)) + overhead
-    clipped += [key for key, _, _ in fields[MAX_FIELDS:]]
+    clipped += [key for key, _, _ in dropped]
     out["clipped"] = [k[:64] for k in clipped[:16]] + (["..."] if len(clipped) > 16 else [])
     return out
 
