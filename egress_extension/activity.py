@@ -31,6 +31,11 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from jupyter_server.auth.decorator import authorized
+from jupyter_server.services.kernels.connection.base import (
+    deserialize_binary_message,
+    deserialize_msg_from_ws_v1,
+    serialize_msg_to_ws_v1,
+)
 from tornado import web
 
 if TYPE_CHECKING:
@@ -421,11 +426,6 @@ def parse_kernel_message(subprotocol: str | None, message: Any) -> tuple[str, di
     """``(channel, header, content)`` of a client websocket message, read exactly as the
     server (legacy protocol) or the kernel (v1, forwarded raw) reads it. Raises
     :class:`KernelMessageRefused` for anything that is not a well-formed message."""
-    from jupyter_server.services.kernels.connection.base import (
-        deserialize_binary_message,
-        deserialize_msg_from_ws_v1,
-    )
-
     try:
         if subprotocol == V1_PROTOCOL:
             if isinstance(message, str):
@@ -562,8 +562,6 @@ def _refusal_replies(refused: KernelMessageRefused, session: Any) -> list[tuple[
 
 
 def _send_refusal(conn: Any, refused: KernelMessageRefused) -> None:
-    from jupyter_server.services.kernels.connection.base import serialize_msg_to_ws_v1
-
     for channel, msg in _refusal_replies(refused, conn.session):
         msg = json.loads(json.dumps(msg, default=str))  # dates as text, like the server
         if getattr(conn, "subprotocol", None) == V1_PROTOCOL:
