@@ -226,6 +226,7 @@ class EgressApp(ExtensionApp):
         self.serverapp.event_logger.add_listener(
             schema_id=activity.KERNEL_ACTIONS_SCHEMA, listener=activity.kernel_listener(self)
         )
+        activity.install_guards(self)  # POST /api/events, checkpoint restores
         # Extensions loaded after this one (jupyter_server_terminals, JupyterHub's singleuser
         # extension, which sets its own page_config_hook) must be in place first: finish
         # once the loop runs, after every extension has loaded.

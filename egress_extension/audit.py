@@ -41,6 +41,48 @@ log = logging.getLogger("egress_extension.audit")
 #: The service refuses more per batch (sde_spawner.audit.api.MAX_BATCH / MAX_BODY).
 MAX_EVENTS_PER_BATCH = 500
 MAX_BATCH_BYTES = 1_500_000
+#: The service keeps 64 KiB of details per event (sde_spawner.audit.api.MAX_DETAILS).
+MAX_DETAILS_CHARS = 62_000
+#: What one over-long field keeps when an event's details do not fit (``code`` keeps more).
+MAX_FIELD_CHARS = 1024
+MAX_FIELDS = 64
+
+
+def _cut(value: Any, allowance: int) -> str:
+    """The longest prefix of ``value`` (as text) whose JSON form fits ``allowance``."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    kept = text[: max(0, allowance)]
+    while kept and len(json.dumps(kept)) > allowance:  # escaping can grow text 6x
+        kept = kept[: int(len(kept) * 0.8)]
+    return kept
+
+
+def fit_details(details: dict[str, Any], limit: int = MAX_DETAILS_CHARS) -> dict[str, Any]:
+    """``details`` cut field by field to ``limit`` characters of JSON: the smallest fields
+    are kept whole first (digests, sizes, ids), over-long ones are cut (``code`` to what is
+    left, others to ``MAX_FIELD_CHARS``) and named in ``clipped``. Nothing is replaced
+    wholesale, so ``code_sha256`` and ``code_bytes`` always survive."""
+    if len(json.dumps(details, default=str)) <= limit:
+        return details
+    sized = sorted(
+        ((str(k)[:128], v, len(json.dumps(v, default=str))) for k, v in details.items()),
+        key=lambda kv: kv[2],
+    )
+    out: dict[str, Any] = {}
+    clipped: list[str] = []
+    budget = limit - 2_500  # room for the clipped list and separators
+    for key, value, size in sized[:MAX_FIELDS]:
+        need = size + len(json.dumps(key)) + 2
+        cap = budget if key == "code" else min(budget, MAX_FIELD_CHARS)
+        if need <= cap:
+            out[key] = value
+        else:
+            out[key] = _cut(value, cap - len(json.dumps(key)) - 2)
+            clipped.append(key)
+        budget -= len(json.dumps(out[key], default=str)) + len(json.dumps(key)) + 2
+    clipped += [key for key, _, _ in sized[MAX_FIELDS:]]
+    out["clipped"] = [k[:64] for k in clipped[:16]] + (["..."] if len(clipped) > 16 else [])
+    return out
 
 
 class Delivery(enum.Enum):
@@ -155,7 +197,11 @@ class AuditShipper:
             self._lost_since = self._lost_since or when
             self._lost_until = when
             return
-        self._queue.append(json.dumps(event, default=str).encode())
+        text = json.dumps(event, default=str)
+        if len(text) > MAX_DETAILS_CHARS:  # rare: cut field by field (see fit_details)
+            event["details"] = fit_details(event["details"])
+            text = json.dumps(event, default=str)
+        self._queue.append(text.encode())
         self._kick()
 
     def pending(self) -> list[dict]:

@@ -30,16 +30,68 @@ WORKSPACE_ACTIONS = frozenset(
         "code.executed",
         "download.blocked",
         "export.refused",
+        "code.refused",
+        "event.refused",
         "audit.lost",
     }
 )
 MAX_BATCH = 500
 MAX_BODY = 2 * 1024 * 1024
 MAX_DETAILS = 64 * 1024
+#: When details are over MAX_DETAILS: what one over-long field keeps (``code`` keeps what is
+#: left), how many fields are kept, and the fields always kept first.
+MAX_FIELD = 4096
+MAX_FIELDS = 64
+KEEP_FIRST = ("code_sha256", "code_bytes", "message_sha256", "message_bytes", "sha256", "size")
 
 
 class BadBatch(ValueError):
     pass
+
+
+def _cut(text: str, allowance: int) -> str:
+    kept = text[: max(0, allowance)]
+    while kept and len(json.dumps(kept)) > allowance:  # escaping can grow text 6x
+        kept = kept[: int(len(kept) * 0.8)]
+    return kept
+
+
+def bound_details(details: dict) -> dict:
+    """``details`` within MAX_DETAILS characters of JSON, bounded field by field: the
+    digests and sizes of KEEP_FIRST, then the smallest fields, are kept whole; an over-long
+    field is cut (``code`` to what is left, others to MAX_FIELD; a non-string one becomes
+    its cut JSON text). ``details_sha256`` covers the whole original and ``clipped`` names
+    what was cut, so a long client-chosen field can never push the code's digest out."""
+    text = json.dumps(details, sort_keys=True, default=str)
+    if len(text) <= MAX_DETAILS:
+        return details
+    fields = [(str(k)[:128], v, len(json.dumps(v, default=str))) for k, v in details.items()]
+    fields.sort(key=lambda f: (f[0] not in KEEP_FIRST, f[2]))
+    kept, dropped = fields[:MAX_FIELDS], fields[MAX_FIELDS:]
+    code = [f for f in dropped if f[0] == "code"]
+    if code:  # the code itself is never among the fields left out
+        dropped = [f for f in dropped if f[0] != "code"] + kept[-1:]
+        kept = kept[:-1] + code
+    out: dict = {"details_sha256": hashlib.sha256(text.encode()).hexdigest()}
+    clipped: list[str] = []
+    budget = MAX_DETAILS - 3_000  # the digest, the clipped list, separators
+    reserve = min(next((f[2] for f in kept if f[0] == "code"), 0), 16_384)  # room for code
+    for key, value, size in kept:
+        overhead = len(json.dumps(key)) + 2
+        if key == "code":
+            cap, reserve = budget, 0
+        else:
+            cap = min(budget - reserve, MAX_FIELD)
+        if size + overhead <= cap:
+            out[key] = value
+        else:
+            raw = value if isinstance(value, str) else json.dumps(value, default=str)
+            out[key] = _cut(raw, cap - overhead)
+            clipped.append(key)
+        budget -= len(json.dumps(out[key], default=str)) + overhead
+    clipped += [key for key, _, _ in dropped]
+    out["clipped"] = [k[:64] for k in clipped[:16]] + (["..."] if len(clipped) > 16 else [])
+    return out
 
 
 def validate_batch(body: dict) -> list[dict]:
@@ -70,13 +122,7 @@ def validate_batch(body: dict) -> list[dict]:
         details = ev.get("details") or {}
         if not isinstance(details, dict):
             raise BadBatch(f"event {i}: details must be an object")
-        text = json.dumps(details, sort_keys=True)
-        if len(text) > MAX_DETAILS:
-            details = {
-                "truncated": True,
-                "sha256": hashlib.sha256(text.encode()).hexdigest(),
-                "head": text[:4096],
-            }
+        details = bound_details(details)
         reason = ev.get("reason")
         out.append(
             {

@@ -9,6 +9,7 @@ and report, not hide, whatever it had to drop.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import socket
 
@@ -16,7 +17,8 @@ import pytest
 from tornado import web
 from tornado.httpserver import HTTPServer
 
-from egress_extension.audit import AuditShipper, HTTPSink
+from egress_extension.audit import MAX_DETAILS_CHARS, AuditShipper, HTTPSink, fit_details
+from sde_spawner.audit.api import MAX_DETAILS, validate_batch
 
 TOKEN = "ws-token"
 
@@ -136,7 +138,7 @@ async def test_overflow_is_counted_and_reported_as_audit_lost_when_back(service)
     assert lost["details"]["first_lost_client_time"] <= lost["details"]["last_lost_client_time"]
     assert "7 workspace activity event(s)" in lost["reason"]
     assert [e["details"]["path"] for e in kept] == [f"{i}.csv" for i in range(5)]
-    assert shipper.lost == 0
+    await until(lambda: shipper.lost == 0)  # counters drop once the reply is read
     shipper.record("file.opened", {"path": "later.csv"})
     await until(lambda: len(service.events) == 7)
     assert service.events[-1]["action"] == "file.opened"  # no second loss report
@@ -198,3 +200,52 @@ def test_recording_without_a_loop_or_a_service_never_blocks_or_raises():
         shipper.record("file.saved", {"when": object()})  # not JSON: stored as its str()
     assert len(shipper.pending()) == 2 and shipper.lost == 3
     assert isinstance(shipper.pending()[0]["details"]["when"], str)
+
+
+# --- bounded details: a long client-chosen field never pushes the code out -------------------
+
+CODE = "result = cohort.groupby('region').size()\n" * 50
+DIGEST = hashlib.sha256(CODE.encode()).hexdigest()
+
+
+def code_event(**extra) -> dict:
+    details = {"code": CODE, "code_sha256": DIGEST, "code_bytes": len(CODE), **extra}
+    return {"action": "code.executed", "details": details}
+
+
+def test_the_shipper_cuts_a_huge_field_not_the_code():
+    shipper = AuditShipper(None)
+    shipper.record("code.executed", code_event(msg_id="m" * 70_000)["details"])
+    (queued,) = shipper.pending()
+    d = queued["details"]
+    assert (d["code"], d["code_sha256"], d["code_bytes"]) == (CODE, DIGEST, len(CODE))
+    assert len(d["msg_id"]) < 1100 and d["clipped"] == ["msg_id"]
+    assert len(json.dumps(d)) <= MAX_DETAILS_CHARS
+
+
+def test_fit_details_keeps_small_fields_whole_and_cuts_long_code_last():
+    d = fit_details({"code": '\u00e9"' * 40_000, "code_sha256": DIGEST, "path": "a.py"})
+    assert d["code_sha256"] == DIGEST and d["path"] == "a.py" and d["clipped"] == ["code"]
+    assert len(d["code"]) > 0 and len(json.dumps(d)) <= MAX_DETAILS_CHARS
+    assert fit_details({"a": 1}) == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"msg_id": "m" * 70_000},
+        {"nested": {"k": ["x" * 1000] * 200}},
+        {f"k{i:04}": "v" * 100 for i in range(1000)},
+    ],
+)
+def test_the_service_bounds_each_field_and_keeps_the_digest(extra):
+    (ev,) = validate_batch({"events": [code_event(**extra)]})
+    d = ev["details"]
+    assert d["code_sha256"] == DIGEST and d["code_bytes"] == len(CODE) and d["code"] == CODE
+    assert d["clipped"] and len(json.dumps(d, sort_keys=True)) <= MAX_DETAILS
+    assert len(d["details_sha256"]) == 64
+
+
+def test_the_service_keeps_details_within_the_limit_untouched():
+    (ev,) = validate_batch({"events": [code_event(msg_id="m1")]})
+    assert ev["details"] == code_event(msg_id="m1")["details"]
