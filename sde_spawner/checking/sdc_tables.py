@@ -541,14 +541,16 @@ def fold_header(header: list[str], rows: list[list[str]]) -> tuple[list[str], li
     whose first cell is a number is data, never a header level."""
     block = [header]
     body = rows
-    while body and len(block) < MAX_HEADER_ROWS:
+    numbers_below = False
+    while body and len(block) <= MAX_HEADER_ROWS:
         first = body[0][0] if body[0] else ""
         rest = [c for c in body[0][1:] if c.strip()]
         if is_numeric(first) or any(is_numeric(c) for c in rest):
+            numbers_below = True
             break
         block.append(body[0])
         body = body[1:]
-    if len(block) == 1 or not body:  # no numbers below: it was a table of text after all
+    if len(block) == 1 or not numbers_below:  # no numbers below: a table of text after all
         return header, rows
     width = max(len(r) for r in block)
     merged = [
