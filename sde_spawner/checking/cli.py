@@ -29,17 +29,21 @@ EXIT_FAILED = 3
 MAX_INPUT = 1024 * 1024 * 1024
 
 
+class OutputsError(click.ClickException):
+    exit_code = 2
+
+
 def _read(path: str) -> bytes:
     try:
         size = os.path.getsize(path)
         if size > MAX_INPUT:
-            raise click.ClickException(f"{path}: {size:,} bytes, over the 1 GiB the checks read")
+            raise OutputsError(f"{path}: {size:,} bytes, over the 1 GiB the checks read")
         with open(path, "rb") as fh:
             return fh.read()
     except IsADirectoryError:
-        raise click.ClickException(f"{path}: is a directory, not a file") from None
+        raise OutputsError(f"{path}: is a directory, not a file") from None
     except OSError as exc:
-        raise click.ClickException(f"{path}: {exc.strerror or exc}") from None
+        raise OutputsError(f"{path}: {exc.strerror or exc}") from None
 
 
 @click.group("outputs")
