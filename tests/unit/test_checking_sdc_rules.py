@@ -347,3 +347,29 @@ def test_the_table_reader_keeps_its_cell_budget_for_roles(monkeypatch):
     rows = "".join("50,50,50,50\n" for _ in range(100)) + "3,50,50,50\n"
     report = csv("a,b,c,d\n" + rows)
     assert ("threshold", "fail") in rules(report)
+
+
+def test_the_fast_identifier_scan_counts_what_the_exact_patterns_count():
+    import random
+
+    rng = random.Random(3)
+    pieces = [
+        NHS,
+        "943 476 5919.",
+        "9434765918",
+        "07700 900123",
+        "+44 20 7946 0958",
+        "SW1A  1AA",
+        "jo@example.org",
+        "DOB: 12/03/1954",
+        "R0001234567",
+        "12345678901",
+        "x" * 50,
+        "0.5,12,",
+        "\n",
+    ]
+    text = "".join(rng.choice(pieces) + rng.choice([" ", ",", "", "\t"]) for _ in range(40_000))
+    assert len(text) > sdc_values.FAST_SCAN_OVER
+    fast = sdc_values.identifiers_in(text)
+    assert fast == sdc_values.exact_identifiers_in(text)
+    assert set(fast) == set(sdc_values.IDENTIFIER_KINDS)
