@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from sde_spawner import audit
+from sde_spawner.checking.cli import outputs_group
 from sde_spawner.containers import SLUG_RE
 from sde_spawner.datasets.extract import ExtractError, parse_row_filter
 from sde_spawner.db import DEFAULT_DB_URL, open_db
@@ -671,6 +672,7 @@ def _attach_audit() -> None:
 
 
 _attach_audit()
+main.add_command(outputs_group)
 
 
 if __name__ == "__main__":  # pragma: no cover

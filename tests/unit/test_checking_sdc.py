@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from sde_spawner.checking import sdc
+from sde_spawner.checking import sdc, sdc_tables, sdc_values
 
 
 def rules_hit(report: sdc.Report) -> set[tuple[str, str]]:
@@ -37,14 +37,14 @@ def test_a_crosstab_cell_under_the_threshold_and_a_zero_fail_with_their_cells():
     assert by_rule["threshold"].status == "fail"
     assert by_rule["threshold"].cells == ((1, "male"),)
     assert "row 1: 4" in by_rule["threshold"].message
-    assert by_rule["zeros"].cells == ((2, "female"),)
+    assert by_rule["zero"].cells == ((2, "female"),)
     female_small = [f for f in report.findings if f.rule == "threshold" and "female" in f.where]
     assert female_small[0].cells == ((3, "female"),)  # 9 fails, 10 passes: "under" is strict
 
 
 def test_zeros_are_for_review_when_the_deployment_says_they_are_not_disclosive():
     report = check_csv("group,n\na,0\nb,50\n", zeros_are_disclosive=False)
-    assert rules_hit(report) == {("zeros", "review")}
+    assert rules_hit(report) == {("zero", "review")}
 
 
 def test_the_threshold_is_a_setting():
@@ -73,8 +73,8 @@ def test_suppression_markers_are_not_counts():
 
 def test_a_magnitude_table_checks_its_counts_and_asks_for_dominance():
     report = check_csv("region,n,mean_hba1c\nnorth,120,52.1\nsouth,7,49.0\n")
-    assert rules_hit(report) == {("threshold", "fail"), ("magnitude", "review")}
-    assert "dominance" in next(f.message for f in report.findings if f.rule == "magnitude")
+    assert rules_hit(report) == {("threshold", "fail"), ("dominance", "review")}
+    assert "dominance" in next(f.message for f in report.findings if f.rule == "dominance")
 
 
 def test_percentages_beside_their_counts_need_no_dominance_check():
@@ -87,29 +87,31 @@ def test_percentages_beside_their_counts_need_no_dominance_check():
 def test_percentages_without_counts_are_for_review():
     report = check_csv("region,pct_diabetic\nnorth,12.5\nsouth,33.3\n")
     (finding,) = report.findings
-    assert (finding.rule, finding.status) == ("magnitude", "review")
+    assert (finding.rule, finding.status) == ("dominance", "review")
     assert "without the counts behind them" in finding.message
 
 
 def test_means_without_counts_cannot_be_checked_and_say_so():
     report = check_csv("region,mean_cost\nnorth,1520.5\nsouth,980.25\n")
     (finding,) = report.findings
-    assert (finding.rule, finding.status) == ("magnitude", "review")
+    assert (finding.rule, finding.status) == ("dominance", "review")
     assert "no count column" in finding.message
 
 
-def test_an_unnamed_integer_column_beside_means_is_only_a_maybe():
+def test_a_count_under_the_threshold_fails_whatever_else_the_table_holds():
     report = check_csv("region,mean_cost,patients_seen_by_gp\nnorth,1520.5,3\n")
-    # "patients" names it a count: sure
     assert ("threshold", "fail") in rules_hit(report)
-    report = check_csv("region,mean_cost,widgets\nnorth,1520.5,3\n")
-    assert ("threshold", "review") in rules_hit(report)
+    # Regression: one magnitude column beside a frequency table turned its small counts
+    # from fail into review.
+    assert check_csv("region,widgets\nnorth,3\nsouth,50\n").status == "fail"
+    report = check_csv("region,widgets,mean_cost\nnorth,3,1520.5\nsouth,50,10.0\n")
+    assert ("threshold", "fail") in rules_hit(report)
 
 
 @pytest.mark.parametrize("column", ["max_age", "min_weight", "Maximum", "highest_bmi"])
 def test_minima_and_maxima_fail(column):
     report = check_csv(f"region,n,{column}\nnorth,120,98\n")
-    assert ("min-max", "fail") in rules_hit(report)
+    assert ("min_max", "fail") in rules_hit(report)
 
 
 @pytest.mark.parametrize(
@@ -129,13 +131,20 @@ def test_minima_and_maxima_fail(column):
 )
 def test_direct_identifier_columns_fail(column):
     report = check_csv(f"{column},hba1c\nx,52\n")
-    assert ("identifier", "fail") in rules_hit(report)
+    rule = {
+        "nhs_number": "nhs_number",
+        "NHSNumber": "nhs_number",
+        "dob": "date_of_birth",
+        "date_of_birth": "date_of_birth",
+        "postcode": "postcode",
+    }.get(column, "identifier")
+    assert (rule, "fail") in rules_hit(report)
 
 
 def test_identifier_values_fail_wherever_they_are():
     # 943 476 5919 is a valid NHS number (check digit 9); 943 476 5918 is not
     report = check_csv("ref,value\n943 476 5919,1.5\n9434765918,2.5\n")
-    (ident,) = [f for f in report.findings if f.rule == "identifier"]
+    (ident,) = [f for f in report.findings if f.rule == "nhs_number"]
     assert ident.status == "fail" and "1 NHS number" in ident.message
     report = check_csv("where,value\nSW1A 1AA,1.5\nM1 1AE,2.5\n")
     assert "2 full UK postcodes" in next(f.message for f in report.findings)
@@ -154,24 +163,31 @@ def test_postcode_districts_and_invalid_nhs_numbers_are_not_identifiers():
 def test_many_distinct_rows_without_counts_look_like_record_level_data():
     rows = "".join(f"P{i:05d},{50 + i % 7}.5\n" for i in range(150))
     report = check_csv("ref,hba1c\n" + rows)
-    assert ("row-level", "review") in rules_hit(report)
+    assert ("record_level", "review") in rules_hit(report)
     rows = "".join(f"R{i:05d},{100 + i}\n" for i in range(150))
     assert check_csv("area,n\n" + rows).status == "pass"  # an aggregate with counts
 
 
-def test_only_the_first_max_rows_are_read_and_the_report_says_so():
+def test_every_row_is_checked_and_the_columns_roles_come_from_the_first_max_rows():
+    # Regression: rows past max_rows were never checked, so a small count there passed.
     rows = "".join(f"r{i},{100 + i}\n" for i in range(50)) + "last,3\n"
     report = check_csv("g,n\n" + rows, max_rows=20)
-    assert report.checked == ["table of 2 columns: the first 20 of 51 rows (threshold 10)"]
-    assert report.status == "pass"
+    assert report.checked == [
+        "table of 2 columns: all 51 rows, column roles from the first 20 (threshold 10)"
+    ]
+    (finding,) = report.findings
+    assert (finding.rule, finding.status, finding.cells) == ("threshold", "fail", ((51, "n"),))
 
 
 def test_a_very_wide_table_is_read_up_to_the_cell_budget(monkeypatch):
-    monkeypatch.setattr(sdc, "MAX_CELLS", 1000)
+    monkeypatch.setattr(sdc_tables, "MAX_CELLS", 1000)
     header = ",".join(f"c{i}" for i in range(100))
     rows = "".join(",".join(["50"] * 100) + "\n" for _ in range(30))
     report = check_csv(header + "\n" + rows)
-    assert report.checked == ["table of 100 columns: the first 10 of 30 rows (threshold 10)"]
+    assert report.checked == [
+        "table of 100 columns: all 30 rows, column roles from the first 10 (threshold 10)"
+    ]
+    assert report.status == "pass"
 
 
 def test_tsv_and_parquet_tables_are_read_too():
@@ -183,22 +199,23 @@ def test_tsv_and_parquet_tables_are_read_too():
     buf = io.BytesIO()
     pq.write_table(pa.table({"nhs_number": ["9434765919"], "n": [3]}), buf)
     report = sdc.check("t.parquet", buf.getvalue())
-    assert {("identifier", "fail"), ("threshold", "fail")} <= rules_hit(report)
+    assert {("nhs_number", "fail"), ("threshold", "fail")} <= rules_hit(report)
 
 
 def test_documents_over_the_size_limit_are_left_to_the_checker(monkeypatch):
     monkeypatch.setattr(sdc, "MAX_DOCUMENT", 100)
     report = sdc.check("big.ipynb", b"{" + b" " * 200 + b"}")
-    assert report.status == "review" and "too large" in report.checked[0]
+    assert report.status == "not_fully_checked"
+    assert "identifiers only" in report.checked[0]
 
 
-def test_an_unreadable_file_is_a_review_not_a_crash():
+def test_an_unreadable_file_is_not_fully_checked_not_a_crash():
     report = sdc.check("t.parquet", b"not parquet at all")
-    assert report.status == "review" and report.findings[0].rule == "manual"
+    assert report.status == "fail" and report.findings[0].rule == "type_mismatch"
     report = sdc.check("t.ipynb", b"{not json")
-    assert report.status == "review"
+    assert report.status == "not_fully_checked"
     deep = b'{"cells": [{"cell_type": "markdown", "source": ' + b"[" * 100_000 + b"]" * 100_000
-    assert sdc.check("deep.ipynb", deep + b"}]}").status == "review"  # no RecursionError
+    assert sdc.check("deep.ipynb", deep + b"}]}").status == "not_fully_checked"  # no RecursionError
 
 
 # --- text ---------------------------------------------------------------------------------
@@ -233,7 +250,7 @@ def test_a_table_of_model_estimates_asks_for_the_degrees_of_freedom():
 def test_text_reporting_small_groups_is_for_review():
     report = sdc.check("notes.md", b"Of the cohort (n = 4) three had a stroke; controls n=250.")
     (finding,) = report.findings
-    assert (finding.rule, finding.status) == ("small-n", "review")
+    assert (finding.rule, finding.status) == ("small_n", "review")
     assert "n=4" in finding.message and "250" not in finding.message
 
 
@@ -280,7 +297,7 @@ PANDAS_GROUPBY = """<table border="1" class="dataframe">
 
 def test_a_notebook_showing_record_level_rows_fails():
     report = sdc.check("a.ipynb", notebook(html_output(PANDAS_HEAD)))
-    (finding,) = [f for f in report.findings if f.rule == "identifier"]
+    (finding,) = [f for f in report.findings if f.rule == "nhs_number"]
     assert finding.status == "fail" and finding.where.startswith("cell 1 output, table 1")
 
 
@@ -288,14 +305,16 @@ def test_a_notebook_groupby_table_is_checked_cell_by_cell():
     report = sdc.check("a.ipynb", notebook(html_output(PANDAS_GROUPBY)))
     (finding,) = report.findings
     assert (finding.rule, finding.status, finding.cells) == ("threshold", "fail", ((2, "n"),))
-    assert report.checked == ["1 output table, 0 text parts (threshold 10, residual df 10)"]
+    assert report.checked == [
+        "1 output table, 2 text parts (sources, outputs, metadata; threshold 10, residual df 10)"
+    ]
 
 
 def test_a_notebook_text_output_and_markdown_are_read_and_figures_listed():
     stream = {"output_type": "stream", "name": "stdout", "text": STATSMODELS}
     figure = {"output_type": "display_data", "metadata": {}, "data": {"image/png": "iVBO"}}
     report = sdc.check("a.ipynb", notebook(stream, figure, markdown="Cases (n=3) were excluded."))
-    assert rules_hit(report) == {("dof", "fail"), ("small-n", "review"), ("manual", "info")}
+    assert rules_hit(report) == {("dof", "fail"), ("small_n", "review"), ("manual", "info")}
 
 
 def test_a_safe_notebook_passes():
@@ -314,7 +333,7 @@ def test_the_report_serialises_for_the_api():
 BOMB_CHECK = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
-from sde_spawner.checking import sdc
+from sde_spawner.checking import sdc, sdc_tables, sdc_values
 report = sdc.check("t.parquet", open(sys.argv[1], "rb").read())
 print(report.status, "ok")
 """
@@ -373,5 +392,5 @@ def test_adversarial_text_is_checked_in_linear_time(tmp_path, text):
 
 
 def test_e_mail_addresses_are_still_found_with_the_bounded_pattern():
-    found = sdc._identifiers_in("jo.bloggs@nhs.net, a.b@example.co.uk; not@this; x@y.z")
-    assert found == {"e-mail address": 2}
+    found = sdc_values.identifiers_in("jo.bloggs@nhs.net, a.b@example.co.uk; not@this; x@y.z")
+    assert found == {"email": 2}
