@@ -64,7 +64,12 @@ class SpawnRefused(web.HTTPError):
 
 
 #: Disclosure-control settings of the `sde` service, passed on to workspaces.
-SDC_SETTINGS = ("SDE_SDC_THRESHOLD", "SDE_SDC_DOF_THRESHOLD", "SDE_SDC_ZEROS_ARE_DISCLOSIVE")
+SDC_SETTINGS = (
+    "SDE_SDC_THRESHOLD",
+    "SDE_SDC_DOF_THRESHOLD",
+    "SDE_SDC_ZEROS_ARE_DISCLOSIVE",
+    "SDE_SDC_ROUNDING",
+)
 
 
 class SDESpawner(DockerSpawner):

@@ -627,6 +627,7 @@ class QueueHandler(PageHandler):
 
 SDC_LABELS = {
     sdc.FAIL: "rules failed",
+    sdc.NOT_FULLY_CHECKED: "not fully checked: look at the raw file",
     sdc.REVIEW: "needs review",
     sdc.INFO: "nothing to check automatically",
     sdc.PASS: "no findings",
@@ -708,7 +709,10 @@ class ReviewHandler(PageHandler):
                 report = await asyncio.to_thread(self.checking.checks, path, sha, key)
             except BlobError:
                 continue  # the preview and the release re-check the blob and refuse
-            rules = sorted({f.rule for f in report.findings if f.status == sdc.FAIL})
+            # A rule failed, or part of the file could not be checked: approving needs a comment.
+            rules = sorted(
+                {f.rule for f in report.findings if f.status in (sdc.FAIL, sdc.NOT_FULLY_CHECKED)}
+            )
             if rules:
                 failed[sha] = ", ".join(rules)
         return failed
