@@ -453,8 +453,11 @@ def remove_member(session, actor, project_slug, username, role):
     m = _membership(session, project, person, role_)
     if m is None:
         return Outcome(label, "not a member")
+    gone = sorted(g.dataset.slug for g in m.grants)
     for g in list(m.grants):
         _delete_grant(session, actor, g, project_slug, username)
+    session.flush()  # the grants first (each audited), then the membership without them
+    session.expire(m, ["grants"])
     session.delete(m)
     session.flush()
     audit.append(
@@ -464,7 +467,10 @@ def remove_member(session, actor, project_slug, username, role):
         project=project_slug,
         details={"target": f"{username}:{role_.value}"},
     )
-    return Outcome(label, "removed", note="workspaces on it close at the next lifecycle sweep")
+    note = "workspaces on it close at the next lifecycle sweep"
+    if gone:
+        note = f"with its grants of {', '.join(gone)}; {note}"
+    return Outcome(label, "removed", note=note)
 
 
 # ---- datasets and grants -------------------------------------------------------------------
