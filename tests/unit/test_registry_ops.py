@@ -167,3 +167,29 @@ def test_output_policy_and_limit_rules_whole():
         ("cpu", "cpu must be a number of cores from 0.1 to 64, not 0"),
         ("memory", "memory must look like '512m' or '2g', not '2 GB'"),
     ]
+
+
+def test_revision_0006_builds_the_project_table_of_the_model_and_downgrades(tmp_path):
+    from sqlalchemy import create_engine, inspect
+
+    from sde_spawner.db import Base, upgrade
+
+    def columns(engine):
+        return {
+            c["name"]: (type(c["type"]).__name__.upper(), c["nullable"])
+            for c in inspect(engine).get_columns("project")
+        }
+
+    url = f"sqlite:///{tmp_path / 'migrated.sqlite'}"
+    upgrade(url, "0006")
+    modelled = create_engine(f"sqlite:///{tmp_path / 'modelled.sqlite'}")
+    Base.metadata.create_all(modelled, tables=[Base.metadata.tables["project"]])
+    assert columns(create_engine(url)) == columns(modelled)
+    assert "public_benefit" in columns(modelled)
+
+    from alembic import command
+
+    from sde_spawner.db import alembic_config
+
+    command.downgrade(alembic_config(url), "0005")
+    assert "public_benefit" not in columns(create_engine(url))
