@@ -4,12 +4,14 @@ file no longer lists (the lifecycle sweep then closes those workspaces)."""
 
 from __future__ import annotations
 
+import os
+import uuid
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, make_url, select
 
 from sde_spawner import audit, lifecycle
 from sde_spawner.cli import main
@@ -23,12 +25,42 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DIABETES = (EXAMPLES / "diabetes-outcomes.toml").read_text()
 
 
-@pytest.fixture
-def sm(tmp_path):
-    sm = open_db(f"sqlite:///{tmp_path}/r.sqlite")
+def _with_patients(sm, tmp_path):
     source = write_synthetic_patients(tmp_path / "patients.csv", rows=20)
     ops.perform(sm, ops.add_dataset, "tester", "patients", str(source))
     return sm
+
+
+@pytest.fixture
+def sm(tmp_path):
+    return _with_patients(open_db(f"sqlite:///{tmp_path}/r.sqlite"), tmp_path)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def any_sm(request, tmp_path):
+    """The registry on SQLite, and on a fresh schema of a real PostgreSQL server (env
+    SDE_TEST_POSTGRES_URL), dropped afterwards."""
+    if request.param == "sqlite":
+        yield _with_patients(open_db(f"sqlite:///{tmp_path}/r.sqlite"), tmp_path)
+        return
+    base = os.environ.get("SDE_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("SDE_TEST_POSTGRES_URL is not set: PostgreSQL run skipped")
+    schema = f"apply_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base)
+    with admin.begin() as c:
+        c.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    sm = None
+    try:
+        sm = open_db(url.render_as_string(hide_password=False))
+        yield _with_patients(sm, tmp_path)
+    finally:
+        if sm is not None:
+            sm.kw["bind"].dispose()
+        with admin.begin() as c:
+            c.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
 
 
 def write(tmp_path, text: str, name="project.toml") -> Path:
@@ -48,7 +80,8 @@ def cli(sm, *args):
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.toml")))
-def test_every_example_applies_and_a_second_apply_is_unchanged(sm, example):
+def test_every_example_applies_and_a_second_apply_is_unchanged(any_sm, example):
+    sm = any_sm
     first = apply_file(sm, "tester", EXAMPLES / example)
     assert first.changed
     n = n_events(sm)
@@ -136,7 +169,8 @@ BAD = (
 )
 
 
-def test_an_invalid_file_lists_every_problem_with_its_path_and_changes_nothing(sm, tmp_path):
+def test_an_invalid_file_lists_every_problem_with_its_path_and_changes_nothing(any_sm, tmp_path):
+    sm = any_sm
     res = cli(sm, "apply", str(write(tmp_path, BAD)))
     assert res.exit_code == 1
     lines = res.output.splitlines()
@@ -223,7 +257,8 @@ def _open_room(sm, user, project="diabetes-outcomes"):
         )
 
 
-def test_members_and_grants_left_out_are_removed_and_their_workspaces_closed(sm, tmp_path):
+def test_members_and_grants_left_out_are_removed_and_their_workspaces_closed(any_sm, tmp_path):
+    sm = any_sm
     apply_file(sm, "tester", EXAMPLES / "diabetes-outcomes.toml")
     for user in ("alice", "bob"):
         _open_room(sm, user)
