@@ -70,10 +70,6 @@ def actor() -> str:
     return os.environ.get("SDE_ADMIN") or f"admin:{getpass.getuser()}"
 
 
-def _plain(v):
-    return ops._plain(v)
-
-
 def _need(session, model, what: str, **lookup):
     obj = session.scalar(select(model).filter_by(**lookup))
     if obj is None:
@@ -189,7 +185,7 @@ def person_list(obj: Ctx, as_json):
                 "username": p.username,
                 "name": p.display_name,
                 "status": p.status.value,
-                "training_expires": _plain(p.training_expires),
+                "training_expires": ops.plain(p.training_expires),
             }
             for p in s.scalars(select(Person).order_by(Person.username))
         ]

@@ -101,7 +101,7 @@ class Result:
         prefix = "would be " if self.dry_run else ""
         out = []
         for o in self.outcomes:
-            if not o.changed:
+            if not o.changed and not o.status.startswith("left "):
                 continue
             out.append(f"{o.label}: {prefix}{o.status}" + (f" ({o.note})" if o.note else ""))
             if o.status in ("updated", "approved"):

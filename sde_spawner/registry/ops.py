@@ -54,6 +54,7 @@ from sde_spawner.registry.rules import (
 )
 
 T = TypeVar("T")
+NO_CHANGE = frozenset({"unchanged", "not a member", "not granted", "not open"})
 
 
 class RegistryError(ValueError):
@@ -88,7 +89,8 @@ class Outcome:
 
     @property
     def changed(self) -> bool:
-        return self.status not in ("unchanged", "not a member", "not granted")
+        """Did the registry change? (``already suspended``, ``left suspended``: no.)"""
+        return self.status not in NO_CHANGE and not self.status.startswith(("already ", "left "))
 
     def line(self) -> str:
         return f"{self.label}: {self.status}" + (f" ({self.note})" if self.note else "")
@@ -133,7 +135,8 @@ def _refuse(action: str, problems: list, actor: str, project=None, target=None) 
 
 
 # ---- helpers -------------------------------------------------------------------------------
-def _plain(v):
+def plain(v):
+    """A value as the audit trail and the output show it (dates ISO, enums by value)."""
     if isinstance(v, date):
         return v.isoformat()
     if hasattr(v, "value"):
@@ -149,7 +152,7 @@ def _changes(obj, values: dict) -> dict:
             continue
         old = getattr(obj, key)
         if old != new:
-            changed[key] = [_plain(old), _plain(new)]
+            changed[key] = [plain(old), plain(new)]
             setattr(obj, key, new)
     return changed
 
@@ -160,7 +163,7 @@ def _upsert(session, actor, model, lookup, values, action, *, label, project=Non
         obj = model(**lookup, **{k: v for k, v in values.items() if v is not None})
         session.add(obj)
         session.flush()
-        created = {k: _plain(v) for k, v in values.items() if v is not None}
+        created = {k: plain(v) for k, v in values.items() if v is not None}
         audit.append(
             session,
             f"{action}.created",

@@ -306,7 +306,9 @@ def test_members_and_grants_left_out_are_removed_and_their_workspaces_closed(any
 def test_apply_does_not_undo_a_suspension_or_drop_an_approval(sm, tmp_path):
     apply_file(sm, "tester", EXAMPLES / "diabetes-outcomes.toml")
     ops.perform(sm, ops.suspend_project, "tester", "diabetes-outcomes", "DAC instruction")
+    n = n_events(sm)
     res = apply_file(sm, "tester", EXAMPLES / "diabetes-outcomes.toml")
+    assert n_events(sm) == n  # nothing changed, so nothing is recorded
     assert res.lines() == [
         "project diabetes-outcomes: left suspended (apply does not lift a suspension; "
         "`sde-admin project approve` does)"
