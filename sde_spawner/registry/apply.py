@@ -348,7 +348,7 @@ def apply_document(
             source = str((base_dir / d["source"]).resolve())
             out.append(ops.add_dataset(session, actor, d["slug"], source, title=d.get("title")))
     policy = dict(doc.get("output_policy", {}))
-    required = policy.pop("required_approvals", None)
+    required = policy.pop("required_approvals", 2)  # the file is the whole project
     limits = doc.get("limits", {})
     out.append(
         ops.add_project(
@@ -364,8 +364,8 @@ def apply_document(
             organisation_kind=doc["organisation"]["kind"],
             required_approvals=required,
             output_policy=policy,
-            cpu_limit=limits.get("cpu"),
-            mem_limit=limits.get("memory"),
+            cpu_limit=limits.get("cpu", ops.CLEAR),
+            mem_limit=limits.get("memory", ops.CLEAR),
             today=today,
         )
     )

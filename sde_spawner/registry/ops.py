@@ -54,6 +54,8 @@ from sde_spawner.registry.rules import (
 )
 
 T = TypeVar("T")
+#: Pass as a value to set a nullable field back to NULL (``None`` means "leave as it is").
+CLEAR = type("Clear", (), {"__repr__": lambda self: "CLEAR"})()
 NO_CHANGE = frozenset({"unchanged", "not a member", "not granted", "not open"})
 
 
@@ -150,6 +152,8 @@ def _changes(obj, values: dict) -> dict:
     for key, new in values.items():
         if new is None:
             continue
+        if new is CLEAR:
+            new = None
         old = getattr(obj, key)
         if old != new:
             changed[key] = [plain(old), plain(new)]
@@ -160,10 +164,11 @@ def _changes(obj, values: dict) -> dict:
 def _upsert(session, actor, model, lookup, values, action, *, label, project=None, target=""):
     obj = session.scalar(select(model).filter_by(**lookup))
     if obj is None:
-        obj = model(**lookup, **{k: v for k, v in values.items() if v is not None})
+        values = {k: v for k, v in values.items() if v is not None and v is not CLEAR}
+        obj = model(**lookup, **values)
         session.add(obj)
         session.flush()
-        created = {k: plain(v) for k, v in values.items() if v is not None}
+        created = {k: plain(v) for k, v in values.items()}
         audit.append(
             session,
             f"{action}.created",
@@ -265,8 +270,8 @@ def add_project(
     mem_limit=None,
     today: date | None = None,
 ):
-    """Create a project (as draft), or update the given fields. An approved project must keep
-    everything its approval needs."""
+    """Create a project (as draft), or update the given fields. An approved project keeps
+    everything its approval rests on. ``CLEAR`` as a limit resets it to the spawner's default."""
     problems = slug_problems(slug, "project")
     values = {
         "title": title,
@@ -284,7 +289,9 @@ def add_project(
         not isinstance(required_approvals, int) or not 1 <= required_approvals <= 5
     ):
         problems.append(("required_approvals", "required_approvals must be 1 to 5"))
-    problems += limits_problems(cpu_limit, mem_limit)
+    problems += limits_problems(
+        None if cpu_limit is CLEAR else cpu_limit, None if mem_limit is CLEAR else mem_limit
+    )
     if output_policy is not None:
         problems += output_policy_problems(output_policy)
         values["output_policy_json"] = json.dumps(output_policy, sort_keys=True)
@@ -292,6 +299,9 @@ def add_project(
     if existing is None and not problems and not title:
         problems.append(("title", "a new project needs a title"))
     _refuse("project.add", problems, actor, project=slug, target=slug)
+    # What an approved project already lacked (approved before revision 0006, say) may be
+    # filled in; an update may not take away what its approval rests on.
+    lacked = set(approval_problems(existing, today)) if existing is not None else set()
     out = _upsert(
         session,
         actor,
@@ -305,7 +315,7 @@ def add_project(
     )
     project = out.obj
     if project.status == ProjectStatus.approved and out.changed:
-        lacking = approval_problems(project, today)
+        lacking = [p for p in approval_problems(project, today) if p not in lacked]
         _refuse(
             "project.add",
             [f"an approved project needs it: {m}" for _, m in lacking],

@@ -332,3 +332,19 @@ def test_apply_has_help_and_needs_a_file():
     assert "Usage:" in CliRunner().invoke(main, ["apply", "--help"]).output
     res = CliRunner().invoke(main, ["apply"])
     assert res.exit_code == 2 and "Missing argument" in res.output
+
+
+def test_what_the_file_leaves_out_takes_its_default(sm, tmp_path):
+    apply_file(sm, "tester", EXAMPLES / "diabetes-outcomes.toml")
+    start = DIABETES.index("[output_policy]")
+    bare = DIABETES[:start]
+    res = apply_file(sm, "tester", write(tmp_path, bare))
+    assert res.lines()[0] == "project diabetes-outcomes: updated"
+    with sm() as s:
+        p = s.scalar(select(Project))
+        assert (p.output_policy, p.required_approvals, p.cpu_limit, p.mem_limit) == (
+            {},
+            2,
+            None,
+            None,
+        )

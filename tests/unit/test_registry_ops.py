@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sde_spawner import audit
 from sde_spawner.db import open_db
 from sde_spawner.registry import ops, rules
-from sde_spawner.registry.models import Project
+from sde_spawner.registry.models import Project, ProjectStatus
 
 NOW = datetime(2026, 12, 1, 12, 0)
 
@@ -193,3 +193,25 @@ def test_revision_0006_builds_the_project_table_of_the_model_and_downgrades(tmp_
 
     command.downgrade(alembic_config(url), "0005")
     assert "public_benefit" not in columns(create_engine(url))
+
+
+def test_a_project_approved_before_0006_can_have_its_governance_filled_in(sm):
+    """It lacks the lay sign-off and public benefit; adding one fact at a time is allowed,
+    taking one away is not."""
+    with sm() as s, s.begin():
+        p = s.scalar(select(Project).filter_by(slug="study-a"))
+        p.status, p.dac_reference, p.dac_approved_on = ProjectStatus.approved, "D", date(2026, 1, 1)
+        p.ethics_reference, p.lay_summary = "E", "S"
+    out = ops.perform(sm, ops.add_project, "admin", "study-a", public_benefit="B")
+    assert out.changes == {"public_benefit": ["", "B"]}
+    with pytest.raises(ops.RegistryError) as exc:
+        ops.perform(sm, ops.add_project, "admin", "study-a", ethics_reference="")
+    assert exc.value.problems == ["an approved project needs it: no ethics/HRA reference"]
+
+
+def test_clear_resets_a_limit_and_none_leaves_it(sm):
+    ops.perform(sm, ops.add_project, "admin", "study-a", cpu_limit=2, mem_limit="4g")
+    ops.perform(sm, ops.add_project, "admin", "study-a", cpu_limit=None, mem_limit=ops.CLEAR)
+    with sm() as s:
+        p = s.scalar(select(Project).filter_by(slug="study-a"))
+        assert (p.cpu_limit, p.mem_limit) == (2.0, None)
