@@ -140,6 +140,14 @@ def _table(value, path: str, keys: dict, problems: list[str]) -> dict:
     return good
 
 
+def _require(table: dict, path: str, keys, problems: list[str]) -> None:
+    """``path.key: missing`` for each required key absent (and not already reported)."""
+    for key in keys:
+        where = f"{path}.{key}" if path else key
+        if key not in table and not any(p.startswith(f"{where}:") for p in problems):
+            problems.append(f"{where}: missing")
+
+
 def _at(path: str, problems: list[rules.Problem], to: list[str], names: dict | None = None) -> None:
     for name, message in problems:
         sub = (names or {}).get(name, name)
@@ -160,9 +168,7 @@ def validate(session: Session, doc: dict, base_dir: Path, today: date | None = N
     today = today or date.today()
     problems: list[str] = []
     doc = _table(doc, "", TOP_KEYS, problems)
-    for key in REQUIRED_TOP:
-        if key not in doc and not any(p.startswith(f"{key}:") for p in problems):
-            problems.append(f"{key}: missing")
+    _require(doc, "", REQUIRED_TOP, problems)
     slug = doc.get("slug")
     if slug is not None:
         _at("", rules.slug_problems(slug, "project"), problems)
@@ -172,13 +178,8 @@ def validate(session: Session, doc: dict, base_dir: Path, today: date | None = N
     _at("", pp, problems)
 
     org = _table(doc.get("organisation", {}), "organisation", ORGANISATION_KEYS, problems)
-    for key in ("name", "kind"):
-        if (
-            "organisation" in doc
-            and not org.get(key)
-            and f"organisation.{key}" not in str(problems)
-        ):
-            problems.append(f"organisation.{key}: missing")
+    if "organisation" in doc:
+        _require(org, "organisation", ("name", "kind"), problems)
     kp: list[rules.Problem] = []
     rules.parse_organisation_kind(org.get("kind"), kp)
     _at("organisation", kp, problems)
@@ -236,9 +237,7 @@ def _validate_approval(session, doc, slug, today, problems) -> None:
 def _validate_agreements(doc, problems) -> None:
     refs = set()
     for path, a in _array(doc, "agreements", AGREEMENT_KEYS, problems):
-        for key in AGREEMENT_KEYS:
-            if key not in a and f"{path}.{key}:" not in " ".join(problems):
-                problems.append(f"{path}.{key}: missing")
+        _require(a, path, AGREEMENT_KEYS, problems)
         if a.get("reference") in refs:
             problems.append(f"{path}.reference: {a['reference']!r} is listed twice")
         refs.add(a.get("reference"))
@@ -257,9 +256,7 @@ def _validate_members(doc, problems) -> dict[str, list[str]]:
     details: dict[str, tuple] = {}
     roles: dict[str, list[str]] = {}
     for path, m in _array(doc, "members", MEMBER_KEYS, problems):
-        for key in ("username", "role"):
-            if key not in m and f"{path}.{key}:" not in " ".join(problems):
-                problems.append(f"{path}.{key}: missing")
+        _require(m, path, ("username", "role"), problems)
         user = m.get("username")
         if user is not None:
             _at(path, rules.username_problems(user), problems)
@@ -285,8 +282,7 @@ def _validate_datasets(session, doc, base_dir, workspace_roles, problems) -> Non
     for path, d in _array(doc, "datasets", DATASET_KEYS, problems):
         dslug = d.get("slug")
         if dslug is None:
-            if f"{path}.slug:" not in " ".join(problems):
-                problems.append(f"{path}.slug: missing")
+            _require(d, path, ("slug",), problems)
             continue
         _at(path, rules.slug_problems(dslug, "dataset"), problems)
         if dslug in seen_ds:
@@ -295,10 +291,13 @@ def _validate_datasets(session, doc, base_dir, workspace_roles, problems) -> Non
         known = None
         if "source" in d:
             source = (base_dir / d["source"]).resolve()
-            try:
-                known = rules.dataset_columns(str(source))
-            except (OSError, UnicodeDecodeError) as exc:
-                problems.append(f"{path}.source: cannot read {source}: {exc}")
+            if source.suffix.lower() not in (".csv", ".parquet"):
+                problems.append(f"{path}.source: must be a .csv or .parquet file")
+            else:
+                try:
+                    known = rules.dataset_columns(str(source))
+                except (OSError, UnicodeDecodeError) as exc:
+                    problems.append(f"{path}.source: cannot read {source}: {exc}")
         else:
             ds = ops.get_dataset(session, dslug)
             if ds is None:
@@ -314,9 +313,7 @@ def _validate_datasets(session, doc, base_dir, workspace_roles, problems) -> Non
         for i, g in enumerate(d.get("grants", [])):
             gpath = f"{path}.grants[{i}]"
             g = _table(g, gpath, GRANT_KEYS, problems)
-            for key in ("member", "columns"):
-                if key not in g and f"{gpath}.{key}:" not in " ".join(problems):
-                    problems.append(f"{gpath}.{key}: missing")
+            _require(g, gpath, ("member", "columns"), problems)
             user = g.get("member")
             roles = workspace_roles.get(user, [])
             role = g.get("role")

@@ -348,3 +348,39 @@ def test_what_the_file_leaves_out_takes_its_default(sm, tmp_path):
             None,
             None,
         )
+
+
+def test_a_dataset_source_in_the_file_is_relative_to_it_and_registered(sm, tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "visits.csv").write_text("pseudo_id,visit\nP1,2026-01-01\n")
+    text = DIABETES.replace(
+        "[output_policy]",
+        '[[datasets]]\nslug = "visits"\nsource = "data/visits.csv"\ntitle = "Visits"\n\n'
+        '[[datasets.grants]]\nmember = "bob"\ncolumns = ["visit"]\n\n[output_policy]',
+    )
+    res = apply_file(sm, "tester", write(tmp_path, text))
+    assert "dataset visits: created" in res.lines()
+    assert "grant visits to bob on diabetes-outcomes: created" in res.lines()
+    with sm() as s:
+        assert ops.get_dataset(s, "visits").source_path == str(tmp_path / "data" / "visits.csv")
+
+
+def test_missing_fields_are_each_named(sm, tmp_path):
+    text = (
+        'title = "T"\npurpose = "research"\n[organisation]\nname = "N"\n'
+        '[[agreements]]\nreference = "A"\nsigned = 2026-01-01\nstart = 2026-01-01\n'
+        "delete_by = 2026-09-01\n"
+        '[[members]]\nusername = "alice"\n'
+        '[[datasets]]\ntitle = "no slug"\n'
+        '[[datasets]]\nslug = "patients"\nsource = "x.txt"\n'
+    )
+    with pytest.raises(ops.RegistryError) as exc:
+        apply_file(sm, "tester", write(tmp_path, text))
+    assert exc.value.problems == [
+        "slug: missing",
+        "organisation.kind: missing",
+        "agreements[0].end: missing",
+        "members[0].role: missing",
+        "datasets[0].slug: missing",
+        "datasets[1].source: must be a .csv or .parquet file",
+    ]
