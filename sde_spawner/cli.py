@@ -521,10 +521,17 @@ def enforce(obj: Ctx, hub_api, token_file, dry_run):
 @click.argument("data_dir", type=click.Path(file_okay=False))
 @click.pass_obj
 def demo_seed(obj: Ctx, data_dir):
-    """Create the synthetic demo dataset, project, people and grants (idempotent)."""
+    """Create the synthetic demo dataset, project, people and grants (idempotent).
+
+    The projects are `apply` of examples/diabetes-outcomes.toml and examples/cardio-audit.toml.
+    """
     from sde_spawner.demo import seed
 
-    for line in seed(obj.sessionmaker, data_dir, actor()):
+    try:
+        lines = seed(obj.sessionmaker, data_dir, actor())
+    except (ops.RegistryError, FileNotFoundError) as exc:
+        raise click.ClickException(f"demo seed refused: {exc}") from None
+    for line in lines:
         click.echo(line)
 
 
