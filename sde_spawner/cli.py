@@ -1,8 +1,11 @@
 """``sde-admin``: administer the registry (people, projects, agreements, members, datasets,
-grants), the host firewall and the demo; ``sde-admin audit ...`` reads the audit trail.
+grants, ``apply`` of project files), the host firewall and the demo; ``sde-admin audit ...``
+reads the audit trail.
 
-Every command is idempotent (``add`` creates or updates, and says which), validates its input
-with one clear error line, and writes its audit event in the same transaction as the change.
+Commands only parse and print: every change, its rules and its audit event live in
+:mod:`sde_spawner.registry.ops` (``apply`` in :mod:`sde_spawner.registry.apply`). Every command
+is idempotent (``add`` creates or updates, and says which); a refusal is one clear line listing
+every problem, exits non-zero, and is audited (outcome ``denied``).
 """
 
 from __future__ import annotations
@@ -10,34 +13,28 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import re
 import sys
-from datetime import date
 
 import click
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from sde_spawner import audit
 from sde_spawner.checking.cli import outputs_group
-from sde_spawner.containers import SLUG_RE
-from sde_spawner.datasets.extract import ExtractError, parse_row_filter
 from sde_spawner.db import DEFAULT_DB_URL, open_db
+from sde_spawner.registry import ops
 from sde_spawner.registry.models import (
-    FORBIDDEN_PURPOSES,
-    Agreement,
     Dataset,
-    Grant,
     Membership,
+    OrganisationKind,
     Person,
-    PersonStatus,
     Project,
-    ProjectStatus,
     Purpose,
     Role,
 )
 
-USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,62}$")
+ROLES = ", ".join(r.value for r in Role)
+PURPOSES = ", ".join(p.value for p in Purpose)
+KINDS = ", ".join(k.value for k in OrganisationKind)
 
 
 class Ctx:
@@ -54,86 +51,24 @@ class Ctx:
                 raise click.ClickException(f"cannot open database {self.db_url}: {exc}") from None
         return self._sm
 
+    def do(self, operation, *args, **kwargs) -> ops.Outcome:
+        """Run one registry operation (its own transaction) and print its outcome."""
+        out = self.run(operation, *args, **kwargs)
+        click.echo(out.line())
+        return out
+
+    def run(self, operation, *args, **kwargs):
+        try:
+            return ops.perform(self.sessionmaker, operation, actor(), *args, **kwargs)
+        except ops.RegistryError as exc:
+            raise click.ClickException(f"refused: {exc}") from None
+        except SQLAlchemyError as exc:
+            first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            raise click.ClickException(f"database error: {first}") from None
+
 
 def actor() -> str:
     return os.environ.get("SDE_ADMIN") or f"admin:{getpass.getuser()}"
-
-
-def _date(value: str | None, what: str) -> date | None:
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{what} must be a date like 2026-12-31, not {value!r}") from None
-
-
-def _slug(value: str, what: str = "slug") -> str:
-    if not SLUG_RE.match(value or ""):
-        raise click.BadParameter(
-            f"{what} {value!r} must be 3-40 characters: lower-case letters, digits and '-', "
-            "starting with a letter"
-        )
-    return value
-
-
-def _username(value: str) -> str:
-    if not USERNAME_RE.match(value or ""):
-        raise click.BadParameter(
-            f"username {value!r} must be 1-63 characters: lower-case letters, digits, '.', '_', "
-            "'@' or '-'"
-        )
-    return value
-
-
-def _changes(obj, values: dict) -> dict:
-    """Set the given (non-None) values on obj; return {field: [old, new]} for those changed."""
-    changed = {}
-    for key, new in values.items():
-        if new is None:
-            continue
-        old = getattr(obj, key)
-        if old != new:
-            changed[key] = [_plain(old), _plain(new)]
-            setattr(obj, key, new)
-    return changed
-
-
-def _plain(v):
-    if isinstance(v, date):
-        return v.isoformat()
-    if hasattr(v, "value"):
-        return v.value
-    return v
-
-
-def _upsert(session, model, lookup: dict, values: dict, action: str, project=None, label=""):
-    """Create or update one row and audit it in the same transaction; returns a status word."""
-    obj = session.scalar(select(model).filter_by(**lookup))
-    if obj is None:
-        obj = model(**lookup, **{k: v for k, v in values.items() if v is not None})
-        session.add(obj)
-        session.flush()
-        audit.append(
-            session,
-            f"{action}.created",
-            actor=actor(),
-            project=project,
-            details={"target": label, **{k: _plain(v) for k, v in values.items() if v is not None}},
-        )
-        return obj, "created"
-    changed = _changes(obj, values)
-    if changed:
-        session.flush()
-        audit.append(
-            session,
-            f"{action}.updated",
-            actor=actor(),
-            project=project,
-            details={"target": label, "changes": changed},
-        )
-        return obj, "updated"
-    return obj, "unchanged"
 
 
 def _need(session, model, what: str, **lookup):
@@ -166,6 +101,39 @@ def init(obj: Ctx):
     click.echo(f"database ready: {obj.db_url}")
 
 
+# ---- declarative -----------------------------------------------------------------------------
+@main.command("apply")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
+@click.pass_obj
+def apply_cmd(obj: Ctx, files, dry_run):
+    """Make the registry match project file(s) (TOML; see examples/).
+
+    Every problem of a file is listed with its field path and nothing changes. Members and
+    grants the file no longer lists are removed from the project (their workspaces close
+    at the next `sde-admin enforce`).
+    """
+    from sde_spawner.registry.apply import apply_file
+
+    failed = False
+    for path in files:
+        try:
+            result = apply_file(obj.sessionmaker, actor(), path, dry_run=dry_run)
+        except ops.RegistryError as exc:
+            failed = True
+            click.echo(f"{path}: refused, nothing changed:", err=True)
+            for problem in exc.problems:
+                click.echo(f"  {problem}", err=True)
+            continue
+        except SQLAlchemyError as exc:
+            first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            raise click.ClickException(f"{path}: database error: {first}") from None
+        for line in result.lines():
+            click.echo(line)
+    if failed:
+        raise SystemExit(1)
+
+
 # ---- people --------------------------------------------------------------------------
 @main.group()
 def person():
@@ -180,32 +148,13 @@ def person():
 @click.pass_obj
 def person_add(obj: Ctx, username, display_name, email, training_expires):
     """Create a person, or update the given fields."""
-    _username(username)
-    values = {
-        "display_name": display_name,
-        "email": email,
-        "training_expires": _date(training_expires, "--training-expires"),
-    }
-    with obj.sessionmaker.begin() as s:
-        _, status = _upsert(s, Person, {"username": username}, values, "person", label=username)
-    click.echo(f"person {username}: {status}")
-
-
-def _set_person_status(obj: Ctx, username: str, status: PersonStatus, reason: str):
-    with obj.sessionmaker.begin() as s:
-        p = _need(s, Person, "person", username=username)
-        if p.status == status:
-            click.echo(f"person {username}: already {status.value}")
-            return
-        p.status = status
-        audit.append(
-            s,
-            f"person.{status.value}",
-            actor=actor(),
-            reason=reason,
-            details={"target": username},
-        )
-    click.echo(f"person {username}: {status.value}")
+    obj.do(
+        ops.add_person,
+        username,
+        display_name=display_name,
+        email=email,
+        training_expires=training_expires,
+    )
 
 
 @person.command("suspend")
@@ -214,20 +163,20 @@ def _set_person_status(obj: Ctx, username: str, status: PersonStatus, reason: st
 @click.pass_obj
 def person_suspend(obj: Ctx, username, reason):
     """Suspend a person: no new workspace starts (running ones are stopped by `enforce`)."""
-    _set_person_status(obj, username, PersonStatus.suspended, reason)
+    obj.do(ops.suspend_person, username, reason)
 
 
 @person.command("reactivate")
 @click.argument("username")
-@click.option("--reason", required=True)
+@click.option("--reason", required=True, help="Why (recorded in the audit trail).")
 @click.pass_obj
 def person_reactivate(obj: Ctx, username, reason):
     """Lift a suspension."""
-    _set_person_status(obj, username, PersonStatus.active, reason)
+    obj.do(ops.reactivate_person, username, reason)
 
 
 @person.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def person_list(obj: Ctx, as_json):
     """List people."""
@@ -237,7 +186,7 @@ def person_list(obj: Ctx, as_json):
                 "username": p.username,
                 "name": p.display_name,
                 "status": p.status.value,
-                "training_expires": _plain(p.training_expires),
+                "training_expires": ops.plain(p.training_expires),
             }
             for p in s.scalars(select(Person).order_by(Person.username))
         ]
@@ -245,18 +194,6 @@ def person_list(obj: Ctx, as_json):
 
 
 # ---- projects --------------------------------------------------------------------------
-def _purpose(value: str | None) -> Purpose | None:
-    if value is None:
-        return None
-    if value.lower() in FORBIDDEN_PURPOSES:
-        raise click.BadParameter(f"purpose {value!r} is never permitted in this environment")
-    try:
-        return Purpose(value)
-    except ValueError:
-        allowed = ", ".join(p.value for p in Purpose)
-        raise click.BadParameter(f"purpose {value!r} is not one of: {allowed}") from None
-
-
 @main.group()
 def project():
     """Projects: Data Access Committee approval, ethics reference, purpose, status."""
@@ -265,74 +202,75 @@ def project():
 @project.command("add")
 @click.argument("slug")
 @click.option("--title")
-@click.option(
-    "--purpose", help="research, public_health, service_evaluation, clinical_audit, planning"
-)
+@click.option("--purpose", help=f"One of: {PURPOSES} (never insurance or marketing).")
 @click.option("--ethics-ref", help="Ethics / HRA reference.")
-@click.option("--lay-summary")
-@click.option("--required-approvals", type=click.IntRange(1, 5), help="Output checkers needed.")
+@click.option("--lay-summary", help="What the project does, in plain words.")
+@click.option("--public-benefit", help="Why the project is in the public interest.")
+@click.option("--organisation", help="The applicant organisation.")
+@click.option("--organisation-kind", help=f"One of: {KINDS}.")
+@click.option("--required-approvals", type=int, help="Output checkers needed (1-5).")
 @click.pass_obj
-def project_add(obj: Ctx, slug, title, purpose, ethics_ref, lay_summary, required_approvals):
+def project_add(
+    obj: Ctx,
+    slug,
+    title,
+    purpose,
+    ethics_ref,
+    lay_summary,
+    public_benefit,
+    organisation,
+    organisation_kind,
+    required_approvals,
+):
     """Create a project (as draft), or update the given fields."""
-    _slug(slug, "project")
-    values = {
-        "title": title,
-        "purpose": _purpose(purpose),
-        "ethics_reference": ethics_ref,
-        "lay_summary": lay_summary,
-        "required_approvals": required_approvals,
-    }
-    with obj.sessionmaker.begin() as s:
-        exists = s.scalar(select(Project).filter_by(slug=slug))
-        if exists is None and not title:
-            raise click.BadParameter("a new project needs --title")
-        _, status = _upsert(s, Project, {"slug": slug}, values, "project", project=slug, label=slug)
-    click.echo(f"project {slug}: {status}")
+    obj.do(
+        ops.add_project,
+        slug,
+        title=title,
+        purpose=purpose,
+        ethics_reference=ethics_ref,
+        lay_summary=lay_summary,
+        public_benefit=public_benefit,
+        organisation=organisation,
+        organisation_kind=organisation_kind,
+        required_approvals=required_approvals,
+    )
 
 
 @project.command("approve")
 @click.argument("slug")
 @click.option("--dac-ref", required=True, help="Data Access Committee reference.")
 @click.option("--dac-date", required=True, help="Date the committee approved (ISO).")
+@click.option("--lay-member", help="Name of the lay (public) panel member who signed off.")
+@click.option("--lay-member-date", help="Date of the lay member's sign-off (ISO).")
 @click.pass_obj
-def project_approve(obj: Ctx, slug, dac_ref, dac_date):
-    """Record the Data Access Committee's approval and mark the project approved."""
-    approved_on = _date(dac_date, "--dac-date")
-    with obj.sessionmaker.begin() as s:
-        p = _need(s, Project, "project", slug=slug)
-        if not p.ethics_reference:
-            raise click.ClickException(f"project {slug} has no ethics/HRA reference (--ethics-ref)")
-        changed = _changes(
-            p,
-            {
-                "dac_reference": dac_ref,
-                "dac_approved_on": approved_on,
-                "status": ProjectStatus.approved,
-            },
-        )
-        if changed:
-            audit.append(
-                s, "project.approved", actor=actor(), project=slug, details={"changes": changed}
-            )
-    click.echo(f"project {slug}: {'approved' if changed else 'unchanged'}")
+def project_approve(obj: Ctx, slug, dac_ref, dac_date, lay_member, lay_member_date):
+    """Record the Data Access Committee's approval and mark the project approved.
+
+    Refused unless the project has an ethics/HRA reference, a lay summary, a public-benefit
+    statement and a lay member's sign-off (name and date).
+    """
+    obj.do(
+        ops.approve_project,
+        slug,
+        dac_reference=dac_ref,
+        dac_date=dac_date,
+        lay_member=lay_member,
+        lay_member_signed=lay_member_date,
+    )
 
 
 @project.command("suspend")
 @click.argument("slug")
-@click.option("--reason", required=True)
+@click.option("--reason", required=True, help="Why (recorded in the audit trail).")
 @click.pass_obj
 def project_suspend(obj: Ctx, slug, reason):
     """Suspend a project: no workspace starts on it."""
-    with obj.sessionmaker.begin() as s:
-        p = _need(s, Project, "project", slug=slug)
-        if p.status != ProjectStatus.suspended:
-            p.status = ProjectStatus.suspended
-            audit.append(s, "project.suspended", actor=actor(), project=slug, reason=reason)
-    click.echo(f"project {slug}: suspended")
+    obj.do(ops.suspend_project, slug, reason)
 
 
 @project.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def project_list(obj: Ctx, as_json):
     """List projects."""
@@ -360,35 +298,22 @@ def agreement():
 @agreement.command("add")
 @click.argument("project_slug")
 @click.argument("reference")
-@click.option("--signed", help="Date signed (ISO).")
+@click.option("--signed", help="Date signed (ISO); on or before --start.")
 @click.option("--start", required=True, help="First day of access (ISO).")
 @click.option("--end", required=True, help="Last day of access (ISO).")
 @click.option("--delete-by", required=True, help="Date by which data must be deleted (ISO).")
 @click.pass_obj
 def agreement_add(obj: Ctx, project_slug, reference, signed, start, end, delete_by):
     """Record an agreement for a project (create or update by reference)."""
-    values = {
-        "signed_on": _date(signed, "--signed"),
-        "starts_on": _date(start, "--start"),
-        "ends_on": _date(end, "--end"),
-        "data_deletion_on": _date(delete_by, "--delete-by"),
-    }
-    if values["ends_on"] < values["starts_on"]:
-        raise click.BadParameter("--end is before --start")
-    if values["data_deletion_on"] < values["ends_on"]:
-        raise click.BadParameter("--delete-by is before --end")
-    with obj.sessionmaker.begin() as s:
-        p = _need(s, Project, "project", slug=project_slug)
-        _, status = _upsert(
-            s,
-            Agreement,
-            {"project_id": p.id, "reference": reference},
-            values,
-            "agreement",
-            project=project_slug,
-            label=reference,
-        )
-    click.echo(f"agreement {reference}: {status}")
+    obj.do(
+        ops.add_agreement,
+        project_slug,
+        reference,
+        signed=signed,
+        start=start,
+        end=end,
+        delete_by=delete_by,
+    )
 
 
 # ---- members -------------------------------------------------------------------------------
@@ -400,55 +325,26 @@ def member():
 @member.command("add")
 @click.argument("project_slug")
 @click.argument("username")
-@click.option("--role", type=click.Choice([r.value for r in Role]), required=True)
+@click.option("--role", required=True, help=f"One of: {ROLES}.")
 @click.pass_obj
 def member_add(obj: Ctx, project_slug, username, role):
     """Give a person a role on a project."""
-    with obj.sessionmaker.begin() as s:
-        p = _need(s, Project, "project", slug=project_slug)
-        who = _need(s, Person, "person", username=username)
-        _, status = _upsert(
-            s,
-            Membership,
-            {"project_id": p.id, "person_id": who.id, "role": Role(role)},
-            {},
-            "membership",
-            project=project_slug,
-            label=f"{username}:{role}",
-        )
-    click.echo(f"member {username} ({role}) on {project_slug}: {status}")
+    obj.do(ops.add_member, project_slug, username, role)
 
 
 @member.command("remove")
 @click.argument("project_slug")
 @click.argument("username")
-@click.option("--role", type=click.Choice([r.value for r in Role]), required=True)
+@click.option("--role", required=True, help=f"One of: {ROLES}.")
 @click.pass_obj
 def member_remove(obj: Ctx, project_slug, username, role):
     """Take a role away (its grants go with it)."""
-    with obj.sessionmaker.begin() as s:
-        p = _need(s, Project, "project", slug=project_slug)
-        who = _need(s, Person, "person", username=username)
-        m = s.scalar(
-            select(Membership).filter_by(project_id=p.id, person_id=who.id, role=Role(role))
-        )
-        if m is None:
-            click.echo(f"member {username} ({role}) on {project_slug}: not a member")
-            return
-        s.delete(m)
-        audit.append(
-            s,
-            "membership.deleted",
-            actor=actor(),
-            project=project_slug,
-            details={"target": f"{username}:{role}"},
-        )
-    click.echo(f"member {username} ({role}) on {project_slug}: removed")
+    obj.do(ops.remove_member, project_slug, username, role)
 
 
 @member.command("list")
 @click.argument("project_slug")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def member_list(obj: Ctx, project_slug, as_json):
     """List a project's members and their grants."""
@@ -478,26 +374,11 @@ def dataset():
 @click.pass_obj
 def dataset_add(obj: Ctx, slug, source, title):
     """Register a dataset source file."""
-    _slug(slug, "dataset")
-    source = os.path.abspath(source)
-    if not os.path.isfile(source):
-        raise click.BadParameter(f"source file {source} does not exist")
-    if not source.lower().endswith((".csv", ".parquet")):
-        raise click.BadParameter("source must be a .csv or .parquet file")
-    with obj.sessionmaker.begin() as s:
-        _, status = _upsert(
-            s,
-            Dataset,
-            {"slug": slug},
-            {"source_path": source, "title": title},
-            "dataset",
-            label=slug,
-        )
-    click.echo(f"dataset {slug}: {status}")
+    obj.do(ops.add_dataset, slug, source, title=title)
 
 
 @dataset.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def dataset_list(obj: Ctx, as_json):
     """List datasets."""
@@ -519,39 +400,40 @@ def grant():
 @click.argument("username")
 @click.argument("dataset_slug")
 @click.option("--columns", required=True, help="Comma-separated column names.")
-@click.option("--filter", "row_filter", default="", help='Row filter, e.g. "age >= 18".')
 @click.option(
-    "--role", type=click.Choice([r.value for r in Role]), default="researcher", show_default=True
+    "--filter",
+    "row_filter",
+    help='Row filter, e.g. "age >= 18". Without it an existing filter is kept.',
 )
+@click.option("--clear-filter", is_flag=True, help="Remove the grant's row filter (all rows).")
+@click.option("--role", default="researcher", show_default=True, help=f"One of: {ROLES}.")
 @click.pass_obj
-def grant_add(obj: Ctx, project_slug, username, dataset_slug, columns, row_filter, role):
+def grant_add(
+    obj: Ctx, project_slug, username, dataset_slug, columns, row_filter, clear_filter, role
+):
     """Grant a member the given columns and rows of a dataset."""
     cols = [c.strip() for c in columns.split(",") if c.strip()]
-    if not cols:
-        raise click.BadParameter("--columns names no column")
-    try:
-        parse_row_filter(row_filter)
-    except ExtractError as exc:
-        raise click.BadParameter(str(exc)) from None
-    with obj.sessionmaker.begin() as s:
-        p = _need(s, Project, "project", slug=project_slug)
-        who = _need(s, Person, "person", username=username)
-        ds = _need(s, Dataset, "dataset", slug=dataset_slug)
-        m = s.scalar(
-            select(Membership).filter_by(project_id=p.id, person_id=who.id, role=Role(role))
-        )
-        if m is None:
-            raise click.ClickException(f"{username} is not a {role} on {project_slug}")
-        _, status = _upsert(
-            s,
-            Grant,
-            {"membership_id": m.id, "dataset_id": ds.id},
-            {"columns_json": json.dumps(cols), "row_filter": row_filter},
-            "grant",
-            project=project_slug,
-            label=f"{username}:{dataset_slug}",
-        )
-    click.echo(f"grant {dataset_slug} to {username} on {project_slug}: {status}")
+    obj.do(
+        ops.add_grant,
+        project_slug,
+        username,
+        dataset_slug,
+        columns=cols,
+        row_filter=row_filter,
+        clear_filter=clear_filter,
+        role=role,
+    )
+
+
+@grant.command("remove")
+@click.argument("project_slug")
+@click.argument("username")
+@click.argument("dataset_slug")
+@click.option("--role", default="researcher", show_default=True, help=f"One of: {ROLES}.")
+@click.pass_obj
+def grant_remove(obj: Ctx, project_slug, username, dataset_slug, role):
+    """Take a dataset away from a member (their workspace closes at the next `enforce`)."""
+    obj.do(ops.remove_grant, project_slug, username, dataset_slug, role=role)
 
 
 # ---- firewall ---------------------------------------------------------------------------------
@@ -640,10 +522,17 @@ def enforce(obj: Ctx, hub_api, token_file, dry_run):
 @click.argument("data_dir", type=click.Path(file_okay=False))
 @click.pass_obj
 def demo_seed(obj: Ctx, data_dir):
-    """Create the synthetic demo dataset, project, people and grants (idempotent)."""
+    """Create the synthetic demo dataset, project, people and grants (idempotent).
+
+    The projects are `apply` of examples/diabetes-outcomes.toml and examples/cardio-audit.toml.
+    """
     from sde_spawner.demo import seed
 
-    for line in seed(obj.sessionmaker, data_dir, actor()):
+    try:
+        lines = seed(obj.sessionmaker, data_dir, actor())
+    except (ops.RegistryError, FileNotFoundError) as exc:
+        raise click.ClickException(f"demo seed refused: {exc}") from None
+    for line in lines:
         click.echo(line)
 
 

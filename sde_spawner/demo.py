@@ -1,7 +1,8 @@
 """The embedded demo: a synthetic dataset, two projects, researchers, two checkers, an admin.
 
-Seeding goes through the ``sde-admin`` commands themselves, so the demo exercises the same
-validation and audit trail as a real deployment, and re-running it changes nothing.
+Seeding registers the dataset and the admin through :mod:`sde_spawner.registry.ops` and applies
+the demo's project files from ``examples/`` (:mod:`sde_spawner.registry.apply`): the same rules
+and audit trail as a real deployment, and re-running it changes nothing.
 """
 
 from __future__ import annotations
@@ -11,12 +12,18 @@ import random
 from datetime import date, timedelta
 from pathlib import Path
 
+from sde_spawner.registry import ops
+from sde_spawner.registry.apply import apply_file
+
 DEMO_PROJECT = "diabetes-outcomes"
 DEMO_ENDED_PROJECT = "cardio-audit"
 RESEARCHERS = ("alice", "bob")
 CHECKERS = ("chris", "dana")
 ADMIN = "admin"
 EXPIRED_TRAINING = "eve"
+ADMIN_TRAINING = date(2030, 6, 30)
+#: The demo projects, in ``examples/``: diabetes-outcomes (open) and cardio-audit (ended).
+DEMO_FILES = ("diabetes-outcomes.toml", "cardio-audit.toml")
 
 REGIONS = ("north", "south", "east", "west")
 DIAGNOSES = ("E10", "E11", "E13", "I10", "I21", "J45")
@@ -58,130 +65,39 @@ def write_synthetic_patients(path: Path, rows: int = 500, seed: int = 20261123) 
     return path
 
 
+def examples_dir() -> Path:
+    """``examples/`` of the source tree, or its copy inside the installed package."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "examples", here.parent / "examples"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("the examples/ directory of project files is not installed")
+
+
 def seed(sessionmaker, data_dir: str, actor: str) -> list[str]:
-    from click.testing import CliRunner
-
-    from sde_spawner.cli import main
-
+    """Register the synthetic dataset and the admin, then apply the demo's project files."""
     data = Path(data_dir).resolve()
     source = data / "patients.csv"
     if not source.exists():
         write_synthetic_patients(source)
-    today = date.today()
-    d = lambda days: (today + timedelta(days=days)).isoformat()  # noqa: E731
-    url = sessionmaker.kw["bind"].url.render_as_string(hide_password=False)
-    commands = [
-        ["dataset", "add", "patients", str(source), "--title", "Synthetic patients"],
-        *[
-            ["person", "add", u, "--name", u.title(), "--training-expires", d(365)]
-            for u in (*RESEARCHERS, *CHECKERS, ADMIN)
-        ],
-        ["person", "add", EXPIRED_TRAINING, "--name", "Eve", "--training-expires", d(-10)],
-        [
-            "project",
-            "add",
-            DEMO_PROJECT,
-            "--title",
-            "Outcomes of type 2 diabetes care",
-            "--purpose",
-            "research",
-            "--ethics-ref",
-            "IRAS 300001",
-            "--lay-summary",
-            "Does earlier HbA1c control reduce admissions?",
-        ],
-        ["project", "approve", DEMO_PROJECT, "--dac-ref", "DAC-2026-017", "--dac-date", d(-45)],
-        [
-            "agreement",
-            "add",
-            DEMO_PROJECT,
-            "DSA-017",
-            "--signed",
-            d(-40),
-            "--start",
-            d(-30),
-            "--end",
-            d(365),
-            "--delete-by",
-            d(365 + 90),
-        ],
-        [
-            "project",
-            "add",
-            DEMO_ENDED_PROJECT,
-            "--title",
-            "Cardiac audit 2025",
-            "--purpose",
-            "clinical_audit",
-            "--ethics-ref",
-            "IRAS 290002",
-        ],
-        [
-            "project",
-            "approve",
-            DEMO_ENDED_PROJECT,
-            "--dac-ref",
-            "DAC-2025-003",
-            "--dac-date",
-            d(-400),
-        ],
-        [
-            "agreement",
-            "add",
-            DEMO_ENDED_PROJECT,
-            "DSA-003",
-            "--signed",
-            d(-395),
-            "--start",
-            d(-390),
-            "--end",
-            d(-20),
-            "--delete-by",
-            d(70),
-        ],
-        *[
-            ["member", "add", DEMO_PROJECT, u, "--role", "researcher"]
-            for u in (*RESEARCHERS, EXPIRED_TRAINING)
-        ],
-        *[["member", "add", DEMO_PROJECT, u, "--role", "output_checker"] for u in CHECKERS],
-        ["member", "add", DEMO_ENDED_PROJECT, "alice", "--role", "researcher"],
-        [
-            "grant",
-            "add",
-            DEMO_PROJECT,
-            "alice",
+    out = [
+        ops.perform(
+            sessionmaker,
+            ops.add_dataset,
+            actor,
             "patients",
-            "--columns",
-            "pseudo_id,age,sex,region,diagnosis,hba1c",
-        ],
-        [
-            "grant",
-            "add",
-            DEMO_PROJECT,
-            "bob",
-            "patients",
-            "--columns",
-            "pseudo_id,age,diagnosis,hba1c",
-            "--filter",
-            "region == 'north'",
-        ],
-        ["grant", "add", DEMO_PROJECT, EXPIRED_TRAINING, "patients", "--columns", "pseudo_id,age"],
-        [
-            "grant",
-            "add",
-            DEMO_ENDED_PROJECT,
-            "alice",
-            "patients",
-            "--columns",
-            "pseudo_id,diagnosis",
-        ],
+            str(source),
+            title="Synthetic patients",
+        ).line(),
+        ops.perform(
+            sessionmaker,
+            ops.add_person,
+            actor,
+            ADMIN,
+            display_name="Admin",
+            training_expires=ADMIN_TRAINING,
+        ).line(),
     ]
-    out = []
-    runner = CliRunner()
-    for args in commands:
-        res = runner.invoke(main, ["--db", url, *args], env={"SDE_ADMIN": actor})
-        if res.exit_code != 0:
-            detail = res.output.strip() or repr(res.exception)
-            raise RuntimeError(f"demo seed failed at {' '.join(args)}: {detail}")
-        out.append(res.output.strip())
+    for name in DEMO_FILES:
+        out += apply_file(sessionmaker, actor, examples_dir() / name).lines()
     return out

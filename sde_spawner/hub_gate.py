@@ -24,11 +24,10 @@ import asyncio
 import ipaddress
 import re
 
-from sqlalchemy import select
 from tornado import web
 from tornado.routing import Router
 
-from sde_spawner.registry.models import Workspace
+from sde_spawner.registry import ops
 
 #: (method, path below the hub prefix) a workspace's server may call. Not the activity
 #: heartbeat (``POST api/users/NAME/activity``): its timestamps are stored to the microsecond
@@ -132,12 +131,8 @@ def _workspace_at(sessionmaker, address: str | None) -> tuple[str, str] | None:
     if not address:
         return None
     with sessionmaker() as s:
-        ws = s.scalar(
-            select(Workspace)
-            .where(Workspace.address == address, Workspace.stopped_at.is_(None))
-            .order_by(Workspace.id.desc())
-        )
-        return (ws.username, ws.project_slug) if ws else None
+        rooms = ops.open_workspaces(s, address=address)
+        return (rooms[0].username, rooms[0].project_slug) if rooms else None
 
 
 class WorkspaceGateMixin:

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sde_spawner import audit
 from sde_spawner.policy import Decision
+from sde_spawner.registry import ops
 from sde_spawner.registry.models import Workspace
 from sde_spawner.registry.store import eligibility
 
@@ -49,7 +49,7 @@ def plan(workspaces: list[Workspace], decide: Callable[[str, str], Decision]) ->
 
 def plan_from_db(session: Session, now: datetime | None = None) -> list[Closure]:
     now = now or datetime.now(UTC).replace(tzinfo=None)
-    open_rooms = list(session.scalars(select(Workspace).where(Workspace.stopped_at.is_(None))))
+    open_rooms = sorted(ops.open_workspaces(session), key=lambda ws: ws.id)
     return plan(open_rooms, lambda u, p: eligibility(session, u, p, now).decision)
 
 
@@ -95,13 +95,7 @@ def enforce(sessionmaker, hub_api_url: str, token: str, actor: str = "lifecycle"
                 details={"target": c.username, "server": c.server_name, "status": status},
             )
             if status == 404:
-                for ws in s.scalars(
-                    select(Workspace).where(
-                        Workspace.username == c.username,
-                        Workspace.server_name == c.server_name,
-                        Workspace.stopped_at.is_(None),
-                    )
-                ):
+                for ws in ops.open_workspaces(s, username=c.username, server_name=c.server_name):
                     ws.stopped_at = datetime.now(UTC).replace(tzinfo=None)
         results.append(
             {"user": c.username, "project": c.project, "reason": c.reason, "status": status}

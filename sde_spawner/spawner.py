@@ -25,7 +25,6 @@ from urllib.parse import urlparse
 
 from docker.errors import APIError, NotFound
 from dockerspawner import DockerSpawner
-from sqlalchemy import select
 from tornado import web
 from traitlets import Bool, Float, Integer, List, Unicode, default
 
@@ -42,7 +41,7 @@ from sde_spawner.containers import (
 )
 from sde_spawner.datasets.extract import ExtractError, build_extract
 from sde_spawner.db import DEFAULT_DB_URL, make_engine, make_sessionmaker
-from sde_spawner.registry.models import Workspace
+from sde_spawner.registry import ops
 from sde_spawner.registry.store import Eligibility, eligibility, projects_for
 
 _SESSIONMAKERS: dict = {}
@@ -250,45 +249,28 @@ class SDESpawner(DockerSpawner):
         """The open-workspace row and its audit event, in one transaction."""
         Session = _sessionmaker(self.registry_url)
         with Session() as session, session.begin():
-            self._close_workspace_rows(session)
-            session.add(
-                Workspace(
-                    username=self.user.name,
-                    server_name=self.name,
-                    project_slug=self.project,
-                    container=self.object_name,
-                    address=address,
-                    started_at=self._now(),
-                )
-            )
-            audit.append(
+            ops.open_workspace(
                 session,
-                "spawn.started",
-                actor=self.user.name,
+                self.user.name,
+                username=self.user.name,
+                server_name=self.name,
                 project=self.project,
-                details={"server": self.name, "container": self.object_name, "datasets": datasets},
+                container=self.object_name,
+                address=address,
+                now=self._now(),
+                datasets=datasets,
             )
-
-    def _close_workspace_rows(self, session) -> None:
-        for ws in session.scalars(
-            select(Workspace).where(
-                Workspace.username == self.user.name,
-                Workspace.server_name == self.name,
-                Workspace.stopped_at.is_(None),
-            )
-        ):
-            ws.stopped_at = self._now()
 
     def _record_stopped(self, project: str) -> None:
         Session = _sessionmaker(self.registry_url)
         with Session() as session, session.begin():
-            self._close_workspace_rows(session)
-            audit.append(
+            ops.close_workspace(
                 session,
-                "workspace.stopped",
-                actor=self.user.name,
+                self.user.name,
+                username=self.user.name,
+                server_name=self.name,
                 project=project,
-                details={"server": self.name},
+                now=self._now(),
             )
 
     async def record(self, action, **kwargs):

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -49,6 +50,15 @@ class Purpose(enum.StrEnum):
 
 
 FORBIDDEN_PURPOSES = frozenset({"insurance", "marketing"})
+
+
+class OrganisationKind(enum.StrEnum):
+    """Who the applicant organisation is; commercial applicants still need a permitted purpose."""
+
+    nhs = "nhs"
+    academic = "academic"
+    charity = "charity"
+    commercial = "commercial"
 
 
 class Role(enum.StrEnum):
@@ -91,12 +101,35 @@ class Project(Base):
     purpose: Mapped[Purpose] = mapped_column(_enum(Purpose), default=Purpose.research)
     lay_summary: Mapped[str] = mapped_column(Text, default="")
     required_approvals: Mapped[int] = mapped_column(Integer, default=2)
+    # Governance (revision 0006): who applies, why it is in the public interest, and the
+    # lay (public) member of the approval panel who signed the approval off.
+    organisation: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    organisation_kind: Mapped[OrganisationKind | None] = mapped_column(
+        _enum(OrganisationKind), nullable=True
+    )
+    public_benefit: Mapped[str] = mapped_column(Text, default="", server_default="")
+    lay_member_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lay_member_signed_on: Mapped[date | None] = mapped_column(Date, nullable=True)
+    #: Output policy beyond ``required_approvals``, as one JSON object: ``allowed_file_types``
+    #: (list of suffixes), ``cell_threshold``, ``dof_threshold``, ``zeros_are_disclosive``.
+    output_policy_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    #: Resource limits of the project's workspaces (None: the spawner's defaults).
+    cpu_limit: Mapped[float | None] = mapped_column(Float, nullable=True)
+    mem_limit: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
 
     agreements: Mapped[list[Agreement]] = relationship(
         back_populates="project", order_by="Agreement.starts_on"
     )
     memberships: Mapped[list[Membership]] = relationship(back_populates="project")
+
+    @property
+    def output_policy(self) -> dict:
+        return json.loads(self.output_policy_json or "{}")
+
+    @output_policy.setter
+    def output_policy(self, value: dict) -> None:
+        self.output_policy_json = json.dumps(dict(value), sort_keys=True)
 
 
 class Agreement(Base):
@@ -126,7 +159,9 @@ class Membership(Base):
 
     person: Mapped[Person] = relationship(back_populates="memberships")
     project: Mapped[Project] = relationship(back_populates="memberships")
-    grants: Mapped[list[Grant]] = relationship(back_populates="membership")
+    grants: Mapped[list[Grant]] = relationship(
+        back_populates="membership", cascade="all, delete-orphan", passive_deletes=True
+    )
     __table_args__ = (UniqueConstraint("person_id", "project_id", "role"),)
 
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sde_spawner.registry.models import Workspace
+from sde_spawner.registry import ops
 
 _SERVER_SCOPE = re.compile(r"^access:servers!server=([^/]+)/(.*)$")
 
@@ -72,17 +71,10 @@ def server_of_scopes(scopes: list[str]) -> tuple[str, str] | None:
 
 def workspace_for(session: Session, username: str, server_name: str) -> WorkspaceIdentity | None:
     """The open workspace of (user, server), if the spawner recorded one."""
-    ws = session.scalar(
-        select(Workspace)
-        .where(
-            Workspace.username == username,
-            Workspace.server_name == server_name,
-            Workspace.stopped_at.is_(None),
-        )
-        .order_by(Workspace.id.desc())
-    )
-    if ws is None:
+    rooms = ops.open_workspaces(session, username=username, server_name=server_name)
+    if not rooms:
         return None
+    ws = rooms[0]
     return WorkspaceIdentity(ws.username, ws.server_name, ws.project_slug, ws.id, ws.address)
 
 

@@ -227,7 +227,20 @@ def test_missing_dataset_file_is_one_clear_error_and_nothing_is_left(hub, docker
     for args in (
         ["dataset", "add", "vanishing", str(src)],
         ["project", "add", "vanish-proj", "--title", "V", "--ethics-ref", "E1"],
-        ["project", "approve", "vanish-proj", "--dac-ref", "D1", "--dac-date", "2026-01-01"],
+        ["project", "add", "vanish-proj", "--lay-summary", "S", "--public-benefit", "B"],
+        [
+            "project",
+            "approve",
+            "vanish-proj",
+            "--dac-ref",
+            "D1",
+            "--dac-date",
+            "2026-01-01",
+            "--lay-member",
+            "Pat",
+            "--lay-member-date",
+            "2026-01-01",
+        ],
         [
             "agreement",
             "add",
