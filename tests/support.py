@@ -103,11 +103,15 @@ class Hub:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        self.wait_started()
+        try:
+            self.wait_started()
+        except BaseException:
+            self.stop()  # a hub that did not come up is not left running
+            raise
 
     def wait_started(self) -> None:
         """The hub API answers, and so does the `sde` service through the proxy."""
-        wait_for(self._up, 60, "the hub to answer")
+        wait_for(self._up, 120, "the hub to answer")
         wait_for(
             lambda: (
                 requests.get(f"{self.url}/services/sde/api/health", timeout=2).status_code == 200
