@@ -3,8 +3,12 @@ order are closed, without anyone having to remember to do it.
 
 ``plan`` is pure: open workspaces and an eligibility lookup in, (workspace, reason) pairs out.
 ``enforce`` carries a plan out through the hub's REST API (so the hub's own state stays
-right), writing a ``workspace.closed`` audit event per room. The ``sde`` service runs it every
-``SDE_ENFORCE_SECONDS`` (default 60); ``sde-admin enforce`` runs it once.
+right), writing a ``workspace.closed`` audit event per room. The ``sde`` service runs it as
+soon as the registry changes (:func:`registry_changed`, polled every
+``SDE_REGISTRY_WATCH_SECONDS``, default 1: a suspension, a removed member or grant, a
+suspended project closes the room within seconds) and every ``SDE_ENFORCE_SECONDS`` (default
+60) as the safety net for what no change announces (an agreement or training that ends with
+the date); ``sde-admin enforce`` runs it once.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from sde_spawner import audit
+from sde_spawner.audit.models import AuditEvent, AuditHead
 from sde_spawner.policy import Decision
 from sde_spawner.registry import ops
 from sde_spawner.registry.models import Workspace
@@ -51,6 +57,36 @@ def plan_from_db(session: Session, now: datetime | None = None) -> list[Closure]
     now = now or datetime.now(UTC).replace(tzinfo=None)
     open_rooms = sorted(ops.open_workspaces(session), key=lambda ws: ws.id)
     return plan(open_rooms, lambda u, p: eligibility(session, u, p, now).decision)
+
+
+#: Audit actions of registry changes that can end someone's right to a workspace.
+REGISTRY_ACTIONS = ("person.", "project.", "agreement.", "membership.", "grant.", "dataset.",
+                    "breach.", "optout.")  # fmt: skip
+
+
+def audit_head(session: Session) -> int:
+    """The sequence number of the newest audit event (0 for an empty trail)."""
+    seq = session.scalar(select(AuditHead.seq))
+    return int(seq or 0)
+
+
+def registry_changed(session: Session, after: int) -> tuple[int, bool]:
+    """``(newest seq, whether a registry change was recorded after seq after)``: one read of
+    the audit head, and a look at the new events only when there are any."""
+    head = audit_head(session)
+    if head <= after:
+        return head, False
+    changed = session.scalar(
+        select(func.count())
+        .select_from(AuditEvent)
+        .where(
+            AuditEvent.seq > after,
+            AuditEvent.seq <= head,
+            AuditEvent.outcome == "allowed",
+            or_(*(AuditEvent.action.startswith(prefix) for prefix in REGISTRY_ACTIONS)),
+        )
+    )
+    return head, bool(changed)
 
 
 def stop_server(hub_api_url: str, token: str, closure: Closure) -> int:

@@ -76,7 +76,9 @@ class Hub:
             SDE_SERVICE_PORT=str(self.service_port),
             SDE_OBJECT_PREFIX=self.prefix,
             SDE_DEMO_PASSWORD="demo",
-            SDE_ENFORCE_SECONDS="2",
+            # The periodic sweep is only the safety net: changes are acted on as they happen
+            # (tests/docker/test_lifecycle.py shows a suspension closes a room in seconds).
+            SDE_ENFORCE_SECONDS="600",
             SDE_AUDIT_CHECKPOINT_SECONDS="5",
         )
         return env

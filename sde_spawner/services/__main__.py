@@ -14,19 +14,38 @@ from sde_spawner.services.audit_pages import checkpoint_loop
 
 
 async def enforce_loop(sessionmaker) -> None:
-    """Close workspaces that lost their eligibility, every SDE_ENFORCE_SECONDS."""
+    """Close workspaces that lost their eligibility: as soon as the registry changes (looked
+    for every SDE_REGISTRY_WATCH_SECONDS), and every SDE_ENFORCE_SECONDS in any case."""
     interval = float(os.environ.get("SDE_ENFORCE_SECONDS", "60"))
+    watch = float(os.environ.get("SDE_REGISTRY_WATCH_SECONDS", "1"))
     hub_api = os.environ["JUPYTERHUB_API_URL"]
     token = os.environ["JUPYTERHUB_API_TOKEN"]
+    log = logging.getLogger("sde.lifecycle")
+
+    def head() -> int:
+        with sessionmaker() as s:
+            return lifecycle.audit_head(s)
+
+    def changed(after: int) -> tuple[int, bool]:
+        with sessionmaker() as s:
+            return lifecycle.registry_changed(s, after)
+
+    seen = await asyncio.to_thread(head)
+    loop_time = asyncio.get_running_loop().time
+    last_sweep = loop_time()
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(min(watch, interval))
         try:
+            seen, now_changed = await asyncio.to_thread(changed, seen)
+            if not now_changed and loop_time() - last_sweep < interval:
+                continue
+            last_sweep = loop_time()
             for r in await asyncio.to_thread(
                 lifecycle.enforce, sessionmaker, hub_api, token, "lifecycle"
             ):
-                logging.getLogger("sde.lifecycle").warning("closed %s", r)
+                log.warning("closed %s", r)
         except Exception:
-            logging.getLogger("sde.lifecycle").exception("lifecycle sweep failed")
+            log.exception("lifecycle sweep failed")
 
 
 async def main() -> None:
