@@ -41,6 +41,7 @@ from sde_spawner.containers import (
 )
 from sde_spawner.datasets.extract import ExtractError, build_extract
 from sde_spawner.db import DEFAULT_DB_URL, make_engine, make_sessionmaker
+from sde_spawner.policy import Decision
 from sde_spawner.registry import ops
 from sde_spawner.registry.store import Eligibility, eligibility, projects_for
 
@@ -63,6 +64,27 @@ class SpawnRefused(web.HTTPError):
 
 
 #: Disclosure-control settings of the `sde` service, passed on to workspaces.
+#: A project's output policy (``sde-admin apply``) -> the settings the checks read.
+_POLICY_SDC = {
+    "cell_threshold": "SDE_SDC_THRESHOLD",
+    "dof_threshold": "SDE_SDC_DOF_THRESHOLD",
+    "zeros_are_disclosive": "SDE_SDC_ZEROS_ARE_DISCLOSIVE",
+    "rounding": "SDE_SDC_ROUNDING",
+}
+
+
+def project_sdc_env(policy: dict) -> dict[str, str]:
+    """The disclosure thresholds a project's output policy sets, as ``SDE_SDC_*`` values
+    (they override the deployment's for that project's workspaces)."""
+    out = {}
+    for key, name in _POLICY_SDC.items():
+        value = policy.get(key)
+        if value is None or value == "":
+            continue
+        out[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return out
+
+
 SDC_SETTINGS = (
     "SDE_SDC_THRESHOLD",
     "SDE_SDC_DOF_THRESHOLD",
@@ -199,6 +221,8 @@ class SDESpawner(DockerSpawner):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.project = ""
+        # The registry's facts of the project being started (limits, output policy).
+        self._project_facts = Eligibility("", "", Decision(True), ())
         self.network_id = ""
         self._events: list[dict] = []
         self._starting = False
@@ -359,6 +383,7 @@ class SDESpawner(DockerSpawner):
             await self.refuse(found.decision.reason, project=project)
         await self._ensure_not_open_elsewhere(project)
         self.project = project
+        self._project_facts = found
         names = self.names
         self.network_name = names.network
         self.object_name = names.container
@@ -541,6 +566,7 @@ class SDESpawner(DockerSpawner):
         for name in SDC_SETTINGS:  # researchers' pre-checks use the checkers' thresholds
             if os.environ.get(name):
                 env[name] = os.environ[name]
+        env.update(project_sdc_env(self._project_facts.output_policy))
         return env
 
     async def create_object(self):
@@ -551,8 +577,8 @@ class SDESpawner(DockerSpawner):
             env=self.get_env(),
             extract_dir=self._extract_host_dir,
             limits=Limits(
-                mem_limit=str(self.mem_limit),
-                cpu_limit=float(self.cpu_limit),
+                mem_limit=str(self._project_facts.mem_limit or self.mem_limit),
+                cpu_limit=float(self._project_facts.cpu_limit or self.cpu_limit),
                 pids_limit=self.pids_limit,
                 tmp_size=self.tmp_size,
             ),

@@ -32,6 +32,7 @@ OUTPUT_POLICY_KEYS = (
     "cell_threshold",
     "dof_threshold",
     "zeros_are_disclosive",
+    "rounding",
 )
 
 #: A problem found by a check: (field, message).
@@ -185,6 +186,14 @@ def output_policy_problems(policy: dict) -> list[Problem]:
     z = policy.get("zeros_are_disclosive")
     if z is not None and not isinstance(z, bool):
         out.append(("zeros_are_disclosive", "zeros_are_disclosive must be true or false"))
+    r = policy.get("rounding")
+    if r is not None:
+        from sde_spawner.checking.sdc_core import valid_rounding
+
+        try:
+            valid_rounding(str(r))
+        except ValueError as exc:
+            out.append(("rounding", str(exc)))
     return out
 
 

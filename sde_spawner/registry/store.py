@@ -6,7 +6,7 @@ facts the same way; the decision itself is :func:`sde_spawner.policy.decide`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select
@@ -24,6 +24,11 @@ class Eligibility:
     decision: Decision
     grants: tuple[GrantSpec, ...]
     project_title: str = ""
+    #: The project's own resource limits (None: the spawner's defaults).
+    cpu_limit: float | None = None
+    mem_limit: str | None = None
+    #: The project's output policy (allowed file types, disclosure thresholds), as stored.
+    output_policy: dict = field(default_factory=dict)
 
 
 def get_person(session: Session, username: str) -> Person | None:
@@ -61,7 +66,18 @@ def eligibility(session: Session, username: str, slug: str, now: datetime) -> El
         )
         for g in sorted(grants, key=lambda g: g.dataset.slug)
     )
-    return Eligibility(username, slug, decision, specs, project.title if project else "")
+    if project is None:
+        return Eligibility(username, slug, decision, specs)
+    return Eligibility(
+        username,
+        slug,
+        decision,
+        specs,
+        project.title,
+        cpu_limit=project.cpu_limit,
+        mem_limit=project.mem_limit,
+        output_policy=project.output_policy,
+    )
 
 
 def projects_for(session: Session, username: str, now: datetime) -> list[Eligibility]:

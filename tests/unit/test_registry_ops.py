@@ -215,3 +215,21 @@ def test_clear_resets_a_limit_and_none_leaves_it(sm):
     with sm() as s:
         p = s.scalar(select(Project).filter_by(slug="study-a"))
         assert (p.cpu_limit, p.mem_limit) == (2.0, None)
+
+
+def test_a_projects_output_policy_becomes_its_workspaces_disclosure_settings():
+    from sde_spawner.spawner import project_sdc_env
+
+    assert project_sdc_env({}) == {}
+    assert project_sdc_env(
+        {"cell_threshold": 5, "zeros_are_disclosive": False, "rounding": "midpoint6",
+         "allowed_file_types": [".csv"]}
+    ) == {
+        "SDE_SDC_THRESHOLD": "5",
+        "SDE_SDC_ZEROS_ARE_DISCLOSIVE": "false",
+        "SDE_SDC_ROUNDING": "midpoint6",
+    }  # fmt: skip
+    assert rules.output_policy_problems({"rounding": "seven"}) == [
+        ("rounding", "rounding must be empty, a base such as 5, or midpoint6, not 'seven'")
+    ]
+    assert rules.output_policy_problems({"rounding": "5"}) == []
