@@ -75,6 +75,7 @@ class Hub:
             SDE_PROXY_API_PORT=str(self.proxy_api_port),
             SDE_SERVICE_PORT=str(self.service_port),
             SDE_OBJECT_PREFIX=self.prefix,
+            SDE_DEMO="1",  # the shared-password demo login, on loopback
             SDE_DEMO_PASSWORD="demo",
             SDE_ENFORCE_SECONDS="2",
             SDE_AUDIT_CHECKPOINT_SECONDS="5",

@@ -55,6 +55,8 @@ def deployment(tmp_path_factory, docker_client, notebook_image):
         "SDE_SERVICE_PORT": str(free_port()),
         "SDE_PROXY_API_PORT": str(free_port()),
         "SDE_OBJECT_PREFIX": f"sdec{tag}",
+        "SDE_DEMO": "1",  # the demo login; the hub refuses to start without a login choice
+        "SDE_DEMO_PASSWORD": "demo",
     }
     env["SDE_PUBLIC_BIND"] = f"http://127.0.0.1:{free_port()}"
     compose = [*compose_command(), "-p", f"sdecompose{tag}", "-f", str(REPO / "docker-compose.yml")]
