@@ -42,7 +42,8 @@ def compose_command() -> list[str]:
 def deployment(tmp_path_factory, docker_client, notebook_image):
     from sde_spawner import firewall
 
-    for image in ("sde-hub:latest", "sde-postgres:latest"):
+    image_tag = os.environ.get("SDE_IMAGE_TAG", "latest")  # docker-compose.yml takes it too
+    for image in (f"sde-hub:{image_tag}", f"sde-postgres:{image_tag}"):
         docker_client.images.get(image)  # built by `make test` (IMAGES includes postgres)
     tag = uuid.uuid4().hex[:6]
     host_dir = tmp_path_factory.mktemp("compose")
