@@ -199,3 +199,73 @@ def test_the_hub_gate_and_the_export_api_work_from_the_workspace(subhub, alice_w
         lambda: subhub.events(action="hub.gate.denied", outcome="denied"), 15, "the gate's events"
     )
     assert any(e["details"].get("path", "").endswith("api/users") for e in denied), denied
+
+
+#: Chromium resolves the test's names to loopback and nothing else at all.
+RESOLVER = (
+    f"--host-resolver-rules=MAP *.{DOMAIN} 127.0.0.1, MAP {DOMAIN} 127.0.0.1, MAP * ~NOTFOUND"
+)
+
+READ = """async (url) => {
+  try {
+    const r = await fetch(url, {credentials: "include", redirect: "manual"});
+    const text = await r.text();
+    return {status: r.status, text: text.slice(0, 2000), alice: text.includes("alice")};
+  } catch (e) {
+    return {error: String(e)};
+  }
+}"""
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's Chromium with :data:`RESOLVER` (module-scoped, see tests/browser/conftest.py)."""
+    import shutil
+
+    from tests.browser.conftest import CHROMIUM_ARGS
+
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.skip("Debian's chromium is not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=[*CHROMIUM_ARGS, RESOLVER])
+        yield browser
+        browser.close()
+
+
+def test_in_chromium_a_workspace_page_cannot_read_the_service_pages(subhub, alice_ws, chromium):
+    """alice, logged in to the hub and the service, opens her workspace: script on its origin
+    cannot read her service pages (another origin); on the service's origin it can (control)."""
+    context = chromium.new_context()
+    try:
+        page = context.new_page()
+        page.goto(subhub.url + "/hub/login")
+        page.fill("#username_input", "alice")
+        page.fill("#password_input", "demo")
+        page.click("#login_submit")
+        page.wait_for_url(lambda url: "/hub/login" not in url)
+        page.goto(subhub.service_url + "releases/")  # HubOAuth round trip to the service
+        assert page.url == subhub.service_url + "releases/", page.url
+        # control: script on the service's origin (a page without the pages' CSP) reads it
+        page.goto(subhub.service_url + "api/health")
+        control = page.evaluate(READ, subhub.service_url + "releases/")
+        assert control.get("status") == 200 and control["alice"], control
+
+        page.goto(subhub.user_url("alice", f"{PROJECT}/egress/"))
+        origin = page.evaluate("location.origin")
+        assert origin == f"http://alice.{DOMAIN}:{subhub.port}", origin
+        own = page.evaluate(READ, subhub.user_url("alice", f"{PROJECT}/api/status"))
+        assert own.get("status") == 200, own  # script here may fetch: CSP is not what stops it
+        across = page.evaluate(READ, subhub.service_url + "releases/")
+        assert "error" in across and "Failed to fetch" in across["error"], across  # CORS
+        here = page.evaluate(READ, "/services/sde/releases/")  # the service's path, her origin
+        assert "error" in here or (not here["alice"] and here["status"] != 200), here
+        assert {c["domain"] for c in context.cookies()} >= {
+            DOMAIN,
+            f"alice.{DOMAIN}",
+            f"sde--service.{DOMAIN}",
+        }
+    finally:
+        context.close()
