@@ -26,7 +26,8 @@ images: venv system
 demo: venv system
 	PYTHON=$(CURDIR)/$(PY) bash scripts/build-images.sh
 	$(VENV)/bin/sde-admin --db sqlite:///$(CURDIR)/var/demo/registry.sqlite demo-seed var/demo/data
-	SDE_STATE_DIR=var/demo PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/jupyterhub -f jupyterhub_config.py
+	SDE_DEMO=1 SDE_DEMO_PASSWORD=$${SDE_DEMO_PASSWORD:-demo} SDE_PUBLIC_BIND=$${SDE_PUBLIC_BIND:-http://127.0.0.1:8000} \
+		SDE_STATE_DIR=var/demo PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/jupyterhub -f jupyterhub_config.py
 
 ## make test: every tier: lint, unit, then docker, security and browser against a real engine
 test: venv

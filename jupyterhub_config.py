@@ -5,7 +5,12 @@ SDE_STATE_DIR (hub state, default ./var), SDE_DB_URL (registry + audit database)
 SDE_EXTRACTS_DIR, SDE_WORKSPACE_IMAGE, SDE_PUBLIC_BIND (default http://127.0.0.1:8000),
 SDE_HUB_PORT (hub API port workspaces reach through their gateway, default 8081),
 SDE_PROXY_API_PORT (default 8001, loopback only), SDE_SERVICE_PORT (the sde service, 9100),
-SDE_OBJECT_PREFIX (Docker object names and labels, default sde), SDE_DEMO_PASSWORD.
+SDE_OBJECT_PREFIX (Docker object names and labels, default sde), SDE_SUBDOMAIN_HOST (e.g.
+https://tre.example.org: each user's servers on their own subdomain, the `sde` service on
+sde--service.tre.example.org, the hub on the bare host; the production setting, see README).
+Login (sde_spawner.auth.choose_login): SDE_AUTHENTICATOR names the authenticator class of a
+deployment; SDE_DEMO=1 with SDE_DEMO_PASSWORD runs the shared-password demo login instead, on a
+loopback SDE_PUBLIC_BIND only. Without either the hub refuses to start.
 Read by the sde service itself: SDE_EXPORT_MAX_FILE_BYTES (250 MiB), SDE_CHECKING_PREVIEW_ROWS
 (1000), SDE_CHECKING_PAGE_NETWORKS (addresses people's pages are served to: the proxy's,
 default 127.0.0.0/8,::1/128), SDE_ENFORCE_SECONDS, SDE_AUDIT_CHECKPOINT_SECONDS, and the
@@ -17,11 +22,18 @@ import os
 import sys
 from pathlib import Path
 
+from sde_spawner.auth import LoginRefused, choose_login
 from sde_spawner.db import upgrade
 from sde_spawner.hub_events import make_log_function
 from sde_spawner.spawner import SDC_SETTINGS
 
 c = get_config()  # noqa: F821 - provided by JupyterHub
+
+# Who may log in is decided first: nothing else is set up for a hub that must not start.
+try:
+    login = choose_login(os.environ)
+except LoginRefused as exc:
+    raise SystemExit(f"sde: the hub refuses to start: {exc}") from None
 
 state = Path(os.environ.get("SDE_STATE_DIR", "var")).resolve()
 state.mkdir(parents=True, exist_ok=True)
@@ -29,6 +41,11 @@ db_url = os.environ.get("SDE_DB_URL", f"sqlite:///{state}/registry.sqlite")
 upgrade(db_url)
 
 c.JupyterHub.bind_url = os.environ.get("SDE_PUBLIC_BIND", "http://127.0.0.1:8000")
+# Production: user servers on their own subdomains, so a workspace's pages never share an
+# origin (cookies, scripts) with the hub or the checking pages. Needs wildcard DNS (and a
+# wildcard certificate) for the host.
+if os.environ.get("SDE_SUBDOMAIN_HOST"):
+    c.JupyterHub.subdomain_host = os.environ["SDE_SUBDOMAIN_HOST"]
 # Workspaces reach the hub API through their own network's gateway; the host firewall
 # (sde_spawner.firewall) lets workspace networks reach this port and nothing else.
 c.JupyterHub.hub_bind_url = f"http://0.0.0.0:{os.environ.get('SDE_HUB_PORT', '8081')}"
@@ -89,7 +106,8 @@ c.SDESpawner.service_port = service_port
 # Token creation, spawn/stop requests, admin API calls and logouts go to the audit trail.
 c.JupyterHub.tornado_settings = {"log_function": make_log_function(db_url)}
 
-c.JupyterHub.authenticator_class = "sde_spawner.auth.DemoAuthenticator"
-c.DemoAuthenticator.registry_url = db_url
-c.DemoAuthenticator.demo_password = os.environ.get("SDE_DEMO_PASSWORD", "demo")
+c.JupyterHub.authenticator_class = login.authenticator_class
+if login.demo_password is not None:
+    c.DemoAuthenticator.registry_url = db_url
+    c.DemoAuthenticator.demo_password = login.demo_password
 c.Authenticator.admin_users = {"admin"}

@@ -75,6 +75,7 @@ class Hub:
             SDE_PROXY_API_PORT=str(self.proxy_api_port),
             SDE_SERVICE_PORT=str(self.service_port),
             SDE_OBJECT_PREFIX=self.prefix,
+            SDE_DEMO="1",  # the shared-password demo login, on loopback
             SDE_DEMO_PASSWORD="demo",
             # The periodic sweep is only the safety net: changes are acted on as they happen
             # (tests/docker/test_lifecycle.py shows a suspension closes a room in seconds).

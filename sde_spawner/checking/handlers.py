@@ -6,8 +6,10 @@ Two kinds of caller, never mixed:
   (``Authorization: token …``); the requester and project come from
   :func:`~sde_spawner.services.identity.identify_workspace`, never from the body;
 * **people** use the pages (``checking/``, ``releases/``) with their hub login (HubOAuth
-  cookie). Any page request that carries a token instead is refused (403) and audited: a
-  workspace token can never review, approve or download a release.
+  cookie). Every page derives from :class:`~sde_spawner.services.pages.BrowserPage`, the one
+  guard of the service's pages: any page request that carries a token in any form HubAuth
+  accepts is refused (403) and audited, and forms need their xsrf token: a workspace or API
+  token can never review, approve or download a release.
 
 Handlers only translate HTTP to :mod:`~sde_spawner.checking.logic` calls (run off the event
 loop through :func:`~sde_spawner.checking.logic.perform`) and back. Settings (environment):
@@ -33,7 +35,6 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from urllib.parse import quote
 
-from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
 from jupyterhub.utils import url_path_join
 from tornado import web
 
@@ -42,10 +43,11 @@ from sde_spawner.checking import logic, render, sdc
 from sde_spawner.checking import manifest as manifest_mod
 from sde_spawner.checking.states import REASON_CODES, Decision, State
 from sde_spawner.checking.storage import BlobError, BlobStore, BlobWriter
-from sde_spawner.services.identity import (
-    WorkspaceIdentity,
-    identify_workspace,
-    server_of_scopes,
+from sde_spawner.services.identity import WorkspaceIdentity, identify_workspace
+from sde_spawner.services.pages import (
+    DEFAULT_PAGE_NETWORKS,
+    BrowserPage,
+    parse_networks,
 )
 
 MAX_JSON_BODY = 1024 * 1024
@@ -54,23 +56,9 @@ PAGE_CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; frame-src 'self'; "
     "form-action 'self'; frame-ancestors 'self'; base-uri 'none'"
 )
-BROWSER_ONLY = (
-    "this page needs a person's browser login: API and workspace tokens can never review, "
-    "approve or download releases"
-)
 
 
 # --- per-application context ----------------------------------------------------------------
-
-#: Where the configurable-http-proxy connects from (it runs on the hub host).
-DEFAULT_PAGE_NETWORKS = ("127.0.0.0/8", "::1/128")
-
-
-def parse_networks(text: str) -> tuple[str, ...]:
-    nets = tuple(n.strip() for n in text.split(",") if n.strip())
-    for net in nets:
-        ipaddress.ip_network(net)  # a typo raises ValueError naming it
-    return nets
 
 
 @dataclass
@@ -495,66 +483,15 @@ class ReleaseKeyHandler(_Base):
 # --- pages for people -----------------------------------------------------------------------
 
 
-class PageHandler(HubOAuthenticated, _Base):
-    """A page for a person logged in to the hub (HubOAuth cookie only; tokens refused)."""
+class PageHandler(BrowserPage, _Base):
+    """A page for a person logged in to the hub: :class:`BrowserPage` guards it first."""
 
     action = "export.page.viewed"
-
-    @property
-    def hub_auth(self):
-        return self.settings["hub_auth"]
 
     def set_default_headers(self):
         super().set_default_headers()
         self.set_header("Content-Security-Policy", PAGE_CSP)
         self.set_header("X-Frame-Options", "SAMEORIGIN")
-
-    async def prepare(self):
-        if self._bearer() or self.get_query_argument("token", None):
-            who = None
-            token = self._bearer() or self.get_query_argument("token", "")
-            try:
-                whoami = await self.hub_auth.user_for_token(token, sync=False)
-                who = (whoami or {}).get("name")
-            except Exception:  # noqa: S110 - naming the token's owner is best effort
-                pass
-            await self.deny(self.action, BROWSER_ONLY, actor=str(who)[:64] if who else None)
-        if not self.checking.page_allowed_from(self.request.remote_ip):
-            await self.deny(
-                self.action,
-                "pages are served only through the hub's proxy, not to workspaces "
-                f"(this request came from {self.request.remote_ip})",
-                actor=None,
-            )
-        model = await self.hub_auth.get_user(self, sync=False)
-        if model:
-            try:
-                model = self.check_hub_user(model)
-            except UserNotAllowed:
-                await self.deny(
-                    self.action,
-                    f"{model.get('name')} may not use the sde service",
-                    actor=model.get("name"),
-                )
-            if model.get("kind", "user") != "user" or server_of_scopes(
-                list(model.get("scopes") or [])
-            ):
-                await self.deny(self.action, BROWSER_ONLY, actor=model.get("name"))
-        self._hub_auth_user_cache = model or None
-        self.current_user = model or None
-        if not model:
-            if self.request.method in ("GET", "HEAD"):
-                self.redirect(self.get_login_url())
-                return
-            await self.deny(
-                self.action,
-                "not logged in, or the form is stale (xsrf): reload the page and try again",
-                actor=None,
-            )
-
-    def get_current_user(self):
-        """Set by :meth:`prepare` (asynchronously); never a blocking call to the hub here."""
-        return getattr(self, "_hub_auth_user_cache", None)
 
     @property
     def username(self) -> str:

@@ -5,7 +5,9 @@ chain's head (HMAC-SHA256, key file created 0600 on first use) into the ``audit_
 table and an append-only JSON Lines file beside it, so a truncated tail is detected.
 
 Admin page ``{prefix}audit/``: hub admins only (``SDE_AUDIT_ADMINS``); filters by person,
-project, action and time; shows the verify result and offers the JSON Lines export.
+project, action and time; shows the verify result and offers the JSON Lines export. Guarded
+like every page of the service (:class:`~sde_spawner.services.pages.BrowserPage`): the admin's
+browser session only, so an admin token pasted into a workspace exports nothing.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlencode
 
-from jupyterhub.services.auth import HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import template, web
 
 from sde_spawner import audit
 from sde_spawner.audit.paths import audit_paths
+from sde_spawner.services.pages import BrowserPage
 
 log = logging.getLogger(__name__)
 _LOADER = template.Loader(os.path.join(os.path.dirname(__file__), "templates"))
@@ -76,13 +78,10 @@ def _time(value: str | None) -> datetime | None:
         raise web.HTTPError(400, f"not a date/time: {value[:40]!r}") from None
 
 
-class AuditPageHandler(HubOAuthenticated, web.RequestHandler):
+class AuditPageHandler(BrowserPage):
     """The audit trail for hub admins: filters, verify status, JSON Lines export."""
 
-    @property
-    def hub_auth(self):
-        # the app's one HubOAuth: the login redirect and the callback must share its state
-        return self.settings["hub_auth"]
+    action = "audit.page.refused"  # what the guard's refusals here are audited as
 
     def _filters(self) -> dict:
         return {
@@ -93,23 +92,10 @@ class AuditPageHandler(HubOAuthenticated, web.RequestHandler):
             "until": _time(self.get_argument("until", None)),
         }
 
-    async def _admin_only(self, user: dict) -> None:
-        if user["name"] in _admins():
-            return
-        await asyncio.to_thread(
-            audit.append_committed,
-            self.settings["sessionmaker"],
-            "audit.page.refused",
-            actor=user["name"],
-            outcome="denied",
-            reason="not an audit administrator",
-        )
-        raise web.HTTPError(403, "the audit trail is for administrators only")
-
-    @web.authenticated
     async def get(self, export: str = ""):
         user = self.current_user
-        await self._admin_only(user)
+        if user["name"] not in _admins():
+            await self.refuse("the audit trail is for administrators only", actor=user["name"])
         filters = self._filters()
         Session = self.settings["sessionmaker"]
         key_path, file = audit_paths(self.settings["sde"].state_dir)

@@ -42,7 +42,8 @@ def compose_command() -> list[str]:
 def deployment(tmp_path_factory, docker_client, notebook_image):
     from sde_spawner import firewall
 
-    for image in ("sde-hub:latest", "sde-postgres:latest"):
+    image_tag = os.environ.get("SDE_IMAGE_TAG", "latest")  # docker-compose.yml takes it too
+    for image in (f"sde-hub:{image_tag}", f"sde-postgres:{image_tag}"):
         docker_client.images.get(image)  # built by `make test` (IMAGES includes postgres)
     tag = uuid.uuid4().hex[:6]
     host_dir = tmp_path_factory.mktemp("compose")
@@ -55,6 +56,8 @@ def deployment(tmp_path_factory, docker_client, notebook_image):
         "SDE_SERVICE_PORT": str(free_port()),
         "SDE_PROXY_API_PORT": str(free_port()),
         "SDE_OBJECT_PREFIX": f"sdec{tag}",
+        "SDE_DEMO": "1",  # the demo login; the hub refuses to start without a login choice
+        "SDE_DEMO_PASSWORD": "demo",
     }
     env["SDE_PUBLIC_BIND"] = f"http://127.0.0.1:{free_port()}"
     compose = [*compose_command(), "-p", f"sdecompose{tag}", "-f", str(REPO / "docker-compose.yml")]

@@ -564,3 +564,20 @@ async def test_pages_are_only_served_through_the_proxy(svc, db, monkeypatch):
     assert (await svc.fetch("GET", "api/exports", token="ws-alice")).code == 200
     denied = events(db, outcome="denied")
     assert len(denied) == 2 and all("came from 127.0.0.1" in e["reason"] for e in denied)
+
+
+async def test_a_tab_separated_token_drives_no_page(svc, db):
+    """The review's finding: HubAuth reads ``token<TAB>…`` as a token; the pages refuse it
+    (every page and transport: tests/unit/test_page_guards.py)."""
+    rid = await submit_request(svc)
+    for method, path in [
+        ("GET", f"checking/requests/{rid}"),
+        ("POST", f"checking/requests/{rid}/claim"),
+        ("POST", f"checking/requests/{rid}/review"),
+        ("GET", f"releases/{rid}/files/1"),
+    ]:
+        r = await svc.fetch(method, path, headers={"Authorization": "token\toauth-chris"})
+        assert r.code == 403 and b"browser login" in r.body, (path, r.code)
+    assert len(events(db, outcome="denied", actor="chris")) == 4
+    state = json.loads((await svc.fetch("GET", "api/exports", token="ws-alice")).body)
+    assert state["requests"][0]["state"] == "submitted"  # nothing was claimed or reviewed
