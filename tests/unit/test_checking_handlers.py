@@ -195,7 +195,9 @@ async def submit_request(svc: Service, workspace="ws-alice", files=FILES) -> int
     return created["id"]
 
 
-async def review_all(svc: Service, user: str, rid: int, decision="approve"):
+async def review_all(
+    svc: Service, user: str, rid: int, decision="approve", override="looked at by eye: safe"
+):
     page = await svc.fetch("GET", f"checking/requests/{rid}", user=user)
     assert page.code == 200, page.body
     if b'id="claim"' in page.body:
@@ -209,6 +211,10 @@ async def review_all(svc: Service, user: str, rid: int, decision="approve"):
         fields[f"decision-{fid.decode()}"] = decision
         if decision != "approve":
             fields[f"reason-{fid.decode()}"] = "small-cell-count"
+        elif override:
+            # the notebook's hostile output fails the automated `script` rule: approving it
+            # needs the checker's comment
+            fields[f"comment-{fid.decode()}"] = override
     r = await svc.form_post(user, f"checking/requests/{rid}/review", fields)
     assert r.code == 302, r.body
     return r.headers["Location"]
