@@ -6,22 +6,29 @@ SDE_EXTRACTS_DIR, SDE_WORKSPACE_IMAGE, SDE_PUBLIC_BIND (default http://127.0.0.1
 SDE_HUB_PORT (hub API port workspaces reach through their gateway, default 8081),
 SDE_PROXY_API_PORT (default 8001, loopback only), SDE_SERVICE_PORT (the sde service, 9100),
 SDE_OBJECT_PREFIX (Docker object names and labels, default sde), SDE_DEMO_PASSWORD.
-Read by the sde service itself: SDE_EXPORT_MAX_FILE_BYTES (250 MiB), SDE_CHECKING_PREVIEW_ROWS
+Read by the sde service itself: SDE_CHECKING_PREVIEW_ROWS
 (1000), SDE_CHECKING_PAGE_NETWORKS (addresses people's pages are served to: the proxy's,
 default 127.0.0.0/8,::1/128), SDE_ENFORCE_SECONDS, SDE_AUDIT_CHECKPOINT_SECONDS, and the
 disclosure-control rules SDE_SDC_THRESHOLD (10), SDE_SDC_DOF_THRESHOLD (10),
 SDE_SDC_ZEROS_ARE_DISCLOSIVE (true), which workspaces get too for researchers' pre-checks.
+The export rules, given to the service and to every workspace alike (sde_airlock.rules):
+SDE_EXPORT_ALLOWED_TYPES (.csv,.tsv,.txt,.md,.png,.jpg,.jpeg,.ipynb,.html,.json),
+SDE_EXPORT_MAX_FILE_BYTES (200 MiB), SDE_EXPORT_MAX_FILES (20), SDE_EXPORT_MAX_JUSTIFICATION,
+SDE_EXPORT_MAX_DESCRIPTION, SDE_EXPORT_MAX_PATH.
 """
 
 import os
 import sys
 from pathlib import Path
 
+from sde_airlock.rules import EXPORT_SETTINGS, ExportRules
 from sde_spawner.db import upgrade
 from sde_spawner.hub_events import make_log_function
 from sde_spawner.spawner import SDC_SETTINGS
 
 c = get_config()  # noqa: F821 - provided by JupyterHub
+
+ExportRules.from_env(os.environ)  # a bad SDE_EXPORT_* setting stops the hub, naming it
 
 state = Path(os.environ.get("SDE_STATE_DIR", "var")).resolve()
 state.mkdir(parents=True, exist_ok=True)
@@ -57,7 +64,7 @@ c.Spawner.http_timeout = 60
 # to them besides the hub API.
 service_port = int(os.environ.get("SDE_SERVICE_PORT", "9100"))
 SERVICE_SETTINGS = (
-    "SDE_EXPORT_MAX_FILE_BYTES",
+    *EXPORT_SETTINGS,
     "SDE_CHECKING_PREVIEW_ROWS",
     "SDE_CHECKING_PAGE_NETWORKS",
     "SDE_AUDIT_CHECKPOINT_SECONDS",

@@ -146,7 +146,7 @@ def export(fetch, *files, justification="Aggregate counts for the paper, n>=10 p
         (None, "sub", 400, "directory", "is a directory"),
         ("fifo", "pipe.csv", 400, "special", "named pipe"),
         ("sparse_big", "big.csv", 403, "too_large", "over the export limit of 200.0 MiB"),
-        (None, "cohort.sqlite", 403, "suffix", "files of type .sqlite may not be exported"),
+        (None, "cohort.sqlite", 403, "type_not_allowed", "type .sqlite may not be exported"),
         (None, "missing.csv", 400, "missing", "no such file"),
     ],
 )
