@@ -133,9 +133,9 @@ class ExportRules:
             raise ValueError("allowed_suffixes must be a list of name endings, not one string")
         suffixes = tuple(dict.fromkeys(_normal_suffix(s) for s in self.allowed_suffixes if s))
         for suffix in suffixes:
-            if suffix == "." or "/" in suffix:
-                raise ValueError(f"{suffix!r} is not a file name ending")
-            why = _never(suffix)
+            why = _never("." + suffix.rsplit(".", 1)[-1])
+            if suffix == "." or "/" in suffix or (suffix.count(".") > 1 and not why):
+                raise ValueError(f"{suffix!r} is not one file name ending (such as .csv)")
             if why:
                 raise ValueError(f"{suffix} cannot be an allowed export type: {why}")
         object.__setattr__(self, "allowed_suffixes", suffixes)
