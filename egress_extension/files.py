@@ -38,7 +38,6 @@ from sde_airlock.rules import (
     DEFAULT_MAX_FILE_BYTES,
     ExportRules,
     human_size,
-    summary,
 )
 
 __all__ = [
@@ -325,7 +324,10 @@ def take_snapshot(
         check = inspector.result(lambda: _read_all(fd, size))
         if not check.ok:
             raise ExportRefused(
-                check.problems[0].code, summary(check.problems), status=422, path=inspect
+                check.problems[0].code,
+                "; ".join(p.message for p in check.problems),  # each names the file
+                status=422,
+                path=inspect,
             )
     return Snapshot(fd=fd, size=size, sha256=digest.hexdigest())
 

@@ -285,3 +285,35 @@ def test_formats_checkers_cannot_see_are_not_exportable_by_default(home, name):
     (home / name).write_bytes(b"PAR1\x00\x01" if name.endswith("parquet") else b"%PDF-1.7\n")
     refused = refusal(ExportPolicy(root=str(home)), name)
     assert refused.code == "type_not_allowed" and "may not be exported" in refused.message
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "code", "words"),
+    [
+        ("results.csv", b"\x7fELF\x02\x01\x01" + b"\x00" * 600, "type_mismatch", "programs are"),
+        ("fig.png", b"PK\x03\x04" + b"\x00" * 600, "type_mismatch", "archives are never"),
+        ("analysis.ipynb", b'{"cells": [', "type_mismatch", "not valid JSON"),
+    ],
+)
+def test_a_snapshot_refuses_bytes_that_are_not_what_the_name_says(home, name, data, code, words):
+    """Early feedback in the workspace: the same byte check the service makes on upload."""
+    (home / name).write_bytes(data)
+    fd, _st, rel = open_confined(ExportPolicy(root=str(home)), name)
+    try:
+        with pytest.raises(ExportRefused) as raised:
+            take_snapshot(fd, inspect=rel)
+        assert take_snapshot(fd).size == len(data)  # without the check: only a digest
+    finally:
+        os.close(fd)
+    refused = raised.value
+    assert (refused.code, refused.status, refused.path) == (code, 422, name)
+    assert refused.message.startswith(f"{name}: ") and words in refused.message
+
+
+def test_a_snapshot_of_a_real_csv_passes_the_byte_check(policy, home):
+    fd, _st, rel = open_confined(policy, "results.csv")
+    try:
+        snap = take_snapshot(fd, inspect=rel, chunk=3)
+    finally:
+        os.close(fd)
+    assert snap.sha256 == hashlib.sha256(b"region,n\nnorth,120\n").hexdigest()
