@@ -185,8 +185,8 @@ async def submit_export(
 def precheck(policy: ExportPolicy, path: str, rules: Rules, *, max_bytes: int) -> dict:
     """The automated disclosure checks of one file, before it is submitted.
 
-    The same confinement as an export (a file that could not be exported is refused with
-    the same reason) and the same rules the checkers' page shows
+    The same confinement and byte check as an export (a file that could not be exported is
+    refused with the same reason) and the same rules the checkers' page shows
     (:mod:`sde_spawner.checking.sdc`); files over ``max_bytes`` are left to the service.
     """
     fd, st, rel = open_confined(policy, path)
@@ -199,7 +199,16 @@ def precheck(policy: ExportPolicy, path: str, rules: Rules, *, max_bytes: int) -
             )
         else:
             with open(fd, "rb", closefd=False) as fh:
-                report = check(rel, fh.read(max_bytes), rules)
+                data = fh.read(max_bytes)
+            found = policy.rules.check_bytes(rel, data)
+            if not found.ok:  # the service would refuse the upload for the same reasons
+                raise ExportRefused(
+                    found.problems[0].code,
+                    "; ".join(p.message for p in found.problems),
+                    status=422,
+                    path=rel,
+                )
+            report = check(rel, data, rules)
     finally:
         os.close(fd)
     return {"path": rel, **report.to_dict()}

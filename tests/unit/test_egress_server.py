@@ -250,6 +250,16 @@ def test_a_precheck_refuses_what_an_export_would_refuse_and_records_it(fetch, fi
     assert precheck(fetch, "cohort.sqlite").code == 403
 
 
+def test_a_precheck_says_when_the_bytes_are_not_what_the_name_says(fetch, files, ext, events):
+    (files / "fig.png").write_bytes(b"PK\x03\x04" + b"\x00" * 100)  # a zip named as a figure
+    r = precheck(fetch, "fig.png")
+    body = json.loads(r.body)
+    assert (r.code, body["code"]) == (422, "type_mismatch"), body
+    assert "the bytes are a ZIP archive" in body["message"]
+    (refused,) = events("export.check.refused")
+    assert refused["details"]["code"] == "type_mismatch" and refused["outcome"] == "denied"
+
+
 def test_a_file_over_the_precheck_size_is_left_to_the_service(fetch, files, ext):
     ext.max_check_size = 10
     r = precheck(fetch, "results.csv")
