@@ -11,17 +11,22 @@ sde--service.tre.example.org, the hub on the bare host; the production setting, 
 Login (sde_spawner.auth.choose_login): SDE_AUTHENTICATOR names the authenticator class of a
 deployment; SDE_DEMO=1 with SDE_DEMO_PASSWORD runs the shared-password demo login instead, on a
 loopback SDE_PUBLIC_BIND only. Without either the hub refuses to start.
-Read by the sde service itself: SDE_EXPORT_MAX_FILE_BYTES (250 MiB), SDE_CHECKING_PREVIEW_ROWS
+Read by the sde service itself: SDE_CHECKING_PREVIEW_ROWS
 (1000), SDE_CHECKING_PAGE_NETWORKS (addresses people's pages are served to: the proxy's,
 default 127.0.0.0/8,::1/128), SDE_ENFORCE_SECONDS, SDE_AUDIT_CHECKPOINT_SECONDS, and the
 disclosure-control rules SDE_SDC_THRESHOLD (10), SDE_SDC_DOF_THRESHOLD (10),
 SDE_SDC_ZEROS_ARE_DISCLOSIVE (true), which workspaces get too for researchers' pre-checks.
+The export rules, given to the service and to every workspace alike (sde_airlock.rules):
+SDE_EXPORT_ALLOWED_TYPES (.csv,.tsv,.txt,.md,.png,.jpg,.jpeg,.ipynb,.html,.json),
+SDE_EXPORT_MAX_FILE_BYTES (200 MiB), SDE_EXPORT_MAX_FILES (20), SDE_EXPORT_MAX_JUSTIFICATION,
+SDE_EXPORT_MAX_DESCRIPTION, SDE_EXPORT_MAX_PATH.
 """
 
 import os
 import sys
 from pathlib import Path
 
+from sde_airlock.rules import EXPORT_SETTINGS, ExportRules
 from sde_spawner.auth import LoginRefused, choose_login
 from sde_spawner.db import upgrade
 from sde_spawner.hub_events import make_log_function
@@ -32,7 +37,8 @@ c = get_config()  # noqa: F821 - provided by JupyterHub
 # Who may log in is decided first: nothing else is set up for a hub that must not start.
 try:
     login = choose_login(os.environ)
-except LoginRefused as exc:
+    ExportRules.from_env(os.environ)  # a bad SDE_EXPORT_* setting stops the hub, naming it
+except (LoginRefused, ValueError) as exc:
     raise SystemExit(f"sde: the hub refuses to start: {exc}") from None
 
 state = Path(os.environ.get("SDE_STATE_DIR", "var")).resolve()
@@ -74,7 +80,7 @@ c.Spawner.http_timeout = 60
 # to them besides the hub API.
 service_port = int(os.environ.get("SDE_SERVICE_PORT", "9100"))
 SERVICE_SETTINGS = (
-    "SDE_EXPORT_MAX_FILE_BYTES",
+    *EXPORT_SETTINGS,
     "SDE_CHECKING_PREVIEW_ROWS",
     "SDE_CHECKING_PAGE_NETWORKS",
     "SDE_AUDIT_CHECKPOINT_SECONDS",

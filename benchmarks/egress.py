@@ -2,11 +2,12 @@
 
 Ours: the extension's own code path for an export request
 (:func:`egress_extension.exports.submit_export`): confine and open the file, snapshot it
-(size + SHA-256, one read pass), declare it, stream it from the same descriptor over loopback
-HTTP to the real hub-side ``sde`` service in another process (its app from
-``sde_spawner.services.app`` over a scratch SQLite registry, with the test hub from
-``sde_spawner.checking.testing``), which hashes every byte again, writes the blob, fsyncs it
-and records it, and submit.
+(size + SHA-256 and the airlock's byte check that a .csv is UTF-8 text, one read pass),
+declare it, stream it from the same descriptor over loopback HTTP to the real hub-side ``sde``
+service in another process (its app from ``sde_spawner.services.app`` over a scratch SQLite
+registry, with the test hub from ``sde_spawner.checking.testing``), which hashes and checks
+every byte again as it arrives, writes the blob, fsyncs it and records it, and submit. The
+file is a CSV of random digits.
 
 Baseline, in the same run on the same file: ``sha256sum FILE`` followed by ``cp FILE COPY``
 (the shell way to take a checksum and a copy; no fsync, no network, no second hash).
@@ -39,6 +40,7 @@ from pathlib import Path
 from egress_extension.exports import FileRequest, submit_export
 from egress_extension.files import ExportPolicy
 from egress_extension.service import ExportService
+from sde_airlock.rules import ExportRules
 
 PREFIX = "/services/sde/"
 TOKEN = "bench-token"  # noqa: S105 - a loopback-only test token
@@ -131,6 +133,14 @@ def serve_real_service(port_queue, state: str) -> None:
     asyncio.run(run())
 
 
+def csv_block(size: int) -> bytes:
+    """``size`` bytes of CSV rows (random digits), ending at a row's end."""
+    digits = os.urandom(size // 2).hex().encode()
+    rows = [b"%s,%s,%s\n" % (digits[i : i + 8], digits[i + 8 : i + 12], digits[i + 12 : i + 15])
+            for i in range(0, len(digits) - 15, 16)]  # fmt: skip
+    return b"".join(rows)[:size].rsplit(b"\n", 1)[0] + b"\n"
+
+
 def ours(service: ExportService, policy: ExportPolicy, name: str) -> float:
     started = time.perf_counter()
     result = asyncio.run(
@@ -195,12 +205,12 @@ def main(argv: list[str] | None = None) -> None:
             home = Path(tmp) / "home"
             home.mkdir()
             path = home / "cohort_summary.csv"
-            with open(path, "wb") as fh:
-                block = os.urandom(8 * 1024 * 1024)
+            with open(path, "wb") as fh:  # text: both sides check that a .csv's bytes are
+                block = csv_block(8 * 1024 * 1024)
                 for _ in range(size // len(block)):
                     fh.write(block)
-                fh.write(os.urandom(size % len(block)))
-            policy = ExportPolicy(root=str(home), max_file_size=size)
+                fh.write(block[: size % len(block)])
+            policy = ExportPolicy(root=str(home), rules=ExportRules(max_file_bytes=size))
             service = ExportService(f"http://127.0.0.1:{port}{PREFIX}", TOKEN)
             print(
                 f"file: {args.mib} MiB; {args.receiver} receiver on 127.0.0.1:{port} (own process)"

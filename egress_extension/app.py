@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from dataclasses import replace
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
@@ -35,9 +36,10 @@ from egress_extension.blocking import (
     DownloadBlocker,
     blocked_routes,
 )
-from egress_extension.files import DEFAULT_ALLOWED_SUFFIXES, DEFAULT_MAX_FILE_SIZE, ExportPolicy
+from egress_extension.files import ExportPolicy
 from egress_extension.handlers import handlers
 from egress_extension.service import ExportService
+from sde_airlock.rules import ExportRules
 from sde_spawner.checking.sdc import Rules
 
 PR_SET_DUMPABLE = 4
@@ -66,19 +68,32 @@ class EgressApp(ExtensionApp):
 
     allowed_suffixes = List(
         Unicode(),
-        default_value=list(DEFAULT_ALLOWED_SUFFIXES),
         help="File name endings (case-insensitive) a project's policy lets researchers export. "
-        "Archives, databases and opaque binaries are left out on purpose: a checker must be "
-        "able to see what leaves.",
+        "Default: $SDE_EXPORT_ALLOWED_TYPES, the service's own setting (sde_airlock.rules); "
+        "archives and programs can never be allowed, and the service checks again.",
     ).tag(config=True)
+
+    @default("allowed_suffixes")
+    def _default_allowed_suffixes(self) -> list[str]:
+        return list(ExportRules.from_env(os.environ).allowed_suffixes)
 
     max_file_size = Int(
-        DEFAULT_MAX_FILE_SIZE,
-        help="Largest file (bytes) one export request may contain. Keep it at or under the "
-        "service's SDE_EXPORT_MAX_FILE_BYTES.",
+        help="Largest file (bytes) one export request may contain. Default: "
+        "$SDE_EXPORT_MAX_FILE_BYTES, the service's own limit.",
     ).tag(config=True)
 
-    max_files = Int(20, help="Most files in one export request.").tag(config=True)
+    @default("max_file_size")
+    def _default_max_file_size(self) -> int:
+        return ExportRules.from_env(os.environ).max_file_bytes
+
+    max_files = Int(
+        help="Most files in one export request. Default: $SDE_EXPORT_MAX_FILES, the service's "
+        "own limit.",
+    ).tag(config=True)
+
+    @default("max_files")
+    def _default_max_files(self) -> int:
+        return ExportRules.from_env(os.environ).max_files
 
     max_check_size = Int(
         64 * 1024 * 1024,
@@ -161,8 +176,12 @@ class EgressApp(ExtensionApp):
     def initialize_settings(self) -> None:
         self.policy = ExportPolicy(
             root=os.path.abspath(os.path.expanduser(self.serverapp.root_dir)),
-            max_file_size=self.max_file_size,
-            allowed_suffixes=tuple(self.allowed_suffixes),
+            rules=replace(
+                ExportRules.from_env(os.environ),  # text lengths: the service's settings
+                allowed_suffixes=tuple(self.allowed_suffixes),
+                max_file_bytes=self.max_file_size,
+                max_files=self.max_files,
+            ),
         )
         self.sdc_rules = Rules.from_env(os.environ)
         configured = bool(self.service_url and self.api_token)

@@ -3,12 +3,15 @@
 :func:`submit_export` is the single code path behind the export page, the HTTP API and the
 ``sde-export`` command line:
 
-1. :func:`parse_request` checks the body: a justification, 1..``max_files`` files, each with
-   a path and a description, no path twice.
+1. :func:`parse_request` checks the body against the airlock's rules
+   (:class:`sde_airlock.rules.ExportRules`, the ones the service enforces again): a
+   justification, 1..``max_files`` files, each with a path and a description, no path twice,
+   text within its length; every problem is named at once.
 2. Every path is confined and opened (:func:`egress_extension.files.open_confined`); the
    first refusal ends the request before anything is copied.
 3. Each open file is snapshotted: its bytes are fixed by their size and SHA-256 (one read
-   pass, no copy in the workspace).
+   pass, no copy in the workspace), and the same pass checks that they are what the file's
+   name says (:mod:`sde_airlock.filetypes`).
 4. The request is declared to the service (paths, descriptions, sizes, digests), each file
    is streamed from its open descriptor to the upload URL the service returned (the service
    re-hashes the bytes and keeps them only if they match the declared digest), and the
@@ -33,10 +36,8 @@ from egress_extension.files import (
     take_snapshot,
 )
 from egress_extension.service import ExportService, ServiceError
+from sde_airlock.rules import DeclaredFile, ExportRules, Problem, summary
 from sde_spawner.checking.sdc import INFO, Finding, Report, Rules, check
-
-MAX_JUSTIFICATION = 10_000
-MAX_DESCRIPTION = 5_000
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,9 @@ class FileRequest:
     description: str
 
 
-def parse_request(body: Any, *, max_files: int) -> tuple[list[FileRequest], str]:
-    """``(files, justification)`` of an export request body, or :class:`ExportRefused` (400)."""
+def parse_request(body: Any, *, rules: ExportRules) -> tuple[list[FileRequest], str]:
+    """``(files, justification)`` of an export request body, or :class:`ExportRefused` (400)
+    naming every problem the airlock's rules find."""
 
     def bad(message: str) -> ExportRefused:
         return ExportRefused("bad_request", message, status=400)
@@ -57,35 +59,36 @@ def parse_request(body: Any, *, max_files: int) -> tuple[list[FileRequest], str]
     if unknown:
         raise bad(f"unknown field(s): {', '.join(sorted(unknown))}")
     justification = body.get("justification")
-    if not isinstance(justification, str) or not justification.strip():
-        raise bad("a justification is required: say what the files are and why they must leave")
-    if len(justification) > MAX_JUSTIFICATION:
-        raise bad(f"the justification is longer than {MAX_JUSTIFICATION} characters")
     files = body.get("files")
-    if not isinstance(files, list) or not files:
-        raise bad("name at least one file to export")
-    if len(files) > max_files:
-        raise bad(f"one request holds at most {max_files} files")
-    out: list[FileRequest] = []
-    seen: set[str] = set()
+    if not isinstance(files, list):
+        files = []
+    declared: list[DeclaredFile] = []
     for item in files:
         if isinstance(item, str):
             item = {"path": item}
         if not isinstance(item, dict) or set(item) - {"path", "description"}:
             raise bad("each file must be an object with 'path' and 'description'")
-        path = item.get("path")
-        description = item.get("description", "")
-        if not isinstance(path, str) or not path.strip():
-            raise bad("each file needs a path")
-        if not isinstance(description, str) or not description.strip():
-            raise bad(f"{path}: describe what the file contains (a description is required)")
-        if len(description) > MAX_DESCRIPTION:
-            raise bad(f"{path}: the description is longer than {MAX_DESCRIPTION} characters")
-        if path in seen:
-            raise bad(f"{path} is listed twice")
-        seen.add(path)
-        out.append(FileRequest(path=path, description=description.strip()))
-    return out, justification.strip()
+        declared.append(DeclaredFile(item.get("path"), item.get("description", "")))
+    # Names and sizes are checked on the real file, once it is confined and opened.
+    problems = [
+        p
+        for p in rules.check_request(justification, declared)
+        if p.code not in ("type_not_allowed", "bad_path")
+    ]
+    problems += [p for f in declared for p in _path_problem(f.path)]
+    if problems:
+        raise bad(summary(problems))
+    return (
+        [FileRequest(path=f.path, description=f.description.strip()) for f in declared],
+        justification.strip(),
+    )
+
+
+def _path_problem(path: object) -> list[Problem]:
+    """Only a missing path here: the rest is :func:`~egress_extension.files.open_confined`'s."""
+    if isinstance(path, str) and path.strip():
+        return []
+    return [Problem("bad_path", "each file needs a path")]
 
 
 def _take_snapshots(policy: ExportPolicy, files: list[FileRequest]) -> list[tuple[str, Snapshot]]:
@@ -102,10 +105,11 @@ def _take_snapshots(policy: ExportPolicy, files: list[FileRequest]) -> list[tupl
         taken: list[tuple[str, Snapshot]] = []
         for fd, rel in opened:
             try:
-                taken.append((rel, take_snapshot(fd, max_size=policy.max_file_size)))
+                taken.append((rel, take_snapshot(fd, max_size=policy.max_file_size, inspect=rel)))
             except ExportRefused as refused:
                 refused.path = rel
-                refused.message = f"{rel}: {refused.message}"
+                if not refused.message.startswith(f"{rel}: "):
+                    refused.message = f"{rel}: {refused.message}"
                 raise
         return taken
     except BaseException:
@@ -181,8 +185,8 @@ async def submit_export(
 def precheck(policy: ExportPolicy, path: str, rules: Rules, *, max_bytes: int) -> dict:
     """The automated disclosure checks of one file, before it is submitted.
 
-    The same confinement as an export (a file that could not be exported is refused with
-    the same reason) and the same rules the checkers' page shows
+    The same confinement and byte check as an export (a file that could not be exported is
+    refused with the same reason) and the same rules the checkers' page shows
     (:mod:`sde_spawner.checking.sdc`); files over ``max_bytes`` are left to the service.
     """
     fd, st, rel = open_confined(policy, path)
@@ -195,7 +199,16 @@ def precheck(policy: ExportPolicy, path: str, rules: Rules, *, max_bytes: int) -
             )
         else:
             with open(fd, "rb", closefd=False) as fh:
-                report = check(rel, fh.read(max_bytes), rules)
+                data = fh.read(max_bytes)
+            found = policy.rules.check_bytes(rel, data)
+            if not found.ok:  # the service would refuse the upload for the same reasons
+                raise ExportRefused(
+                    found.problems[0].code,
+                    "; ".join(p.message for p in found.problems),
+                    status=422,
+                    path=rel,
+                )
+            report = check(rel, data, rules)
     finally:
         os.close(fd)
     return {"path": rel, **report.to_dict()}

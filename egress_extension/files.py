@@ -12,10 +12,17 @@ Two steps, both pure file-system work with no Jupyter or network dependency:
 * :func:`take_snapshot` fixes the bytes of that descriptor by their size and SHA-256 (one
   read pass, no copy). That digest, not the file's name, is what is declared; the service
   stores the uploaded bytes only if they hash to it, so an edit after submission cannot
-  change what was submitted, and an edit during the upload fails it with a reason.
+  change what was submitted, and an edit during the upload fails it with a reason. The same
+  pass runs the airlock's byte inspector (:mod:`sde_airlock.filetypes`), so a file whose
+  bytes are not what its name says is refused here, before anything is sent.
+
+Which types, sizes and text lengths are allowed is the airlock's rules
+(:class:`sde_airlock.rules.ExportRules`, the same the service enforces); this module adds the
+confinement only the workspace can do.
 
 Refusal codes (``ExportRefused.code``): ``bad_path``, ``parent``, ``outside``, ``missing``,
-``symlink``, ``directory``, ``special``, ``suffix``, ``hardlink``, ``too_large``, ``changed``.
+``symlink``, ``directory``, ``special``, ``type_not_allowed``, ``hardlink``, ``too_large``,
+``changed``, and the airlock's byte codes ``type_mismatch``, ``archive``, ``executable``.
 """
 
 from __future__ import annotations
@@ -23,28 +30,31 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-#: File types a project may export by default: tables, text, figures, documents, notebooks.
-#: No archives (.zip, .tar.gz: they hide their content from a checker), no databases, no
-#: pickles or other opaque binaries, and no SVG (as in ACRO's ``blocked_extensions``: a vector
-#: plot carries the exact value of every point it draws, i.e. the rows behind a scatter plot,
-#: which a checker looking at the picture cannot see; export a PNG). No Parquet or PDF either:
-#: the checkers' pages cannot show them, and a checker must see what leaves (export the table
-#: as CSV, the figure as PNG). Override per deployment with ``c.EgressApp.allowed_suffixes``.
-DEFAULT_ALLOWED_SUFFIXES = (
-    ".csv",
-    ".tsv",
-    ".txt",
-    ".md",
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".ipynb",
-    ".html",
-    ".json",
+from sde_airlock.filetypes import Inspector
+from sde_airlock.rules import (
+    DEFAULT_ALLOWED_SUFFIXES,
+    DEFAULT_MAX_FILE_BYTES,
+    ExportRules,
+    human_size,
 )
-DEFAULT_MAX_FILE_SIZE = 200 * 1024 * 1024
+
+__all__ = [
+    "DEFAULT_ALLOWED_SUFFIXES",
+    "DEFAULT_MAX_FILE_SIZE",
+    "ExportPolicy",
+    "ExportRefused",
+    "Snapshot",
+    "human_size",
+    "list_candidates",
+    "open_confined",
+    "relative_path",
+    "take_snapshot",
+]
+
+#: The defaults are the airlock's (one source for the workspace and the service).
+DEFAULT_MAX_FILE_SIZE = DEFAULT_MAX_FILE_BYTES
 READ_CHUNK = 1024 * 1024
 
 
@@ -61,15 +71,21 @@ class ExportRefused(Exception):
 
 @dataclass(frozen=True)
 class ExportPolicy:
-    """What may leave: files under ``root`` with an allowed suffix, at most ``max_file_size``."""
+    """What may leave: files under ``root`` that the airlock's ``rules`` allow."""
 
     root: str
-    max_file_size: int = DEFAULT_MAX_FILE_SIZE
-    allowed_suffixes: tuple[str, ...] = DEFAULT_ALLOWED_SUFFIXES
+    rules: ExportRules = field(default_factory=ExportRules)
+
+    @property
+    def max_file_size(self) -> int:
+        return self.rules.max_file_bytes
+
+    @property
+    def allowed_suffixes(self) -> tuple[str, ...]:
+        return self.rules.allowed_suffixes
 
     def suffix_allowed(self, name: str) -> bool:
-        lower = name.lower()
-        return any(lower.endswith(s.lower()) for s in self.allowed_suffixes)
+        return self.rules.suffix_allowed(name)
 
 
 @dataclass(frozen=True)
@@ -96,21 +112,6 @@ class Snapshot:
         return (again.size, again.sha256) != (self.size, self.sha256)
 
 
-def human_size(n: int) -> str:
-    """``1536`` -> ``'1.5 KiB'``: sizes in refusal messages."""
-    value = float(n)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def _suffix_of(name: str) -> str:
-    _, dot, ext = name.rpartition(".")
-    return f".{ext.lower()}" if dot and _ else "(none)"
-
-
 def relative_path(policy: ExportPolicy, path: object) -> str:
     """The requested ``path`` as a normalised path relative to the home directory.
 
@@ -119,7 +120,7 @@ def relative_path(policy: ExportPolicy, path: object) -> str:
     """
     if not isinstance(path, str) or not path.strip():
         raise ExportRefused("bad_path", "no file path given", status=400)
-    if "\x00" in path or len(path) > 4096:
+    if "\x00" in path or len(path) > policy.rules.max_path:
         raise ExportRefused("bad_path", "the file path is not valid", status=400, path=path[:200])
     text = path.strip()
     if text.startswith("/"):
@@ -202,15 +203,8 @@ def _refuse_type(rel: str, st: os.stat_result, name: str, dir_fd: int, root: str
 
 
 def _refuse_policy(policy: ExportPolicy, rel: str, st: os.stat_result) -> None:
-    name = rel.rsplit("/", 1)[-1]
-    if not policy.suffix_allowed(name):
-        allowed = ", ".join(policy.allowed_suffixes)
-        raise ExportRefused(
-            "suffix",
-            f"{rel}: files of type {_suffix_of(name)} may not be exported under this "
-            f"project's policy (allowed: {allowed})",
-            path=rel,
-        )
+    for problem in policy.rules.check_type(rel):
+        raise ExportRefused(problem.code, problem.message, path=rel)
     if st.st_nlink > 1:
         raise ExportRefused(
             "hardlink",
@@ -218,13 +212,8 @@ def _refuse_policy(policy: ExportPolicy, rel: str, st: os.stat_result) -> None:
             "bytes with a file outside your home directory; export a copy (cp) instead",
             path=rel,
         )
-    if st.st_size > policy.max_file_size:
-        raise ExportRefused(
-            "too_large",
-            f"{rel} is {human_size(st.st_size)}, over the export limit of "
-            f"{human_size(policy.max_file_size)} per file",
-            path=rel,
-        )
+    for problem in policy.rules.check_size(rel, st.st_size):
+        raise ExportRefused(problem.code, problem.message, path=rel)
 
 
 def _lstat_at(name: str, dir_fd: int, rel: str) -> os.stat_result:
@@ -294,13 +283,30 @@ def open_confined(policy: ExportPolicy, path: object) -> tuple[int, os.stat_resu
     return fd, st, rel
 
 
-def take_snapshot(fd: int, *, max_size: int | None = None, chunk: int = READ_CHUNK) -> Snapshot:
+def _read_all(fd: int, size: int) -> bytes:
+    out = bytearray()
+    while len(out) < size and (piece := os.pread(fd, size - len(out), len(out))):
+        out += piece
+    return bytes(out)
+
+
+def take_snapshot(
+    fd: int,
+    *,
+    max_size: int | None = None,
+    chunk: int = READ_CHUNK,
+    inspect: str | None = None,
+) -> Snapshot:
     """Fix the bytes of the open file ``fd`` by their size and SHA-256: one read pass.
 
     The bytes are read with ``pread`` from offset 0 (the descriptor's position is left
     alone). ``max_size`` refuses a file that grew past the limit after it was checked.
+    ``inspect`` (the file's path) also runs the airlock's byte inspector over the same pass
+    and refuses bytes that are not what the name says (``type_mismatch``), archives and
+    programs, as the service would.
     """
     digest = hashlib.sha256()
+    inspector = Inspector(inspect) if inspect is not None else None
     buf = memoryview(bytearray(chunk))
     size = 0
     while n := os.preadv(fd, [buf], size):
@@ -312,6 +318,17 @@ def take_snapshot(fd: int, *, max_size: int | None = None, chunk: int = READ_CHU
                 "being read",
             )
         digest.update(buf[:n])
+        if inspector is not None:
+            inspector.feed(buf[:n])
+    if inspector is not None:
+        check = inspector.result(lambda: _read_all(fd, size))
+        if not check.ok:
+            raise ExportRefused(
+                check.problems[0].code,
+                "; ".join(p.message for p in check.problems),  # each names the file
+                status=422,
+                path=inspect,
+            )
     return Snapshot(fd=fd, size=size, sha256=digest.hexdigest())
 
 

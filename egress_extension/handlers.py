@@ -127,7 +127,7 @@ class RequestsHandler(EgressAPIHandler):
         resubmit = int(request_id) if request_id is not None else None
         try:
             files, justification = parse_request(
-                self.get_json_body(), max_files=self.egress.max_files
+                self.get_json_body(), rules=self.egress.policy.rules
             )
             service = self.service_or_503()
             if service is None:

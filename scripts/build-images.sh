@@ -314,7 +314,8 @@ build_notebook() {
         -r "$IMAGES_DIR/notebook/requirements.txt"
     # The workspace only uses egress_extension from the project wheel (installed --no-deps),
     # so hub-side edits (sde_spawner/) do not rebuild it.
-    put_project_wheel "$dir" "$(sha_of_files pyproject.toml README.md egress_extension)"
+    put_project_wheel "$dir" "$(sha_of_files pyproject.toml README.md egress_extension sde_airlock \
+        sde_spawner/checking/sdc.py)"
     build_image notebook "$(sha_of_text "$BASE_ID $(sha_of_files images/notebook/Dockerfile \
         images/notebook/requirements.txt) $(cat "$dir/.requirements.sha256" \
         "$dir/.project.sha256")")"
@@ -322,7 +323,7 @@ build_notebook() {
 
 build_hub() {
     local dir="$IMAGES_DIR/hub/wheels" source_hash reqs
-    source_hash="$(sha_of_files pyproject.toml README.md sde_spawner egress_extension)"
+    source_hash="$(sha_of_files pyproject.toml README.md sde_airlock sde_spawner egress_extension)"
     if [[ -f "$dir/.project.sha256" && "$(cat "$dir/.project.sha256")" == "$source_hash" \
         && -f "$dir/.requirements.sha256" ]]; then
         log "wheelhouse images/hub/wheels: project unchanged, not downloading"

@@ -28,6 +28,7 @@ from dockerspawner import DockerSpawner
 from tornado import web
 from traitlets import Bool, Float, Integer, List, Unicode, default
 
+from sde_airlock.rules import EXPORT_SETTINGS
 from sde_spawner import audit, firewall
 from sde_spawner.containers import (
     SLUG_RE,
@@ -563,7 +564,9 @@ class SDESpawner(DockerSpawner):
         # No activity heartbeat: the hub gate refuses it (its timestamps would be a way out);
         # the hub takes activity from the proxy's routes instead.
         env.pop("JUPYTERHUB_ACTIVITY_URL", None)
-        for name in SDC_SETTINGS:  # researchers' pre-checks use the checkers' thresholds
+        # Researchers' pre-checks use the checkers' thresholds, and the extension's early
+        # feedback the service's export rules (which the service enforces again).
+        for name in (*SDC_SETTINGS, *EXPORT_SETTINGS):
             if os.environ.get(name):
                 env[name] = os.environ[name]
         env.update(project_sdc_env(self._project_facts.output_policy))

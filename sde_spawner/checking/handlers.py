@@ -13,8 +13,9 @@ Two kinds of caller, never mixed:
 
 Handlers only translate HTTP to :mod:`~sde_spawner.checking.logic` calls (run off the event
 loop through :func:`~sde_spawner.checking.logic.perform`) and back. Settings (environment):
-``SDE_EXPORT_MAX_FILE_BYTES`` (default 250 MiB), ``SDE_CHECKING_PREVIEW_ROWS`` (CSV rows shown,
-default 1000), ``SDE_CHECKING_PAGE_NETWORKS`` (where people's pages may be requested from:
+the export rules ``SDE_EXPORT_*`` (:mod:`sde_airlock.rules`; uploads are checked as they
+stream in, :mod:`~sde_spawner.checking.uploads`), ``SDE_CHECKING_PREVIEW_ROWS`` (CSV rows
+shown, default 1000), ``SDE_CHECKING_PAGE_NETWORKS`` (where people's pages may be requested from:
 the proxy's addresses, default loopback; workspaces reach the service port directly from their
 gateway and get no page even with a login); blobs and the signing key live under
 ``SDE_STATE_DIR``.
@@ -38,8 +39,9 @@ from urllib.parse import quote
 from jupyterhub.utils import url_path_join
 from tornado import web
 
+from sde_airlock.rules import ExportRules
 from sde_spawner import audit
-from sde_spawner.checking import logic, render, sdc
+from sde_spawner.checking import logic, render, sdc, uploads
 from sde_spawner.checking import manifest as manifest_mod
 from sde_spawner.checking.states import REASON_CODES, Decision, State
 from sde_spawner.checking.storage import BlobError, BlobStore, BlobWriter
@@ -67,7 +69,7 @@ class Checking:
 
     state_dir: str
     store: BlobStore
-    max_file_bytes: int = logic.DEFAULT_MAX_FILE_BYTES
+    export_rules: ExportRules = logic.DEFAULT_RULES
     preview_rows: int = render.MAX_ROWS
     page_networks: tuple = DEFAULT_PAGE_NETWORKS
     sdc_rules: sdc.Rules = field(default_factory=sdc.Rules)
@@ -83,15 +85,17 @@ class Checking:
         return cls(
             state_dir=state_dir,
             store=BlobStore.for_state_dir(state_dir),
-            max_file_bytes=int(
-                os.environ.get("SDE_EXPORT_MAX_FILE_BYTES", logic.DEFAULT_MAX_FILE_BYTES)
-            ),
+            export_rules=ExportRules.from_env(os.environ),
             preview_rows=int(os.environ.get("SDE_CHECKING_PREVIEW_ROWS", render.MAX_ROWS)),
             page_networks=parse_networks(
                 os.environ.get("SDE_CHECKING_PAGE_NETWORKS", ",".join(DEFAULT_PAGE_NETWORKS))
             ),
             sdc_rules=sdc.Rules.from_env(os.environ),
         )
+
+    @property
+    def max_file_bytes(self) -> int:
+        return self.export_rules.max_file_bytes
 
     def page_allowed_from(self, remote_ip: str | None) -> bool:
         """People's pages come through the proxy (loopback by default); workspaces reach the
@@ -180,6 +184,7 @@ class _Base(web.RequestHandler):
                 logic.perform, self.settings["sessionmaker"], operation, *args, **kwargs
             )
         except logic.Refused as exc:
+            self._refused = exc  # its code and problems go into the error body
             raise web.HTTPError(exc.status, exc.reason.replace("%", "%%")) from None
 
     async def deny(
@@ -273,7 +278,12 @@ class WorkspaceApiHandler(_Base):
 
     def write_error(self, status_code, **kwargs):
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"status": status_code, "message": _message(self, kwargs)}))
+        body = {"status": status_code, "message": _message(self, kwargs)}
+        refused = getattr(self, "_refused", None)
+        if refused is not None and "code" in refused.details:
+            body["code"] = refused.details["code"]
+            body["problems"] = refused.details.get("problems", [])
+        self.finish(json.dumps(body))
 
     def upload_urls(self, result: dict) -> dict:
         prefix = self.settings["sde"].prefix
@@ -310,7 +320,7 @@ class ExportsHandler(WorkspaceApiHandler):
             ident.project,
             ident.server_name,
             body,
-            max_size=self.checking.max_file_bytes,
+            rules=self.checking.export_rules,
         )
         self.send(self.upload_urls(result), 201)
 
@@ -335,7 +345,7 @@ class VersionsHandler(WorkspaceApiHandler):
             ident.project,
             int(request_id),
             body,
-            max_size=self.checking.max_file_bytes,
+            rules=self.checking.export_rules,
         )
         self.send(self.upload_urls(result), 201)
 
@@ -371,6 +381,7 @@ class UploadHandler(WorkspaceApiHandler):
 
     action = "export.file.uploaded"
     _writer: BlobWriter | None = None
+    _upload: uploads.CheckedUpload | None = None
     _ident: WorkspaceIdentity | None = None
     _target: logic.UploadTarget | None = None
     _pipe: ThreadPoolExecutor | None = None
@@ -406,6 +417,7 @@ class UploadHandler(WorkspaceApiHandler):
                 project=self._ident.project,
                 status=400,
             )
+        self._upload = uploads.CheckedUpload(self._writer, target.path, self.checking.export_rules)
         self._target = target
         self._pipe = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sde-upload")
         self._inflight: deque[asyncio.Future] = deque()
@@ -421,7 +433,7 @@ class UploadHandler(WorkspaceApiHandler):
     async def data_received(self, chunk: bytes):
         if self._failed is not None:
             return  # the rest of the body is read and dropped; put() reports the failure
-        self._inflight.append(asyncio.wrap_future(self._pipe.submit(self._writer.write, chunk)))
+        self._inflight.append(asyncio.wrap_future(self._pipe.submit(self._upload.write, chunk)))
         while self._inflight and (
             len(self._inflight) > UPLOAD_INFLIGHT or self._inflight[0].done()
         ):
@@ -435,7 +447,7 @@ class UploadHandler(WorkspaceApiHandler):
         try:
             if self._failed is not None:
                 raise BlobError(self._failed)
-            key = await asyncio.wrap_future(self._pipe.submit(self._writer.finish))
+            key, content = await asyncio.wrap_future(self._pipe.submit(self._upload.finish))
         except BlobError as exc:
             await self.deny(
                 self.action,
@@ -445,7 +457,12 @@ class UploadHandler(WorkspaceApiHandler):
                 status=400,
             )
         result = await self.run(
-            logic.accept_upload, self._ident.username, self._ident.project, self._target, key
+            logic.accept_upload,
+            self._ident.username,
+            self._ident.project,
+            self._target,
+            key,
+            content=content,
         )
         self.send(result)
 

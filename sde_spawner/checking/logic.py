@@ -13,7 +13,6 @@ and commits the *denied* audit event in a fresh transaction, then re-raises.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,9 +21,11 @@ from typing import Any, TypeVar
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload
 
+from sde_airlock.rules import ExportRules, TypeCheck, summary
 from sde_spawner import audit
 from sde_spawner.audit.canonical import format_timestamp
 from sde_spawner.checking import manifest as manifest_mod
+from sde_spawner.checking import uploads
 from sde_spawner.checking.models import (
     ExportFile,
     ExportRequest,
@@ -49,13 +50,10 @@ from sde_spawner.registry.models import Membership, Person, PersonStatus, Projec
 
 T = TypeVar("T")
 
-MAX_FILES = 100
-MAX_PATH = 1024
-MAX_JUSTIFICATION = 10_000
-MAX_DESCRIPTION = 5_000
 MAX_COMMENT = 5_000
-DEFAULT_MAX_FILE_BYTES = 250 * 1024 * 1024
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: The export rules (types, sizes, counts, text lengths) are the airlock's: sde_airlock.rules.
+DEFAULT_RULES = ExportRules()
+DEFAULT_MAX_FILE_BYTES = DEFAULT_RULES.max_file_bytes
 
 
 # --- who acts -------------------------------------------------------------------------------
@@ -290,63 +288,14 @@ def file_outcome(decisions: Iterable[str]) -> str:
     return "changes requested"
 
 
-@dataclass(frozen=True)
-class FileSpec:
-    path: str
-    description: str
-    size: int
-    sha256: str
+FileSpec = uploads.FileSpec
 
 
-def validate_files(
-    raw: Any, *, max_files: int = MAX_FILES, max_size: int = DEFAULT_MAX_FILE_BYTES
-) -> list[FileSpec]:
-    """The declared files of a request body; ``ValueError`` with the reason otherwise."""
-    if not isinstance(raw, list) or not raw:
-        raise ValueError("'files' must be a non-empty list")
-    if len(raw) > max_files:
-        raise ValueError(f"a request holds at most {max_files} files")
-    out: list[FileSpec] = []
-    seen: set[str] = set()
-    for i, f in enumerate(raw):
-        if not isinstance(f, dict):
-            raise ValueError(f"file {i} is not an object")
-        unknown = set(f) - {"path", "description", "size", "sha256"}
-        if unknown:
-            raise ValueError(f"file {i}: unknown field(s) {', '.join(sorted(unknown))}")
-        path, desc, size, digest = (
-            f.get("path"),
-            f.get("description", ""),
-            f.get("size"),
-            f.get("sha256"),
-        )
-        if not isinstance(path, str) or not path.strip() or len(path) > MAX_PATH:
-            raise ValueError(f"file {i}: 'path' must be a non-empty string (≤{MAX_PATH})")
-        if "\x00" in path or any(part == ".." for part in path.split("/")):
-            raise ValueError(f"file {i}: 'path' {path[:80]!r} is not a plain relative path")
-        if path in seen:
-            raise ValueError(f"file {i}: {path!r} is listed twice")
-        seen.add(path)
-        if not isinstance(desc, str) or len(desc) > MAX_DESCRIPTION:
-            raise ValueError(f"file {i}: 'description' must be a string (≤{MAX_DESCRIPTION})")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise ValueError(f"file {i}: 'size' must be a non-negative integer")
-        if size > max_size:
-            raise ValueError(
-                f"file {i}: {path!r} is {size} bytes, over the limit of {max_size} bytes"
-            )
-        if not isinstance(digest, str) or not _SHA256.match(digest):
-            raise ValueError(f"file {i}: 'sha256' must be 64 lowercase hex digits")
-        out.append(FileSpec(path, desc, size, digest))
-    return out
-
-
-def _justification(raw: Any) -> str:
-    if not isinstance(raw, str) or not raw.strip():
-        raise ValueError("'justification' is required: say what the files are and why")
-    if len(raw) > MAX_JUSTIFICATION:
-        raise ValueError(f"'justification' is longer than {MAX_JUSTIFICATION} characters")
-    return raw.strip()
+def validate_files(raw: Any, *, rules: ExportRules = DEFAULT_RULES) -> list[FileSpec]:
+    """The declared files of a request body under the export rules (:mod:`sde_airlock.rules`);
+    :class:`~sde_spawner.checking.uploads.RulesBroken` (a ``ValueError``) with every problem
+    otherwise."""
+    return uploads.declared_files(raw, rules)
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -461,10 +410,11 @@ def _request_body(
     username: str,
     project: str,
     *,
-    max_size: int,
+    rules: ExportRules,
     justification: str | None = None,
 ) -> tuple[str, list[FileSpec]]:
-    """``(justification, files)`` of a new request or version, or :class:`Invalid`.
+    """``(justification, files)`` of a new request or version, or :class:`Invalid` naming
+    every broken export rule (their codes in the audited details).
 
     ``justification`` is the one kept when a new version does not give its own.
     """
@@ -477,10 +427,25 @@ def _request_body(
                 f"unknown field(s) {', '.join(sorted(unknown))} (requester and project "
                 "come from the workspace token)"
             )
-        text = _justification(body.get("justification", justification))
-        files = validate_files(body.get("files"), max_size=max_size)
+        problems = []
+        try:
+            text = uploads.justification_of(body.get("justification", justification), rules)
+        except uploads.RulesBroken as exc:
+            problems += exc.problems
+        try:
+            files = validate_files(body.get("files"), rules=rules)
+        except uploads.RulesBroken as exc:
+            problems += exc.problems
+        if problems:
+            raise uploads.RulesBroken(problems)
+    except uploads.RulesBroken as exc:
+        raise Invalid(
+            action, str(exc), actor=username, project=project, details=exc.details
+        ) from None
     except ValueError as exc:
-        raise Invalid(action, str(exc), actor=username, project=project) from None
+        raise Invalid(
+            action, str(exc), actor=username, project=project, details={"code": "bad_request"}
+        ) from None
     return text, files
 
 
@@ -491,11 +456,11 @@ def create_request(
     server_name: str,
     body: Any,
     *,
-    max_size: int = DEFAULT_MAX_FILE_BYTES,
+    rules: ExportRules = DEFAULT_RULES,
 ) -> dict:
     """A new draft request (version 1) of ``username`` on ``project`` with declared files."""
     action = "export.created"
-    justification, files = _request_body(body, action, username, project, max_size=max_size)
+    justification, files = _request_body(body, action, username, project, rules=rules)
     _active(session, username, action, project)
     now = utcnow()
     req = ExportRequest(
@@ -533,13 +498,13 @@ def new_version(
     request_id: int,
     body: Any,
     *,
-    max_size: int = DEFAULT_MAX_FILE_BYTES,
+    rules: ExportRules = DEFAULT_RULES,
 ) -> dict:
     """After "returned": a new snapshot version (the old version's reviews stay with it)."""
     action = "export.version.created"
     req = _own(session, request_id, action, username, project, lock=True)
     justification, files = _request_body(
-        body, action, username, project, max_size=max_size, justification=req.justification
+        body, action, username, project, rules=rules, justification=req.justification
     )
     if req.state != State.returned or req.version.submitted_at is None:
         raise Refused(
@@ -619,9 +584,16 @@ def accept_upload(
     username: str,
     project: str,
     target: UploadTarget,
-    blob_key: str,
+    blob_key: str | None,
+    *,
+    content: TypeCheck,
 ) -> dict:
-    """Record that the verified bytes of one declared file are in the blob store."""
+    """Record that the verified bytes of one declared file are in the blob store.
+
+    ``content`` is what the airlock's inspector found the bytes to be
+    (:class:`~sde_spawner.checking.uploads.CheckedUpload`); bytes that are not what the
+    file's name says, archives and programs are refused here (and were never stored).
+    """
     action = "export.file.uploaded"
     req = _own(session, target.request_id, action, username, project, lock=True)
     if (
@@ -638,6 +610,24 @@ def accept_upload(
             status=409,
         )
     file = next(f for f in req.version.files if f.position == target.position)
+    if not content.ok or content.name != file.path:
+        problems = list(content.problems) or [
+            uploads.Problem("type_mismatch", f"{file.path}: the bytes were not inspected")
+        ]
+        raise Refused(
+            action,
+            summary(problems),
+            actor=username,
+            project=project,
+            details=uploads.refusal_details(
+                problems,
+                request=req.id,
+                index=file.position,
+                path=file.path,
+                detected=content.detected,
+            ),
+            status=422,
+        )
     if blob_key != file.sha256:
         raise Invalid(
             action,

@@ -15,7 +15,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -116,8 +116,12 @@ class BlobWriter:
         self._hash.update(chunk)
         self._fh.write(chunk)
 
-    def finish(self) -> str:
-        """Verify size and hash, make the blob durable and read-only; returns its key."""
+    def finish(self, inspect: Callable[[Path], None] | None = None) -> str:
+        """Verify size and hash, make the blob durable and read-only; returns its key.
+
+        ``inspect(path)`` is called with the complete, verified temporary file before it is
+        kept; if it raises, the upload is aborted (nothing stored) and the exception passes on.
+        """
         if self._fh is None:
             raise BlobError("upload already finished")
         if self.size != self.expected_size:
@@ -134,6 +138,12 @@ class BlobWriter:
         os.fsync(self._fh.fileno())
         self._fh.close()
         self._fh = None
+        if inspect is not None:
+            try:
+                inspect(self._tmp)
+            except BaseException:
+                self.abort()
+                raise
         final = self.store.path(digest)
         final.parent.mkdir(exist_ok=True)
         if final.exists():  # identical bytes already stored: keep the existing, read-only one

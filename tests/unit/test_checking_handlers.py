@@ -9,6 +9,8 @@ import asyncio
 import json
 import os
 import re
+import struct
+import zlib
 from http.cookies import SimpleCookie
 from pathlib import Path
 from urllib.parse import urlencode
@@ -61,6 +63,30 @@ NOTEBOOK = json.dumps(
     }
 ).encode()
 FILES = {"out/summary.csv": CSV, "analysis.ipynb": NOTEBOOK}
+
+
+def png_bytes() -> bytes:
+    """A real 1x1 PNG (uploads are checked for what their bytes are)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00\x80"))
+        + chunk(b"IEND", b"")
+    )
+
+
+def text_bytes(n: int) -> bytes:
+    """``n`` bytes of random text (a CSV's bytes must be text)."""
+    return os.urandom(n // 2 + 1).hex().encode()[:n]
+
+
 PEOPLE = ("alice", "bob", "chris", "dana", "olga")
 
 
@@ -274,7 +300,7 @@ async def test_the_request_page_shows_each_files_automated_disclosure_checks(svc
     files = {
         "counts.csv": b"region,n\nnorth,120\nsouth,4\n",
         "safe.csv": CSV,
-        "fig.png": b"\x89PNG\r\n\x1a\n" + b"\x00" * 16,
+        "fig.png": png_bytes(),
         "model.txt": b"Df Residuals:   3\n",
     }
     rid = await submit_request(svc, files=files)
@@ -481,7 +507,7 @@ def upload_temps(svc: Service) -> list:
 
 
 async def test_a_large_upload_is_stored_whole_and_a_bad_piece_anywhere_refuses_it(svc, db):
-    data = os.urandom(7 * 1024 * 1024 + 5)  # several pieces of HTTP_CHUNK_SIZE, more in flight
+    data = text_bytes(7 * 1024 * 1024 + 5)  # several pieces of HTTP_CHUNK_SIZE, more in flight
     r = await svc.fetch("POST", "api/exports", token="ws-alice", body=body_of({"t.csv": data}))
     rid = json.loads(r.body)["id"]
     at = 5 * 1024 * 1024  # one bit flipped in a late piece
@@ -497,7 +523,7 @@ async def test_a_large_upload_is_stored_whole_and_a_bad_piece_anywhere_refuses_i
 
 
 async def test_a_workspace_that_hangs_up_mid_upload_leaves_no_partial_file(svc, db):
-    data = os.urandom(3 * 1024 * 1024)
+    data = text_bytes(3 * 1024 * 1024)
     r = await svc.fetch("POST", "api/exports", token="ws-alice", body=body_of({"t.csv": data}))
     rid = json.loads(r.body)["id"]
     _reader, writer = await asyncio.open_connection("127.0.0.1", svc.port)

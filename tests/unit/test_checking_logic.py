@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from sde_airlock.filetypes import check_bytes
 from sde_spawner import audit
 from sde_spawner.checking import logic
 from sde_spawner.checking import manifest as manifest_mod
@@ -42,7 +43,8 @@ def body(files: dict[str, bytes], justification="Aggregate counts for the paper"
 def upload_all(db, store, user, rid, files: dict[str, bytes]):
     for i, data in enumerate(files.values()):
         target = perform(db, logic.upload_target, user, PROJECT, rid, i)
-        perform(db, logic.accept_upload, user, PROJECT, target, store.put(data))
+        content = check_bytes(target.path, data)  # what the service's upload path inspects
+        perform(db, logic.accept_upload, user, PROJECT, target, store.put(data), content=content)
 
 
 def make_request(db, store, user="alice", files=None, *, submit=True) -> int:
@@ -345,14 +347,18 @@ def test_submit_needs_every_file_uploaded(db, store):
     files = {"a.csv": CSV, "b.csv": CSV + b"x,1\n"}
     res = perform(db, logic.create_request, "alice", PROJECT, PROJECT, body(files))
     target = perform(db, logic.upload_target, "alice", PROJECT, res["id"], 0)
-    perform(db, logic.accept_upload, "alice", PROJECT, target, store.put(CSV))
+    content = check_bytes("a.csv", CSV)
+    perform(db, logic.accept_upload, "alice", PROJECT, target, store.put(CSV), content=content)
     with pytest.raises(logic.Refused, match=r"1 file\(s\) not uploaded yet: b.csv"):
         perform(db, logic.submit, "alice", PROJECT, res["id"])
     assert state(db, res["id"]) == "draft"
     # bytes that are not the declared ones are refused
     target = perform(db, logic.upload_target, "alice", PROJECT, res["id"], 1)
     with pytest.raises(logic.Invalid, match="do not match"):
-        perform(db, logic.accept_upload, "alice", PROJECT, target, sha256(b"other"))
+        content = check_bytes("b.csv", CSV + b"x,1\n")
+        perform(
+            db, logic.accept_upload, "alice", PROJECT, target, sha256(b"other"), content=content
+        )
 
 
 def test_a_workspace_only_sees_and_touches_its_own_requests(db, store):
@@ -372,15 +378,15 @@ def test_a_workspace_only_sees_and_touches_its_own_requests(db, store):
         ({"justification": "x", "files": [], "requester": "bob"}, "unknown field"),
         ({"justification": "x", "files": [], "project": "p2"}, "unknown field"),
         ({"justification": " ", "files": [{}]}, "justification"),
-        ({"justification": "x", "files": []}, "non-empty list"),
+        ({"justification": "x", "files": []}, "at least one file"),
         ({"justification": "x", "files": [{"path": "../etc/passwd", "size": 1,
-                                           "sha256": "a" * 64}]}, "plain relative path"),
+                                           "sha256": "a" * 64}]}, "not a plain path"),
         ({"justification": "x", "files": [{"path": "a", "size": -1, "sha256": "a" * 64}]},
          "non-negative"),
         ({"justification": "x", "files": [{"path": "a", "size": 1, "sha256": "XYZ"}]},
          "64 lowercase hex"),
         ({"justification": "x", "files": [{"path": "a", "size": 10**12, "sha256": "a" * 64}]},
-         "over the limit"),
+         "over the export limit"),
         ({"justification": "x", "files": [{"path": "a", "size": 1, "sha256": "a" * 64}] * 2},
          "listed twice"),
     ],

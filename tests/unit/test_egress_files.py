@@ -21,6 +21,7 @@ from egress_extension.files import (
     relative_path,
     take_snapshot,
 )
+from sde_airlock.rules import ExportRules
 
 
 @pytest.fixture
@@ -131,7 +132,9 @@ def test_a_socket_is_refused(policy, home):
 
 
 def test_a_device_is_refused():
-    refused = refusal(ExportPolicy(root="/dev", allowed_suffixes=("null",)), "null")
+    refused = refusal(
+        ExportPolicy(root="/dev", rules=ExportRules(allowed_suffixes=("null",))), "null"
+    )
     assert refused.code == "special" and "a device" in refused.message
 
 
@@ -148,7 +151,7 @@ def test_a_file_over_the_size_limit_is_refused_before_reading(policy, home):
 def test_file_types_outside_the_policy_are_refused(policy, home, name):
     (home / name).write_bytes(b"x")
     refused = refusal(policy, name)
-    assert refused.code == "suffix" and "may not be exported" in refused.message
+    assert refused.code == "type_not_allowed" and "may not be exported" in refused.message
     assert ".csv" in refused.message  # says what is allowed
 
 
@@ -156,8 +159,10 @@ def test_suffixes_are_case_insensitive_and_configurable(home):
     (home / "FIG.PNG").write_bytes(b"\x89PNG")
     fd, _st, _rel = open_confined(ExportPolicy(root=str(home)), "FIG.PNG")
     os.close(fd)
-    refused = refusal(ExportPolicy(root=str(home), allowed_suffixes=(".csv",)), "FIG.PNG")
-    assert refused.code == "suffix" and "(allowed: .csv)" in refused.message
+    refused = refusal(
+        ExportPolicy(root=str(home), rules=ExportRules(allowed_suffixes=(".csv",))), "FIG.PNG"
+    )
+    assert refused.code == "type_not_allowed" and "(allowed: .csv)" in refused.message
 
 
 def test_relative_path_refuses_nul_bytes(policy):
@@ -272,11 +277,43 @@ def test_a_symlink_swapped_in_between_check_and_open_is_not_followed(
 def test_svg_is_not_exportable_by_default_its_points_are_the_data(home):
     (home / "scatter.svg").write_text('<svg><circle cx="52.1" cy="61.3" r="1"/></svg>')
     refused = refusal(ExportPolicy(root=str(home)), "scatter.svg")
-    assert refused.code == "suffix" and ".svg may not be exported" in refused.message
+    assert refused.code == "type_not_allowed" and ".svg may not be exported" in refused.message
 
 
 @pytest.mark.parametrize("name", ["cohort.parquet", "paper.pdf"])
 def test_formats_checkers_cannot_see_are_not_exportable_by_default(home, name):
     (home / name).write_bytes(b"PAR1\x00\x01" if name.endswith("parquet") else b"%PDF-1.7\n")
     refused = refusal(ExportPolicy(root=str(home)), name)
-    assert refused.code == "suffix" and "may not be exported" in refused.message
+    assert refused.code == "type_not_allowed" and "may not be exported" in refused.message
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "code", "words"),
+    [
+        ("results.csv", b"\x7fELF\x02\x01\x01" + b"\x00" * 600, "type_mismatch", "programs are"),
+        ("fig.png", b"PK\x03\x04" + b"\x00" * 600, "type_mismatch", "archives are never"),
+        ("analysis.ipynb", b'{"cells": [', "type_mismatch", "not valid JSON"),
+    ],
+)
+def test_a_snapshot_refuses_bytes_that_are_not_what_the_name_says(home, name, data, code, words):
+    """Early feedback in the workspace: the same byte check the service makes on upload."""
+    (home / name).write_bytes(data)
+    fd, _st, rel = open_confined(ExportPolicy(root=str(home)), name)
+    try:
+        with pytest.raises(ExportRefused) as raised:
+            take_snapshot(fd, inspect=rel)
+        assert take_snapshot(fd).size == len(data)  # without the check: only a digest
+    finally:
+        os.close(fd)
+    refused = raised.value
+    assert (refused.code, refused.status, refused.path) == (code, 422, name)
+    assert refused.message.startswith(f"{name}: ") and words in refused.message
+
+
+def test_a_snapshot_of_a_real_csv_passes_the_byte_check(policy, home):
+    fd, _st, rel = open_confined(policy, "results.csv")
+    try:
+        snap = take_snapshot(fd, inspect=rel, chunk=3)
+    finally:
+        os.close(fd)
+    assert snap.sha256 == hashlib.sha256(b"region,n\nnorth,120\n").hexdigest()

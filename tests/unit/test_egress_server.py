@@ -146,7 +146,7 @@ def export(fetch, *files, justification="Aggregate counts for the paper, n>=10 p
         (None, "sub", 400, "directory", "is a directory"),
         ("fifo", "pipe.csv", 400, "special", "named pipe"),
         ("sparse_big", "big.csv", 403, "too_large", "over the export limit of 200.0 MiB"),
-        (None, "cohort.sqlite", 403, "suffix", "files of type .sqlite may not be exported"),
+        (None, "cohort.sqlite", 403, "type_not_allowed", "type .sqlite may not be exported"),
         (None, "missing.csv", 400, "missing", "no such file"),
     ],
 )
@@ -248,6 +248,16 @@ def test_a_precheck_refuses_what_an_export_would_refuse_and_records_it(fetch, fi
     assert refused["details"]["code"] == "symlink" and refused["outcome"] == "denied"
     assert precheck(fetch, "../etc/passwd").code == 400
     assert precheck(fetch, "cohort.sqlite").code == 403
+
+
+def test_a_precheck_says_when_the_bytes_are_not_what_the_name_says(fetch, files, ext, events):
+    (files / "fig.png").write_bytes(b"PK\x03\x04" + b"\x00" * 100)  # a zip named as a figure
+    r = precheck(fetch, "fig.png")
+    body = json.loads(r.body)
+    assert (r.code, body["code"]) == (422, "type_mismatch"), body
+    assert "the bytes are a ZIP archive" in body["message"]
+    (refused,) = events("export.check.refused")
+    assert refused["details"]["code"] == "type_mismatch" and refused["outcome"] == "denied"
 
 
 def test_a_file_over_the_precheck_size_is_left_to_the_service(fetch, files, ext):
