@@ -25,6 +25,8 @@ from sqlalchemy.orm import Session, selectinload
 from sde_spawner import audit
 from sde_spawner.audit.canonical import format_timestamp
 from sde_spawner.checking import manifest as manifest_mod
+from sde_spawner.checking import sweep
+from sde_spawner.checking.limits import LimitSettings, quota_problem, space_problem
 from sde_spawner.checking.models import (
     ExportFile,
     ExportRequest,
@@ -124,6 +126,19 @@ def perform(sessionmaker, operation: Callable[..., T], /, *args, **kwargs) -> T:
     Commits on success. On :class:`Refused` the transaction is rolled back and the denial is
     audited (outcome ``denied``) and committed in a transaction of its own, then re-raised.
     """
+    return perform_gated(sessionmaker, None, operation, *args, **kwargs)
+
+
+def perform_gated(
+    sessionmaker,
+    audit_denial: Callable[[Refused], bool] | None,
+    operation: Callable[..., T],
+    /,
+    *args,
+    **kwargs,
+) -> T:
+    """:func:`perform`, where ``audit_denial(exc)`` decides whether a refusal gets its own
+    audit row (False: the flood limiter counts it into an aggregated row instead)."""
     with sessionmaker() as session:
         try:
             result = operation(session, *args, **kwargs)
@@ -131,8 +146,9 @@ def perform(sessionmaker, operation: Callable[..., T], /, *args, **kwargs) -> T:
             return result
         except Refused as exc:
             session.rollback()
-            record_denial(session, exc)
-            session.commit()
+            if audit_denial is None or audit_denial(exc):
+                record_denial(session, exc)
+                session.commit()
             raise
 
 
@@ -492,11 +508,14 @@ def create_request(
     body: Any,
     *,
     max_size: int = DEFAULT_MAX_FILE_BYTES,
+    quotas: LimitSettings | None = None,
 ) -> dict:
-    """A new draft request (version 1) of ``username`` on ``project`` with declared files."""
+    """A new draft request (version 1) of ``username`` on ``project`` with declared files
+    (within ``quotas``, if given)."""
     action = "export.created"
     justification, files = _request_body(body, action, username, project, max_size=max_size)
     _active(session, username, action, project)
+    _check_quota(session, action, username, project, files, quotas, new_draft=True)
     now = utcnow()
     req = ExportRequest(
         project_slug=project,
@@ -534,6 +553,7 @@ def new_version(
     body: Any,
     *,
     max_size: int = DEFAULT_MAX_FILE_BYTES,
+    quotas: LimitSettings | None = None,
 ) -> dict:
     """After "returned": a new snapshot version (the old version's reviews stay with it)."""
     action = "export.version.created"
@@ -556,6 +576,9 @@ def new_version(
             details={"request": req.id},
             status=409,
         )
+    _check_quota(
+        session, action, username, project, files, quotas, new_draft=False, request_id=req.id
+    )
     number = req.current_version + 1
     _add_version(session, req, number, justification, files)
     req.current_version = number
@@ -576,6 +599,35 @@ def new_version(
     return {"id": req.id, "version": number, "state": req.state, "files": _upload_list(req)}
 
 
+def _check_quota(
+    session: Session,
+    action: str,
+    username: str,
+    project: str,
+    files: list[FileSpec],
+    quotas: LimitSettings | None,
+    *,
+    new_draft: bool,
+    request_id: int | None = None,
+) -> None:
+    """Refuse (429: too many drafts, 413: too many bytes) a draft or version over a quota."""
+    if quotas is None:
+        return
+    declared = sum(f.size for f in files)
+    held = sweep.usage(session, username, project, exclude_request=request_id)
+    problem = quota_problem(held, quotas, new_draft=new_draft, declared=declared)
+    if problem is not None:
+        status, reason = problem
+        raise Refused(
+            action,
+            reason,
+            actor=username,
+            project=project,
+            details={"quota": True, "declared": declared, "request": request_id},
+            status=status,
+        )
+
+
 @dataclass(frozen=True)
 class UploadTarget:
     request_id: int
@@ -587,9 +639,17 @@ class UploadTarget:
 
 
 def upload_target(
-    session: Session, username: str, project: str, request_id: int, position: int
+    session: Session,
+    username: str,
+    project: str,
+    request_id: int,
+    position: int,
+    *,
+    quotas: LimitSettings | None = None,
+    free_bytes: int | None = None,
 ) -> UploadTarget:
-    """What an upload to (request, file index) must be, if one is allowed now."""
+    """What an upload to (request, file index) must be, if one is allowed now (and, with
+    ``quotas``, fits the project's stored bytes and the ``free_bytes`` of the store)."""
     action = "export.file.uploaded"
     req = _own(session, request_id, action, username, project)
     version = req.version
@@ -611,6 +671,22 @@ def upload_target(
             project=project,
             details={"request": req.id, "index": position},
         )
+    if quotas is not None and file.blob_key is None:
+        problem = space_problem(
+            sweep.usage(session, username, project),
+            quotas,
+            size=file.size,
+            free_bytes=free_bytes if free_bytes is not None else 2**63,
+        )
+        if problem is not None:
+            raise Refused(
+                action,
+                problem[1],
+                actor=username,
+                project=project,
+                details={"request": req.id, "index": position, "quota": True},
+                status=problem[0],
+            )
     return UploadTarget(req.id, version.number, position, file.path, file.size, file.sha256)
 
 
