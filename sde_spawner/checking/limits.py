@@ -108,7 +108,9 @@ class TokenBucket:
         return min(self.burst, tokens + max(0.0, now - last) * self.rate)
 
     def take(self, key, now: float, cost: float = 1.0) -> float:
-        """Take ``cost`` tokens: 0.0 if granted, else the seconds until they would be."""
+        """Take ``cost`` tokens: 0.0 if granted, else the seconds until they would be. A cost
+        above the burst takes a full bucket."""
+        cost = min(cost, self.burst)
         level = self._level(key, now)
         if level >= cost:
             self._put(key, level - cost, now)
@@ -116,7 +118,7 @@ class TokenBucket:
         self._put(key, level, now)
         if self.rate <= 0:
             return math.inf
-        return (min(cost, self.burst) - level) / self.rate
+        return (cost - level) / self.rate
 
     def empty(self, key, now: float) -> float:
         """Seconds until ``key`` has a whole token again (0.0 if it has one now)."""
