@@ -451,3 +451,26 @@ def test_the_preview_cache_names_each_projects_own_file(tmp_path):
     assert "p1-secret-name.csv" in ctx.preview(one).html
     assert "p1-secret-name.csv" not in ctx.preview(two).html
     assert "table.csv" in ctx.preview(two).html
+
+
+async def test_a_large_download_serves_the_descriptor_it_verified(
+    make_svc, db, tmp_path, monkeypatch
+):
+    """The blob is replaced on disk right after it was verified: the download still serves
+    the verified (approved) bytes, because it never opens the path a second time."""
+    monkeypatch.setattr(handlers, "IN_MEMORY_DOWNLOAD", 4)
+    svc = await make_svc()
+    rid = await approved(svc)
+    fid = logic_file_id(db, rid)
+    verified = BlobStore.open_verified_handle
+
+    def verify_then_swap(self, key, sha):
+        fh = verified(self, key, sha)
+        swap = self.path(key).with_name("swap")
+        swap.write_bytes(CSV.replace(b"120", b"121"))
+        os.replace(swap, self.path(key))
+        return fh
+
+    monkeypatch.setattr(BlobStore, "open_verified_handle", verify_then_swap)
+    r = await svc.fetch("GET", f"releases/{rid}/files/{fid}", user="alice")
+    assert r.code == 200 and r.body == CSV
