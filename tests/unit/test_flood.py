@@ -346,7 +346,7 @@ async def test_malformed_json_and_ids_get_400_and_an_audit_row(make_svc, db):
     cases = [
         ("POST", "api/exports", "[" * 5000 + "]" * 5000, b"nested deeper than 32"),
         ("POST", "api/exports", json.dumps(nul), b"NUL character"),
-        ("POST", "api/exports", '{"files": [{"size": 1' + huge + '}]}', b"out of range"),
+        ("POST", "api/exports", '{"files": [{"size": 1' + huge + "}]}", b"out of range"),
         ("GET", f"api/exports/{huge}", None, f"id {'1' * 24}".encode()),
         ("POST", f"api/exports/{huge}/submit", None, b"out of range"),
         ("PUT", f"api/exports/1/files/{huge}", b"x", b"out of range"),
@@ -474,3 +474,32 @@ async def test_a_large_download_serves_the_descriptor_it_verified(
     monkeypatch.setattr(BlobStore, "open_verified_handle", verify_then_swap)
     r = await svc.fetch("GET", f"releases/{rid}/files/{fid}", user="alice")
     assert r.code == 200 and r.body == CSV
+
+
+async def test_the_service_loop_writes_aggregates_and_sweeps(env, make_svc, db, tmp_path):
+    """The periodic loop of ``python -m sde_spawner.services`` writes the ``rate.limited``
+    rows of closed windows by itself, sweeps, and writes what is still open when it stops."""
+    from sde_spawner.services.__main__ import housekeeping_loop
+
+    env(refusal_burst=1, window_seconds=1, sweep_seconds=3600, blob_grace_seconds=0)
+    svc = await make_svc()
+    stray = store_of(tmp_path).put(b"nobody's\n")
+    task = asyncio.create_task(housekeeping_loop(svc.app))
+    for _ in range(3):
+        await svc.fetch("GET", "api/exports", source="127.0.0.3")
+    for _ in range(40):  # the window closes after 1 s; the loop looks every second
+        await asyncio.sleep(0.1)
+        if events(db, action="rate.limited"):
+            break
+    (row,) = events(db, action="rate.limited")
+    assert row["details"]["count"] == 2
+    assert not store_of(tmp_path).exists(stray)  # the first sweep ran at start
+    await svc.fetch("GET", "api/exports", source="127.0.0.4")
+    await svc.fetch("GET", "api/exports", source="127.0.0.4")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [e["details"]["key"] for e in events(db, action="rate.limited")] == [
+        "addr=127.0.0.3",
+        "addr=127.0.0.4",
+    ]
