@@ -870,7 +870,9 @@ class DownloadHandler(_Limited, PageHandler):
         super().write_error(status_code, **kwargs)
 
     async def get(self, request_id, file_id):
-        ref = await self.run(logic.release_file, self.username, int(request_id), int(file_id))
+        ref = await self.run(
+            logic.release_file_by_number, self.username, int(request_id), int(file_id)
+        )
         store = self.checking.store
         data = fh = None
         try:
@@ -944,7 +946,7 @@ class ManifestHandler(PageHandler):
 
     async def get(self, request_id, kind):
         _rid, _project, text = await self.run(
-            logic.release_manifest, self.username, int(request_id)
+            logic.release_manifest_by_number, self.username, int(request_id)
         )
         if kind == "json":
             self.set_header("Content-Type", "application/json")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from sde_spawner import audit
@@ -769,6 +769,20 @@ def submit(session: Session, username: str, project: str, request_id: int) -> di
     return {"id": req.id, "state": req.state, "version": version.number}
 
 
+def _next_number(session: Session, username: str) -> int:
+    """The requester's next request number, taken when a checker first claims a request —
+    so every number shown outside the workspace is of a request a checker saw (drafts and
+    requests withdrawn before review never take one). Under the requester's Person row lock,
+    so two claims at once cannot take the same number."""
+    session.execute(
+        update(Person).where(Person.username == username).values(username=Person.username)
+    )
+    last = session.scalar(
+        select(func.max(ExportRequest.number)).where(ExportRequest.requester == username)
+    )
+    return (last or 0) + 1
+
+
 def withdraw(session: Session, username: str, project: str, request_id: int) -> dict:
     req = _own(session, request_id, "export.withdrawn", username, project, lock=True)
     transition(session, req, State.withdrawn, username)
@@ -805,6 +819,7 @@ def _requester_view(req: ExportRequest) -> dict:
         files.append(item)
     return {
         "id": req.id,
+        "number": req.number,
         "project": req.project_slug,
         "state": req.state,
         "version": version.number,
@@ -907,6 +922,8 @@ def _claim(session: Session, username: str, req: ExportRequest) -> Review:
     session.add(review)
     if req.state == State.submitted:
         transition(session, req, State.in_review, username, details={"claimed_by": username})
+    if req.number is None:
+        req.number = _next_number(session, req.requester)
     audit.append(
         session,
         "export.claimed",
@@ -1089,7 +1106,7 @@ def build_manifest(
     by_id = {f.id: f for f in version.files}
     return {
         "format": manifest_mod.FORMAT,
-        "request": req.id,
+        "request": req.number,  # the requester's number, not the global id (a channel)
         "project": req.project_slug,
         "requester": req.requester,
         "version": version.number,
@@ -1390,8 +1407,10 @@ def releases(session: Session, username: str) -> list[dict]:
     a checker) are not listed at all.
     """
     out = []
-    for req in _own_requests(session, username, None):
-        if State(req.state) == State.draft:
+    for req in sorted(
+        _own_requests(session, username, None), key=lambda r: r.number or 0, reverse=True
+    ):
+        if req.number is None:  # no checker has seen it yet (drafts, unclaimed, withdrawn)
             continue
         view = _requester_view(req)
         releasable = State(req.state) in RELEASABLE
@@ -1430,6 +1449,48 @@ def _releasable(
             status=409,
         )
     return req
+
+
+def _by_number(session: Session, username: str, number: int, action: str) -> int:
+    """The id of ``username``'s request numbered ``number`` (the number shown outside)."""
+    rid = session.scalar(
+        select(ExportRequest.id).where(
+            ExportRequest.requester == username, ExportRequest.number == number
+        )
+    )
+    if rid is None:
+        raise NotFound(
+            action,
+            f"{username} has no export request number {number}",
+            actor=username,
+            details={"number": number},
+        )
+    return rid
+
+
+def release_file_by_number(session: Session, username: str, number: int, position: int) -> BlobRef:
+    """:func:`release_file` of the requester's request ``number``, file ``position`` (1-based,
+    as the releases page numbers them): the outside page never names global ids."""
+    action = "export.release.downloaded"
+    req = _releasable(session, username, _by_number(session, username, number, action), action)
+    f = next((f for f in req.version.files if f.position == position - 1), None)
+    if f is None:
+        raise NotFound(
+            action,
+            f"request {number} has no approved file {position}",
+            actor=username,
+            project=req.project_slug,
+            details={"request": req.id, "position": position},
+        )
+    return release_file(session, username, req.id, f.id)
+
+
+def release_manifest_by_number(
+    session: Session, username: str, number: int
+) -> tuple[int, str, str]:
+    """:func:`release_manifest` of the requester's own request ``number``."""
+    action = "export.manifest.viewed"
+    return release_manifest(session, username, _by_number(session, username, number, action))
 
 
 def release_file(session: Session, username: str, request_id: int, file_id: int) -> BlobRef:

@@ -503,3 +503,63 @@ async def test_the_service_loop_writes_aggregates_and_sweeps(env, make_svc, db, 
         "addr=127.0.0.3",
         "addr=127.0.0.4",
     ]
+
+
+async def test_outside_numbers_do_not_count_drafts_or_unreviewed_withdrawals(make_svc, db):
+    """A workspace moves the global id sequence at will (drafts, submit-then-withdraw before
+    any checker looks); the numbers the requester sees outside count only requests a checker
+    claimed, so that sequence carries nothing out."""
+    svc = await make_svc()
+    for _ in range(4):  # drafts
+        await svc.fetch("POST", "api/exports", token="ws-alice", body=body_of({"d.csv": CSV}))
+    for _ in range(2):  # submitted and withdrawn before any checker claimed them
+        gone = await submit_request(svc, files={"w.csv": CSV})
+        r = await svc.fetch("POST", f"api/exports/{gone}/withdraw", token="ws-alice")
+        assert r.code == 200
+    rid = await approved(svc)
+    assert rid == 7
+    page = (await svc.fetch("GET", "releases/", user="alice")).body.decode()
+    assert 'id="request-1"' in page and "<h3>Request 1</h3>" in page
+    assert page.count('id="request-') == 1  # nothing of the six others shows outside
+    assert f"releases/{rid}/" not in page and f"Request {rid}" not in page
+    assert f"{PREFIX}releases/1/files/1" in page
+    r = await svc.fetch("GET", "releases/1/files/1", user="alice")
+    assert r.code == 200 and r.body == CSV
+    assert (
+        json.loads((await svc.fetch("GET", "releases/1/manifest.json", user="alice")).body)[
+            "request"
+        ]
+        == 1
+    )
+    # inside, the workspace still knows both
+    mine = json.loads((await svc.fetch("GET", f"api/exports/{rid}", token="ws-alice")).body)
+    assert (mine["id"], mine["number"]) == (rid, 1)
+
+
+def test_revision_0008_numbers_existing_requests_per_requester(tmp_path):
+    from sqlalchemy import create_engine, text
+
+    from sde_spawner.db import upgrade
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    upgrade(url, "0005")
+    engine = create_engine(url)
+    rows = [(1, "alice", "submitted"), (2, "bob", "approved"), (3, "alice", "draft")]
+    rows += [(4, "alice", "withdrawn"), (5, "bob", "released")]
+    with engine.begin() as c:
+        for rid, who, state in rows:
+            c.execute(
+                text(
+                    "INSERT INTO export_request (id, project_slug, requester, server_name, "
+                    "state, justification, current_version, created_at, updated_at) VALUES "
+                    "(:id, 'p1', :who, '', :state, '', 1, '2026-01-01', '2026-01-01')"
+                ),
+                {"id": rid, "who": who, "state": state},
+            )
+    engine.dispose()
+    upgrade(url)
+    engine = create_engine(url)
+    with engine.connect() as c:
+        got = c.execute(text("SELECT id, number FROM export_request ORDER BY id")).fetchall()
+    engine.dispose()
+    assert [tuple(r) for r in got] == [(1, 1), (2, 1), (3, None), (4, 2), (5, 2)]
