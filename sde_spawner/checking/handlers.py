@@ -39,8 +39,8 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 
 from sde_spawner import audit
+from sde_spawner.checking import flood, logic, render, sdc
 from sde_spawner.checking import limits as limits_mod
-from sde_spawner.checking import logic, render, sdc, sweep
 from sde_spawner.checking import manifest as manifest_mod
 from sde_spawner.checking.states import REASON_CODES, Decision, State
 from sde_spawner.checking.storage import BlobError, BlobStore, BlobWriter
@@ -216,6 +216,8 @@ class _Base(web.RequestHandler):
             details={"path": self.request.path, "remote": self.request.remote_ip},
             status=status,
         )
+        if not flood.admit_denial(self, exc):  # over the caller's refusal budget: counted
+            raise web.HTTPError(status, reason.replace("%", "%%"))
 
         def write():
             with self.settings["sessionmaker"]() as s:
@@ -234,91 +236,8 @@ class _Base(web.RequestHandler):
 # --- workspace API --------------------------------------------------------------------------
 
 
-class _Limited:
-    """Flood limits of a handler (mixed into the workspace API and the release downloads):
-    a request budget per client checked before any work, refusals audited one by one only
-    within the client's refusal budget (beyond it they are counted into one ``rate.limited``
-    row per client and window), and ids that cannot be database ids refused with 400."""
-
-    _retry_after: float = 0.0
-
-    @property
-    def limits(self) -> limits_mod.Limits:
-        return limits_mod.for_app(self.settings)
-
-    @property
-    def client_ip(self) -> str:
-        """The caller's address (the last X-Forwarded-For hop only behind the local proxy)."""
-        return self.limits.client(
-            self.request.remote_ip, self.request.headers.get("X-Forwarded-For")
-        )
-
-    def refusal_keys(self) -> list[tuple]:
-        return [("addr", self.client_ip)]
-
-    async def gate(self, keys: list[tuple] | None = None, **kwargs) -> None:
-        """429 (with Retry-After) if these keys used up their request or refusal budget."""
-        verdict = self.limits.admit(keys or self.refusal_keys(), **kwargs)
-        if not verdict.ok:
-            await self.write_aggregates()
-            self._retry_after = verdict.retry_after
-            raise web.HTTPError(verdict.status, verdict.reason.replace("%", "%%"))
-
-    async def write_aggregates(self) -> None:
-        await asyncio.to_thread(sweep.write_aggregates, self.settings["sessionmaker"], self.limits)
-
-    def audit_denial(self, exc: logic.Refused) -> bool:
-        return self.limits.audit_refusal(self.refusal_keys(), f"{exc.status} {exc.action}")
-
-    async def deny(self, action, reason, *, actor, project=None, status=403):
-        exc = logic.Refused(action, reason, actor=actor, status=status)
-        if not self.audit_denial(exc):  # counted: the rate.limited row tells of it
-            raise web.HTTPError(status, reason.replace("%", "%%"))
-        await super().deny(action, reason, actor=actor, project=project, status=status)
-
-    async def run(self, operation, /, *args, **kwargs):
-        """:meth:`_Base.run`, with refusals audited within the client's refusal budget."""
-        try:
-            return await asyncio.to_thread(
-                logic.perform_gated,
-                self.settings["sessionmaker"],
-                self.audit_denial,
-                operation,
-                *args,
-                **kwargs,
-            )
-        except logic.Refused as exc:
-            raise web.HTTPError(exc.status, exc.reason.replace("%", "%%")) from None
-
-    async def check_ids(self, actor: str | None = None) -> None:
-        for arg in self.path_args:
-            if arg.isdigit() and limits_mod.parse_id(arg) is None:
-                await self.deny(
-                    self.action,
-                    f"id {arg[:24]}{'…' if len(arg) > 24 else ''} is out of range",
-                    actor=actor,
-                    status=400,
-                )
-
-    async def limit_body(self, limit: int, actor: str | None = None) -> None:
-        """Refuse a declared body over ``limit`` now (413); cut a chunked one off at it."""
-        length = limits_mod.declared_length(self.request.headers)
-        if length is not None and length > limit:
-            await self.deny(
-                self.action,
-                f"request body of {length} bytes is over this route's limit of {limit} bytes",
-                actor=actor,
-                status=413,
-            )
-        self.request.connection.set_max_body_size(limit)
-
-    def set_retry_after(self) -> None:
-        if self._retry_after:
-            self.set_header("Retry-After", str(int(self._retry_after)))
-
-
 @web.stream_request_body
-class WorkspaceApiHandler(_Limited, _Base):
+class WorkspaceApiHandler(flood.Limited, _Base):
     """Token-authenticated with a running workspace's own server token. Bodies are streamed
     in and limited (``SDE_LIMIT_JSON_BODY_BYTES``) before they are buffered."""
 
@@ -852,7 +771,7 @@ class ReleasesHandler(PageHandler):
         self.render_page("releases.html", items=items)
 
 
-class DownloadHandler(_Limited, PageHandler):
+class DownloadHandler(flood.Limited, PageHandler):
     """Approved bytes, verified before the first byte is served; every download audited with
     the person's address (the proxy's last X-Forwarded-For hop), within the flood limits."""
 

@@ -47,7 +47,7 @@ class LimitSettings:
     #: refusals per second per client that still get an audit row each; beyond, one
     #: aggregated ``rate.limited`` row per window and the client's requests get 429
     refusal_rate: float = 0.5
-    refusal_burst: int = 20
+    refusal_burst: int = 30
     #: seconds per aggregation window of ``rate.limited`` rows
     window_seconds: float = 60.0
     #: audit events per second a workspace may report (batches cost their size)
