@@ -613,6 +613,10 @@ def _check_quota(
     """Refuse (429: too many drafts, 413: too many bytes) a draft or version over a quota."""
     if quotas is None:
         return
+    # the requester's Person row lock: one person's drafts are counted one after the other
+    session.execute(
+        update(Person).where(Person.username == username).values(username=Person.username)
+    )
     declared = sum(f.size for f in files)
     held = sweep.usage(session, username, project, exclude_request=request_id)
     problem = quota_problem(held, quotas, new_draft=new_draft, declared=declared)

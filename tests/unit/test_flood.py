@@ -566,3 +566,15 @@ def test_revision_0008_numbers_existing_requests_per_requester(tmp_path):
         got = c.execute(text("SELECT id, number FROM export_request ORDER BY id")).fetchall()
     engine.dispose()
     assert [tuple(r) for r in got] == [(1, 1), (2, 1), (3, None), (4, 2), (5, 2)]
+
+
+async def test_concurrent_drafts_cannot_overrun_the_quota(env, make_svc, db):
+    env(person_open_drafts=3)
+    svc = await make_svc()
+    small = body_of({"a.csv": CSV})
+    rs = await asyncio.gather(
+        *(svc.fetch("POST", "api/exports", token="ws-alice", body=small) for _ in range(12))
+    )
+    assert sorted(r.code for r in rs) == [201] * 3 + [429] * 9
+    with db() as s:
+        assert s.query(ExportRequest).count() == 3
