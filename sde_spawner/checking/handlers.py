@@ -15,7 +15,8 @@ loop through :func:`~sde_spawner.checking.logic.perform`) and back. Settings (en
 default 1000), ``SDE_CHECKING_PAGE_NETWORKS`` (where people's pages may be requested from:
 the proxy's addresses, default loopback; workspaces reach the service port directly from their
 gateway and get no page even with a login); blobs and the signing key live under
-``SDE_STATE_DIR``.
+``SDE_STATE_DIR``. Flood limits, body limits and quotas (``SDE_LIMIT_*``) are
+:mod:`~sde_spawner.checking.limits`, applied by :mod:`~sde_spawner.checking.flood`.
 """
 
 from __future__ import annotations
