@@ -48,6 +48,10 @@ class LimitSettings:
     #: aggregated ``rate.limited`` row per window and the client's requests get 429
     refusal_rate: float = 0.5
     refusal_burst: int = 30
+    #: the same for all clients together: a flood spread over many addresses still makes
+    #: at most this many single rows (the rest are counted under the key ``all``)
+    total_refusal_rate: float = 5.0
+    total_refusal_burst: int = 300
     #: seconds per aggregation window of ``rate.limited`` rows
     window_seconds: float = 60.0
     #: audit events per second a workspace may report (batches cost their size)
@@ -218,6 +222,7 @@ class Limits:
         self.clock = clock
         self.requests = TokenBucket(s.request_rate, s.request_burst)
         self.refusals = TokenBucket(s.refusal_rate, s.refusal_burst)
+        self.all_refusals = TokenBucket(s.total_refusal_rate, s.total_refusal_burst)
         self.events = TokenBucket(s.event_rate, s.event_burst)
         self.tally = RefusalTally(s.window_seconds)
         self._lock = threading.Lock()
@@ -229,7 +234,7 @@ class Limits:
         """Whether a request of these keys (``("addr", ip)``, ``("user", name)``) is served:
         each key needs a request token, and a refusal budget that is not used up (a client
         whose refusals are suppressed is answered 429 before any work is done for it)."""
-        keys = list(keys)
+        keys = [rate_key(k) for k in keys]
         now = self.clock()
         which = getattr(self, bucket)
         with self._lock:
@@ -261,15 +266,34 @@ class Limits:
         (its key's refusal budget is used up)."""
         now = self.clock()
         with self._lock:
-            for key in keys:
+            for key in map(rate_key, keys):
                 if self.refusals.take(key, now):
                     self.tally.add(key, reason, now)
                     return False
+            if self.all_refusals.take(ALL, now):
+                self.tally.add(ALL, reason, now)
+                return False
         return True
 
     def closed(self, *, everything: bool = False) -> list[Aggregate]:
         with self._lock:
             return self.tally.closed(self.clock(), everything=everything)
+
+
+ALL = ("all",)
+
+
+def rate_key(key: tuple) -> tuple:
+    """The budget a key draws on: an IPv6 address by its /64 (one host holds a whole /64,
+    so single addresses would be free for the taking); anything else as it is."""
+    if len(key) == 2 and key[0] == "addr":
+        try:
+            address = ipaddress.ip_address(key[1])
+        except ValueError:
+            return key
+        if address.version == 6 and address.ipv4_mapped is None:
+            return ("addr", str(ipaddress.ip_network(f"{address}/64", strict=False)))
+    return key
 
 
 def client_address(

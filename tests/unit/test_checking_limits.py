@@ -100,6 +100,30 @@ def test_limits_request_rate_and_event_budget():
     assert lim.closed(everything=True)[0].count == 1
 
 
+def test_a_flood_spread_over_many_addresses_is_bounded_too():
+    clock = Clock()
+    settings = LimitSettings(
+        refusal_rate=0.0, refusal_burst=2, total_refusal_rate=0.0, total_refusal_burst=5
+    )
+    lim = Limits(settings, clock=clock)
+    audited = [lim.audit_refusal([("addr", f"10.0.{i}.1")], "401 x") for i in range(8)]
+    assert audited == [True] * 5 + [False] * 3
+    clock.now += 60
+    assert [(a.key, a.count) for a in lim.closed()] == [(("all",), 3)]
+
+
+def test_ipv6_clients_share_the_budget_of_their_64():
+    clock = Clock()
+    lim = Limits(LimitSettings(refusal_rate=0.0, refusal_burst=2), clock=clock)
+    assert lim.audit_refusal([("addr", "2001:db8:1:2::1")], "x")
+    assert lim.audit_refusal([("addr", "2001:db8:1:2::ffff")], "x")
+    assert not lim.audit_refusal([("addr", "2001:db8:1:2:abcd::9")], "x")
+    assert lim.audit_refusal([("addr", "2001:db8:1:3::1")], "x")  # another /64
+    assert not lim.admit([("addr", "2001:db8:1:2::77")]).ok
+    clock.now += 60
+    assert [a.key for a in lim.closed()] == [("addr", "2001:db8:1:2::/64")]
+
+
 @pytest.mark.parametrize(
     ("peer", "xff", "expected"),
     [
