@@ -218,9 +218,7 @@ def test_query_escapes_control_characters_from_workspace_events(url):
     engine.dispose()
     result = run("--db", url, "query", "--action", "code.executed")
     assert result.exit_code == 0, result.output
-    header, row = result.stdout.splitlines()  # the CR/LF did not make a second row
+    _header, row = result.stdout.splitlines()  # the CR/LF did not make a second row
     assert not any(ord(c) < 32 or ord(c) == 127 or 0x80 <= ord(c) < 0xA0 for c in row)
     assert "\u202e" not in row
-    assert row.endswith(
-        "ok\\x1b[2J\\x1b]0;pwned\\x07\\x0d\\x0aseq 99 forged\\u202etxt.exe\\\\x1b"
-    )
+    assert row.endswith("ok\\x1b[2J\\x1b]0;pwned\\x07\\x0d\\x0aseq 99 forged\\u202etxt.exe\\\\x1b")
