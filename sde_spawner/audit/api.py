@@ -135,11 +135,65 @@ def validate_batch(body: dict) -> list[dict]:
     return out
 
 
+@web.stream_request_body
 class AuditEventsHandler(web.RequestHandler):
-    """Workspaces post their activity here with their own server token."""
+    """Workspaces post their activity here with their own server token.
+
+    Flood limits (:mod:`sde_spawner.checking.limits`): a request budget per client address
+    and per workspace, an events budget per workspace (a batch costs its size), a body limit
+    enforced while the body streams in (``SDE_LIMIT_AUDIT_BODY_BYTES``), and refusals
+    audited one by one only within the client's refusal budget (then one aggregated
+    ``rate.limited`` row per window). A NUL in an event's text is replaced (U+FFFD) rather
+    than losing the batch.
+    """
+
+    _retry_after = 0.0
 
     def check_xsrf_cookie(self):  # token-authenticated API, no cookies
         return
+
+    @property
+    def limits(self):
+        from sde_spawner.checking import limits
+
+        return limits.for_app(self.settings)
+
+    @property
+    def client_ip(self) -> str:
+        return self.limits.client(
+            self.request.remote_ip, self.request.headers.get("X-Forwarded-For")
+        )
+
+    async def prepare(self):
+        from sde_spawner.checking import limits
+
+        self._whoami = None
+        self._body: list[bytes] = []
+        try:
+            await self._gate([("addr", self.client_ip)])
+            limit = self.limits.settings.audit_body_bytes
+            length = limits.declared_length(self.request.headers)
+            if length is not None and length > limit:
+                raise web.HTTPError(413, f"batch of {length} bytes is over the {limit}-byte limit")
+            self.request.connection.set_max_body_size(limit)
+        except web.HTTPError as exc:
+            if exc.status_code != 429:
+                await self._record_refusal(exc)
+            raise
+
+    def data_received(self, chunk: bytes):
+        self._body.append(chunk)
+
+    async def _gate(self, keys, **kwargs) -> None:
+        from sde_spawner.checking import sweep
+
+        verdict = self.limits.admit(keys, **kwargs)
+        if not verdict.ok:
+            await asyncio.to_thread(
+                sweep.write_aggregates, self.settings["sessionmaker"], self.limits
+            )
+            self._retry_after = verdict.retry_after
+            raise web.HTTPError(429, verdict.reason.replace("%", "%%"))
 
     async def _identify(self) -> WorkspaceIdentity:
         auth = self.request.headers.get("Authorization", "")
@@ -162,17 +216,20 @@ class AuditEventsHandler(web.RequestHandler):
         return ident
 
     async def post(self):
-        self._whoami = None
+        from sde_spawner.checking import limits
+
+        body = b"".join(self._body)
         try:
-            if len(self.request.body) > MAX_BODY:
-                raise web.HTTPError(413, f"batch larger than {MAX_BODY} bytes")
             ident = await self._identify()
+            await self._gate([("user", ident.username)])
             try:
-                events = validate_batch(json.loads(self.request.body or b"null"))
+                events = validate_batch(limits.parse_json(body, nul="\ufffd"))
             except (ValueError, BadBatch) as exc:
-                raise web.HTTPError(400, str(exc)) from None
+                raise web.HTTPError(400, str(exc).replace("%", "%%")) from None
+            await self._gate([("user", ident.username)], cost=len(events), bucket="events")
         except web.HTTPError as exc:
-            await self._record_refusal(exc)
+            if exc.status_code != 429:
+                await self._record_refusal(exc)
             raise
         Session = self.settings["sessionmaker"]
 
@@ -195,26 +252,42 @@ class AuditEventsHandler(web.RequestHandler):
                     ],
                 )
 
-        await asyncio.to_thread(write)
+        try:
+            await asyncio.to_thread(write)
+        except audit.AuditError as exc:  # e.g. a value the chain cannot hold: refuse clearly
+            refusal = web.HTTPError(400, f"batch refused: {exc}".replace("%", "%%"))
+            await self._record_refusal(refusal, body)
+            raise refusal from None
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"accepted": len(events)}))
 
-    async def _record_refusal(self, exc: web.HTTPError) -> None:
-        """A refused report is itself a denied action: audit it, naming the token's owner."""
+    async def _record_refusal(self, exc: web.HTTPError, body: bytes = b"") -> None:
+        """A refused report is itself a denied action: audit it, naming the token's owner
+        (within the client's refusal budget; beyond it, counted into ``rate.limited``)."""
+        reason = exc.log_message % exc.args if exc.log_message else exc.reason
+        if not self.limits.audit_refusal([("addr", self.client_ip)], f"{exc.status_code} ingest"):
+            return
         who = (self._whoami or {}).get("name") or "(unidentified)"
+        details = {"status": exc.status_code, "remote": self.client_ip}
+        if body:
+            details |= {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
         await asyncio.to_thread(
             audit.append_committed,
             self.settings["sessionmaker"],
             "audit.ingest.refused",
             actor=str(who)[:64],
             outcome="denied",
-            reason=exc.log_message,
-            details={"status": exc.status_code, "remote": self.request.remote_ip},
+            reason=reason,
+            details=details,
         )
 
     def write_error(self, status_code, **kwargs):
         exc = kwargs.get("exc_info", (None, None))[1]
-        message = getattr(exc, "log_message", None) or self._reason
+        message = self._reason
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args
+        if self._retry_after:
+            self.set_header("Retry-After", str(int(self._retry_after)))
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"status": status_code, "message": message}))
 

@@ -8,6 +8,7 @@ Exit codes: 0 success; 1 ``verify`` found the trail broken; 2 the command could 
 from __future__ import annotations
 
 import sys
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -211,6 +212,25 @@ def export_cmd(obj: _Context, out, person, project, action, since, until, limit)
     click.echo(f"exported {written} events to {'stdout' if out == '-' else out}", err=True)
 
 
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control and format characters (escape sequences, bidi
+    overrides, line breaks; workspaces write some of these events) shown as ``\\xNN`` /
+    ``\\uNNNN``, and backslashes doubled so an escape cannot be forged."""
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"):
+            code = ord(ch)
+            if code < 0x100:
+                out.append(f"\\x{code:02x}")
+            else:
+                out.append(f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 _COLUMNS = ("seq", "at", "actor", "action", "project", "outcome", "reason")
 
 
@@ -226,14 +246,17 @@ def query_cmd(obj: _Context, person, project, action, since, until, limit) -> No
     except SQLAlchemyError as exc:
         raise _db_error(exc) from None
     rows = [
-        (
-            str(e.seq),
-            format_timestamp(e.at),
-            e.actor or "-",
-            e.action,
-            e.project or "-",
-            e.outcome,
-            (e.reason or "").replace("\n", " "),
+        tuple(
+            printable(cell)
+            for cell in (
+                str(e.seq),
+                format_timestamp(e.at),
+                e.actor or "-",
+                e.action,
+                e.project or "-",
+                e.outcome,
+                e.reason or "",
+            )
         )
         for e in events
     ]

@@ -18,7 +18,8 @@ stream in, :mod:`~sde_spawner.checking.uploads`), ``SDE_CHECKING_PREVIEW_ROWS`` 
 shown, default 1000), ``SDE_CHECKING_PAGE_NETWORKS`` (where people's pages may be requested from:
 the proxy's addresses, default loopback; workspaces reach the service port directly from their
 gateway and get no page even with a login); blobs and the signing key live under
-``SDE_STATE_DIR``.
+``SDE_STATE_DIR``. Flood limits, body limits and quotas (``SDE_LIMIT_*``) are
+:mod:`~sde_spawner.checking.limits`, applied by :mod:`~sde_spawner.checking.flood`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import base64
 import ipaddress
 import json
 import os
+import shutil
 import threading
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +43,8 @@ from tornado import web
 
 from sde_airlock.rules import ExportRules
 from sde_spawner import audit
-from sde_spawner.checking import logic, render, sdc, uploads
+from sde_spawner.checking import flood, logic, render, sdc, uploads
+from sde_spawner.checking import limits as limits_mod
 from sde_spawner.checking import manifest as manifest_mod
 from sde_spawner.checking.states import REASON_CODES, Decision, State
 from sde_spawner.checking.storage import BlobError, BlobStore, BlobWriter
@@ -127,7 +130,9 @@ class Checking:
 
     def preview(self, ref: logic.BlobRef) -> render.Rendered:
         """The preview of a verified blob."""
-        key = (ref.sha256, render.kind_of(ref.path), PurePosixPath(ref.path).suffix.lower())
+        # the rendered page names the file: keyed by path too, so one project's preview never
+        # names another project's file with the same bytes
+        key = (ref.sha256, ref.path, self.preview_rows)
         return self._cached(
             self._previews,
             key,
@@ -143,7 +148,7 @@ class Checking:
         """The automated disclosure checks of a verified blob."""
         return self._cached(
             self._checks,
-            (sha256, PurePosixPath(path).suffix.lower()),
+            (sha256, path),
             256,
             lambda: sdc.check(path, self.store.read_verified(blob_key, sha256), self.sdc_rules),
         )
@@ -205,6 +210,8 @@ class _Base(web.RequestHandler):
             details={"path": self.request.path, "remote": self.request.remote_ip},
             status=status,
         )
+        if not flood.admit_denial(self, exc):  # over the caller's refusal budget: counted
+            raise web.HTTPError(status, reason.replace("%", "%%"))
 
         def write():
             with self.settings["sessionmaker"]() as s:
@@ -223,13 +230,24 @@ class _Base(web.RequestHandler):
 # --- workspace API --------------------------------------------------------------------------
 
 
-class WorkspaceApiHandler(_Base):
-    """Token-authenticated with a running workspace's own server token."""
+@web.stream_request_body
+class WorkspaceApiHandler(flood.Limited, _Base):
+    """Token-authenticated with a running workspace's own server token. Bodies are streamed
+    in and limited (``SDE_LIMIT_JSON_BODY_BYTES``) before they are buffered."""
 
     action = "export.api"
 
     def check_xsrf_cookie(self):  # token-authenticated API, no cookies
         return
+
+    async def prepare(self):
+        self._body: list[bytes] = []
+        await self.gate()
+        await self.check_ids()
+        await self.limit_body(self.limits.settings.json_body_bytes)
+
+    def data_received(self, chunk: bytes):
+        self._body.append(chunk)
 
     async def identify(self) -> WorkspaceIdentity:
         token = self._bearer()
@@ -256,19 +274,16 @@ class WorkspaceApiHandler(_Base):
                 actor=ident.username,
                 project=ident.project,
             )
+        await self.gate([("user", ident.username)])
         return ident
 
     async def json_body(self, ident: WorkspaceIdentity) -> object:
-        problem, status = None, 400
-        if len(self.request.body) > MAX_JSON_BODY:
-            problem, status = f"request body larger than {MAX_JSON_BODY} bytes", 413
-        else:
-            try:
-                return json.loads(self.request.body or b"null")
-            except ValueError:
-                problem = "body is not JSON"
+        try:
+            return limits_mod.parse_json(b"".join(self._body))
+        except ValueError as exc:
+            problem = str(exc)
         await self.deny(
-            self.action, problem, actor=ident.username, project=ident.project, status=status
+            self.action, problem, actor=ident.username, project=ident.project, status=400
         )
 
     def send(self, obj, status: int = 200):
@@ -277,6 +292,7 @@ class WorkspaceApiHandler(_Base):
         self.finish(json.dumps(obj))
 
     def write_error(self, status_code, **kwargs):
+        self.set_retry_after()
         self.set_header("Content-Type", "application/json")
         body = {"status": status_code, "message": _message(self, kwargs)}
         refused = getattr(self, "_refused", None)
@@ -321,6 +337,7 @@ class ExportsHandler(WorkspaceApiHandler):
             ident.server_name,
             body,
             rules=self.checking.export_rules,
+            quotas=self.limits.settings,
         )
         self.send(self.upload_urls(result), 201)
 
@@ -346,6 +363,7 @@ class VersionsHandler(WorkspaceApiHandler):
             int(request_id),
             body,
             rules=self.checking.export_rules,
+            quotas=self.limits.settings,
         )
         self.send(self.upload_urls(result), 201)
 
@@ -362,6 +380,12 @@ class WithdrawHandler(WorkspaceApiHandler):
         self.action = "export.withdrawn"
         ident = await self.identify()
         self.send(await self.run(logic.withdraw, ident.username, ident.project, int(request_id)))
+
+
+def _free_bytes(directory: str) -> int:
+    """Free bytes of the filesystem holding ``directory`` (the database, keys and blobs)."""
+    os.makedirs(directory, exist_ok=True)
+    return shutil.disk_usage(directory).free
 
 
 #: Pieces of an upload handed to its writer thread and not yet hashed and written: bounds the
@@ -390,10 +414,19 @@ class UploadHandler(WorkspaceApiHandler):
     async def prepare(self):
         if self.request.method != "PUT":
             raise web.HTTPError(405)
+        await self.gate()
+        await self.check_ids()
         self._ident = await self.identify()
         request_id, index = (int(x) for x in self.path_args)
+        free = await asyncio.to_thread(_free_bytes, self.checking.state_dir)
         target = await self.run(
-            logic.upload_target, self._ident.username, self._ident.project, request_id, index
+            logic.upload_target,
+            self._ident.username,
+            self._ident.project,
+            request_id,
+            index,
+            quotas=self.limits.settings,
+            free_bytes=free,
         )
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) != target.size:
@@ -697,20 +730,34 @@ class ReleasesHandler(PageHandler):
         self.render_page("releases.html", items=items)
 
 
-class DownloadHandler(PageHandler):
-    """Approved bytes, re-hashed before they are served; every download audited."""
+class DownloadHandler(flood.Limited, PageHandler):
+    """Approved bytes, verified before the first byte is served; every download audited with
+    the person's address (the proxy's last X-Forwarded-For hop), within the flood limits."""
 
     action = "export.release.downloaded"
 
+    async def prepare(self):
+        await self.gate()
+        await super().prepare()
+        if self._finished:  # redirected to the login
+            return
+        await self.check_ids(actor=self.current_user and self.current_user.get("name"))
+
+    def write_error(self, status_code, **kwargs):
+        self.set_retry_after()
+        super().write_error(status_code, **kwargs)
+
     async def get(self, request_id, file_id):
-        ref = await self.run(logic.release_file, self.username, int(request_id), int(file_id))
+        ref = await self.run(
+            logic.release_file_by_number, self.username, int(request_id), int(file_id)
+        )
         store = self.checking.store
-        data = None
+        data = fh = None
         try:
             if ref.size <= IN_MEMORY_DOWNLOAD:
                 data = await asyncio.to_thread(store.read_verified, ref.blob_key, ref.sha256)
-            else:
-                await asyncio.to_thread(_verify_blob, store, ref)
+            else:  # hashed whole through the descriptor it is then served from
+                fh = await asyncio.to_thread(store.open_verified_handle, ref.blob_key, ref.sha256)
         except BlobError as exc:
             await self.deny(
                 self.action,
@@ -718,35 +765,37 @@ class DownloadHandler(PageHandler):
                 actor=self.username,
                 status=500,
             )
-        await self.run(logic.record_download, self.username, ref, self.request.remote_ip or "")
-        name = PurePosixPath(ref.path).name
-        self.set_header("Content-Type", "application/octet-stream")
-        self.set_header(
-            "Content-Disposition",
-            f"attachment; filename=\"{_ascii_name(name)}\"; filename*=UTF-8''{quote(name)}",
-        )
-        self.set_header("Content-Length", str(ref.size))
-        digest = base64.b64encode(bytes.fromhex(ref.sha256)).decode()
-        self.set_header("Repr-Digest", f"sha-256=:{digest}:")
-        self.set_header("X-SDE-SHA256", ref.sha256)
-        if data is not None:
-            self.finish(data)
-            return
-        await self._stream(ref)
+        try:
+            await self.run(logic.record_download, self.username, ref, self.client_ip)
+            name = PurePosixPath(ref.path).name
+            self.set_header("Content-Type", "application/octet-stream")
+            self.set_header(
+                "Content-Disposition",
+                f"attachment; filename=\"{_ascii_name(name)}\"; filename*=UTF-8''{quote(name)}",
+            )
+            self.set_header("Content-Length", str(ref.size))
+            digest = base64.b64encode(bytes.fromhex(ref.sha256)).decode()
+            self.set_header("Repr-Digest", f"sha-256=:{digest}:")
+            self.set_header("X-SDE-SHA256", ref.sha256)
+            if data is not None:
+                self.finish(data)
+                return
+            await self._stream(ref, fh)
+        finally:
+            if fh is not None:
+                fh.close()
 
-    async def _stream(self, ref: logic.BlobRef):
+    async def _stream(self, ref: logic.BlobRef, fh):
+        """Serve the verified descriptor; hashing again as it goes is a second line (a blob
+        changed in place meanwhile breaks the download instead of completing it)."""
         import hashlib
 
         h = hashlib.sha256()
-        fh = await asyncio.to_thread(self.checking.store.path(ref.blob_key).open, "rb")
-        try:
-            while chunk := await asyncio.to_thread(fh.read, 1024 * 1024):
-                h.update(chunk)
-                self.write(chunk)
-                await self.flush()
-        finally:
-            fh.close()
-        if h.hexdigest() != ref.sha256:  # changed between check and send: break the download
+        while chunk := await asyncio.to_thread(fh.read, 1024 * 1024):
+            h.update(chunk)
+            self.write(chunk)
+            await self.flush()
+        if h.hexdigest() != ref.sha256:
             await asyncio.to_thread(self._record_error, ref)
             self.request.connection.close()
             return
@@ -766,11 +815,6 @@ class DownloadHandler(PageHandler):
             s.commit()
 
 
-def _verify_blob(store: BlobStore, ref: logic.BlobRef) -> None:
-    with store.open_verified(ref.blob_key, ref.sha256):
-        pass
-
-
 def _ascii_name(name: str) -> str:
     return "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
 
@@ -780,7 +824,7 @@ class ManifestHandler(PageHandler):
 
     async def get(self, request_id, kind):
         _rid, _project, text = await self.run(
-            logic.release_manifest, self.username, int(request_id)
+            logic.release_manifest_by_number, self.username, int(request_id)
         )
         if kind == "json":
             self.set_header("Content-Type", "application/json")

@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from sde_airlock.rules import ExportRules, TypeCheck, summary
 from sde_spawner import audit
 from sde_spawner.audit.canonical import format_timestamp
 from sde_spawner.checking import manifest as manifest_mod
-from sde_spawner.checking import uploads
+from sde_spawner.checking import sweep, uploads
+from sde_spawner.checking.limits import LimitSettings, quota_problem, space_problem
 from sde_spawner.checking.models import (
     ExportFile,
     ExportRequest,
@@ -122,6 +123,19 @@ def perform(sessionmaker, operation: Callable[..., T], /, *args, **kwargs) -> T:
     Commits on success. On :class:`Refused` the transaction is rolled back and the denial is
     audited (outcome ``denied``) and committed in a transaction of its own, then re-raised.
     """
+    return perform_gated(sessionmaker, None, operation, *args, **kwargs)
+
+
+def perform_gated(
+    sessionmaker,
+    audit_denial: Callable[[Refused], bool] | None,
+    operation: Callable[..., T],
+    /,
+    *args,
+    **kwargs,
+) -> T:
+    """:func:`perform`, where ``audit_denial(exc)`` decides whether a refusal gets its own
+    audit row (False: the flood limiter counts it into an aggregated row instead)."""
     with sessionmaker() as session:
         try:
             result = operation(session, *args, **kwargs)
@@ -129,8 +143,9 @@ def perform(sessionmaker, operation: Callable[..., T], /, *args, **kwargs) -> T:
             return result
         except Refused as exc:
             session.rollback()
-            record_denial(session, exc)
-            session.commit()
+            if audit_denial is None or audit_denial(exc):
+                record_denial(session, exc)
+                session.commit()
             raise
 
 
@@ -457,11 +472,14 @@ def create_request(
     body: Any,
     *,
     rules: ExportRules = DEFAULT_RULES,
+    quotas: LimitSettings | None = None,
 ) -> dict:
-    """A new draft request (version 1) of ``username`` on ``project`` with declared files."""
+    """A new draft request (version 1) of ``username`` on ``project`` with declared files
+    (within ``quotas``, if given)."""
     action = "export.created"
     justification, files = _request_body(body, action, username, project, rules=rules)
     _active(session, username, action, project)
+    _check_quota(session, action, username, project, files, quotas, new_draft=True)
     now = utcnow()
     req = ExportRequest(
         project_slug=project,
@@ -499,6 +517,7 @@ def new_version(
     body: Any,
     *,
     rules: ExportRules = DEFAULT_RULES,
+    quotas: LimitSettings | None = None,
 ) -> dict:
     """After "returned": a new snapshot version (the old version's reviews stay with it)."""
     action = "export.version.created"
@@ -521,6 +540,9 @@ def new_version(
             details={"request": req.id},
             status=409,
         )
+    _check_quota(
+        session, action, username, project, files, quotas, new_draft=False, request_id=req.id
+    )
     number = req.current_version + 1
     _add_version(session, req, number, justification, files)
     req.current_version = number
@@ -541,6 +563,39 @@ def new_version(
     return {"id": req.id, "version": number, "state": req.state, "files": _upload_list(req)}
 
 
+def _check_quota(
+    session: Session,
+    action: str,
+    username: str,
+    project: str,
+    files: list[FileSpec],
+    quotas: LimitSettings | None,
+    *,
+    new_draft: bool,
+    request_id: int | None = None,
+) -> None:
+    """Refuse (429: too many drafts, 413: too many bytes) a draft or version over a quota."""
+    if quotas is None:
+        return
+    # the requester's Person row lock: one person's drafts are counted one after the other
+    session.execute(
+        update(Person).where(Person.username == username).values(username=Person.username)
+    )
+    declared = sum(f.size for f in files)
+    held = sweep.usage(session, username, project, exclude_request=request_id)
+    problem = quota_problem(held, quotas, new_draft=new_draft, declared=declared)
+    if problem is not None:
+        status, reason = problem
+        raise Refused(
+            action,
+            reason,
+            actor=username,
+            project=project,
+            details={"quota": True, "declared": declared, "request": request_id},
+            status=status,
+        )
+
+
 @dataclass(frozen=True)
 class UploadTarget:
     request_id: int
@@ -552,9 +607,17 @@ class UploadTarget:
 
 
 def upload_target(
-    session: Session, username: str, project: str, request_id: int, position: int
+    session: Session,
+    username: str,
+    project: str,
+    request_id: int,
+    position: int,
+    *,
+    quotas: LimitSettings | None = None,
+    free_bytes: int | None = None,
 ) -> UploadTarget:
-    """What an upload to (request, file index) must be, if one is allowed now."""
+    """What an upload to (request, file index) must be, if one is allowed now (and, with
+    ``quotas``, fits the project's stored bytes and the ``free_bytes`` of the store)."""
     action = "export.file.uploaded"
     req = _own(session, request_id, action, username, project)
     version = req.version
@@ -576,6 +639,22 @@ def upload_target(
             project=project,
             details={"request": req.id, "index": position},
         )
+    if quotas is not None and file.blob_key is None:
+        problem = space_problem(
+            sweep.usage(session, username, project),
+            quotas,
+            size=file.size,
+            free_bytes=free_bytes if free_bytes is not None else 2**63,
+        )
+        if problem is not None:
+            raise Refused(
+                action,
+                problem[1],
+                actor=username,
+                project=project,
+                details={"request": req.id, "index": position, "quota": True},
+                status=problem[0],
+            )
     return UploadTarget(req.id, version.number, position, file.path, file.size, file.sha256)
 
 
@@ -683,6 +762,20 @@ def submit(session: Session, username: str, project: str, request_id: int) -> di
     return {"id": req.id, "state": req.state, "version": version.number}
 
 
+def _next_number(session: Session, username: str) -> int:
+    """The requester's next request number, taken when a checker first claims a request —
+    so every number shown outside the workspace is of a request a checker saw (drafts and
+    requests withdrawn before review never take one). Under the requester's Person row lock,
+    so two claims at once cannot take the same number."""
+    session.execute(
+        update(Person).where(Person.username == username).values(username=Person.username)
+    )
+    last = session.scalar(
+        select(func.max(ExportRequest.number)).where(ExportRequest.requester == username)
+    )
+    return (last or 0) + 1
+
+
 def withdraw(session: Session, username: str, project: str, request_id: int) -> dict:
     req = _own(session, request_id, "export.withdrawn", username, project, lock=True)
     transition(session, req, State.withdrawn, username)
@@ -719,6 +812,7 @@ def _requester_view(req: ExportRequest) -> dict:
         files.append(item)
     return {
         "id": req.id,
+        "number": req.number,
         "project": req.project_slug,
         "state": req.state,
         "version": version.number,
@@ -821,6 +915,8 @@ def _claim(session: Session, username: str, req: ExportRequest) -> Review:
     session.add(review)
     if req.state == State.submitted:
         transition(session, req, State.in_review, username, details={"claimed_by": username})
+    if req.number is None:
+        req.number = _next_number(session, req.requester)
     audit.append(
         session,
         "export.claimed",
@@ -1003,7 +1099,7 @@ def build_manifest(
     by_id = {f.id: f for f in version.files}
     return {
         "format": manifest_mod.FORMAT,
-        "request": req.id,
+        "request": req.number,  # the requester's number, not the global id (a channel)
         "project": req.project_slug,
         "requester": req.requester,
         "version": version.number,
@@ -1304,8 +1400,10 @@ def releases(session: Session, username: str) -> list[dict]:
     a checker) are not listed at all.
     """
     out = []
-    for req in _own_requests(session, username, None):
-        if State(req.state) == State.draft:
+    for req in sorted(
+        _own_requests(session, username, None), key=lambda r: r.number or 0, reverse=True
+    ):
+        if req.number is None:  # no checker has seen it yet (drafts, unclaimed, withdrawn)
             continue
         view = _requester_view(req)
         releasable = State(req.state) in RELEASABLE
@@ -1344,6 +1442,48 @@ def _releasable(
             status=409,
         )
     return req
+
+
+def _by_number(session: Session, username: str, number: int, action: str) -> int:
+    """The id of ``username``'s request numbered ``number`` (the number shown outside)."""
+    rid = session.scalar(
+        select(ExportRequest.id).where(
+            ExportRequest.requester == username, ExportRequest.number == number
+        )
+    )
+    if rid is None:
+        raise NotFound(
+            action,
+            f"{username} has no export request number {number}",
+            actor=username,
+            details={"number": number},
+        )
+    return rid
+
+
+def release_file_by_number(session: Session, username: str, number: int, position: int) -> BlobRef:
+    """:func:`release_file` of the requester's request ``number``, file ``position`` (1-based,
+    as the releases page numbers them): the outside page never names global ids."""
+    action = "export.release.downloaded"
+    req = _releasable(session, username, _by_number(session, username, number, action), action)
+    f = next((f for f in req.version.files if f.position == position - 1), None)
+    if f is None:
+        raise NotFound(
+            action,
+            f"request {number} has no approved file {position}",
+            actor=username,
+            project=req.project_slug,
+            details={"request": req.id, "position": position},
+        )
+    return release_file(session, username, req.id, f.id)
+
+
+def release_manifest_by_number(
+    session: Session, username: str, number: int
+) -> tuple[int, str, str]:
+    """:func:`release_manifest` of the requester's own request ``number``."""
+    action = "export.manifest.viewed"
+    return release_manifest(session, username, _by_number(session, username, number, action))
 
 
 def release_file(session: Session, username: str, request_id: int, file_id: int) -> BlobRef:

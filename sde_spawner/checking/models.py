@@ -49,6 +49,10 @@ class ExportRequest(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: The requester's own sequence number of the request, given at its first submission:
+    #: the number shown outside the workspace (``id`` also counts drafts, which no checker
+    #: saw, so showing it outside would be a channel). Revision ``0008``.
+    number: Mapped[int | None] = mapped_column(Integer, nullable=True)
     #: Canonical JSON of the release manifest, fixed when the request is approved.
     manifest: Mapped[str | None] = mapped_column(Text, nullable=True)
 
@@ -60,6 +64,7 @@ class ExportRequest(Base):
         Index("ix_export_request_project_slug", "project_slug"),
         Index("ix_export_request_requester", "requester"),
         Index("ix_export_request_state", "state"),
+        UniqueConstraint("requester", "number", name="uq_export_request_requester_number"),
     )
 
     @property

@@ -83,6 +83,28 @@ class BlobStore:
             fh.seek(0)
             yield fh
 
+    def open_verified_handle(self, key: str, sha256: str) -> BinaryIO:
+        """Like :meth:`open_verified` but the caller closes the file: a download verifies
+        the whole blob through this descriptor *before* its first byte is sent, then serves
+        from the same descriptor (a blob replaced on disk meanwhile is not what it reads)."""
+        try:
+            fh = self.path(key).open("rb")
+        except FileNotFoundError:
+            raise BlobError(f"blob {key[:12]}… is missing from the store") from None
+        try:
+            h = hashlib.sha256()
+            while chunk := fh.read(CHUNK):
+                h.update(chunk)
+            if h.hexdigest() != sha256:
+                raise BlobError(
+                    f"blob {key[:12]}… no longer matches its approved sha256 (store tampered)"
+                )
+            fh.seek(0)
+        except BaseException:
+            fh.close()
+            raise
+        return fh
+
     def read_verified(self, key: str, sha256: str) -> bytes:
         with self.open_verified(key, sha256) as fh:
             data = fh.read()
@@ -148,6 +170,7 @@ class BlobWriter:
         final.parent.mkdir(exist_ok=True)
         if final.exists():  # identical bytes already stored: keep the existing, read-only one
             self._tmp.unlink()
+            os.utime(final)  # reused now: the sweep's grace period starts again
         else:
             os.chmod(self._tmp, 0o444)
             os.replace(self._tmp, final)

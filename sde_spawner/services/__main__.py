@@ -48,6 +48,37 @@ async def enforce_loop(sessionmaker) -> None:
             log.exception("lifecycle sweep failed")
 
 
+async def housekeeping_loop(app) -> None:
+    """Write the aggregated ``rate.limited`` rows of closed windows every few seconds, and
+    sweep abandoned drafts and unreferenced blobs every ``SDE_LIMIT_SWEEP_SECONDS``."""
+    from sde_spawner.checking import limits, sweep
+    from sde_spawner.checking.storage import BlobStore
+
+    lim = limits.for_app(app.settings)
+    sessionmaker = app.settings["sessionmaker"]
+    store = BlobStore.for_state_dir(app.settings["sde"].state_dir)
+    log = logging.getLogger("sde.limits")
+    tick = max(1.0, min(10.0, lim.settings.window_seconds / 4))
+    every = lim.settings.sweep_seconds
+    next_sweep = loop_time = asyncio.get_running_loop().time()
+    try:
+        while True:
+            try:
+                await asyncio.to_thread(sweep.write_aggregates, sessionmaker, lim)
+                loop_time = asyncio.get_running_loop().time()
+                if every and loop_time >= next_sweep:
+                    next_sweep = loop_time + every
+                    done = await asyncio.to_thread(sweep.sweep, sessionmaker, store, lim.settings)
+                    if done.expire_drafts or done.delete_blobs or done.delete_temps:
+                        log.warning("housekeeping: %s", done.summary())
+            except Exception:
+                log.exception("housekeeping failed")
+            await asyncio.sleep(tick)
+    finally:  # stopping: the counts of windows still open are written too
+        with contextlib.suppress(Exception):
+            sweep.write_aggregates(sessionmaker, lim, everything=True)
+
+
 async def main() -> None:
     enable_pretty_logging()
     settings = ServiceSettings.from_env()
@@ -64,6 +95,7 @@ async def main() -> None:
     loops = [
         asyncio.create_task(checkpoint_loop(app.settings["sessionmaker"], settings.state_dir)),
         asyncio.create_task(enforce_loop(app.settings["sessionmaker"])),
+        asyncio.create_task(housekeeping_loop(app)),
     ]
     await stopping.wait()
     logging.getLogger("sde").info("stopping")

@@ -92,5 +92,11 @@ HTTP_CHUNK_SIZE = 1024 * 1024
 
 
 def http_server(app: web.Application) -> HTTPServer:
-    """The service's HTTP server for ``app`` (not yet listening; ``listen`` or ``add_sockets``)."""
-    return HTTPServer(app, xheaders=False, chunk_size=HTTP_CHUNK_SIZE)
+    """The service's HTTP server for ``app`` (not yet listening; ``listen`` or ``add_sockets``).
+
+    Bodies are limited to ``SDE_LIMIT_DEFAULT_BODY_BYTES`` (4 MiB, not tornado's 100 MiB);
+    streaming routes set their own limit before the body is read."""
+    from sde_spawner.checking.limits import for_app
+
+    limit = for_app(app.settings).settings.default_body_bytes
+    return HTTPServer(app, xheaders=False, chunk_size=HTTP_CHUNK_SIZE, max_body_size=limit)

@@ -247,7 +247,9 @@ def test_export_review_release_end_to_end(hub, alice_ws, chromium):
     releases = User(hub, "alice")
     page = releases.s.get(hub.url + SERVICE + "releases/", timeout=30)  # HubOAuth redirects
     assert page.status_code == 200 and page.url.endswith(SERVICE + "releases/"), page.url
-    links = re.findall(rf'href="({SERVICE}releases/{rid}/files/\d+)"', page.text)
+    # outside, requests go by the requester's own number (the newest is listed first)
+    number = int(re.search(r'id="request-(\d+)"', page.text).group(1))
+    links = re.findall(rf'href="({SERVICE}releases/{number}/files/\d+)"', page.text)
     assert len(links) == 2
     attempt = in_workspace(alice_ws, "call", {"method": "GET", "url": links[0]})
     assert attempt["status"] == 403 and "browser login" in attempt["body"], attempt
@@ -262,12 +264,12 @@ def test_export_review_release_end_to_end(hub, alice_ws, chromium):
         assert r.headers["X-SDE-SHA256"] == hashlib.sha256(r.content).hexdigest()
     assert got == {"summary.csv": CSV, "analysis.ipynb": NOTEBOOK}
 
-    text = releases.s.get(hub.url + SERVICE + f"releases/{rid}/manifest.json", timeout=30).text
-    sig = releases.s.get(hub.url + SERVICE + f"releases/{rid}/manifest.sig", timeout=30).text
+    text = releases.s.get(hub.url + SERVICE + f"releases/{number}/manifest.json", timeout=30).text
+    sig = releases.s.get(hub.url + SERVICE + f"releases/{number}/manifest.sig", timeout=30).text
     key = releases.s.get(hub.url + SERVICE + "api/release-key", timeout=30).json()
     assert manifest.verify(key["public_key_pem"], text, sig.strip())
     m = json.loads(text)
-    assert (m["request"], m["project"], m["requester"]) == (rid, PROJECT, "alice")
+    assert (m["request"], m["project"], m["requester"]) == (number, PROJECT, "alice")
     assert {f["path"]: f["sha256"] for f in m["files"]} == {
         p: hashlib.sha256(d).hexdigest() for p, d in FILES.items()
     }

@@ -205,3 +205,20 @@ def test_every_command_has_help(command):
     result = run(*command, "--help")
     assert result.exit_code == 0
     assert result.stdout.startswith("Usage: ")
+
+
+def test_query_escapes_control_characters_from_workspace_events(url):
+    """A workspace writes reasons and names into events; ``audit query`` must not hand their
+    terminal escapes (colour, cursor moves, title set, bidi override) to the admin's terminal."""
+    hostile = "ok\x1b[2J\x1b]0;pwned\x07\r\nseq 99 forged\u202etxt.exe\\x1b"
+    engine = make_engine(url)
+    with make_sessionmaker(engine)() as s:
+        audit.append(s, "code.executed", actor="alice", project="p1", reason=hostile)
+        s.commit()
+    engine.dispose()
+    result = run("--db", url, "query", "--action", "code.executed")
+    assert result.exit_code == 0, result.output
+    _header, row = result.stdout.splitlines()  # the CR/LF did not make a second row
+    assert not any(ord(c) < 32 or ord(c) == 127 or 0x80 <= ord(c) < 0xA0 for c in row)
+    assert "\u202e" not in row
+    assert row.endswith("ok\\x1b[2J\\x1b]0;pwned\\x07\\x0d\\x0aseq 99 forged\\u202etxt.exe\\\\x1b")

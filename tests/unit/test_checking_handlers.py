@@ -368,13 +368,16 @@ async def test_what_the_workspace_wrote_is_shown_outside_only_once_approved(svc,
 
     page = (await svc.fetch("GET", "releases/", user="alice")).body.decode()
     assert secret not in page and sha256(CSV) not in page
-    assert f'id="request-{rid}"' in page and page.count('class="withheld"') == 2
-    assert 'id="request-1"' not in page  # the draft: never seen by a checker, not listed
+    # neither the draft nor the unclaimed request is listed: no checker has seen them
+    assert 'id="request-' not in page
 
     await review_all(svc, "chris", rid, decision="changes")  # returned: still withheld
     await review_all(svc, "dana", rid, decision="changes")
     page = (await svc.fetch("GET", "releases/", user="alice")).body.decode()
     assert "returned" in page and secret not in page and "small cell counts" in page.lower()
+    # numbered per requester when first claimed (global id 2: the draft took 1)
+    assert 'id="request-1"' in page and page.count('class="withheld"') == 2
+    assert f'id="request-{rid}"' not in page
 
     # inside the workspace the researcher still sees everything they wrote
     listed = json.loads((await svc.fetch("GET", "api/exports", token="ws-alice")).body)
