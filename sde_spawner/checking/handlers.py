@@ -736,11 +736,10 @@ class DownloadHandler(flood.Limited, PageHandler):
 
     action = "export.release.downloaded"
 
-    async def prepare(self):
+    async def before_guard(self):
         await self.gate()
-        await super().prepare()
-        if self._finished:  # redirected to the login
-            return
+
+    async def after_guard(self):
         await self.check_ids(actor=self.current_user and self.current_user.get("name"))
 
     def write_error(self, status_code, **kwargs):

@@ -97,10 +97,26 @@ class BrowserPage(HubOAuthenticated, web.RequestHandler):
         self.set_header("X-Frame-Options", "DENY")  # pages that frame their own say SAMEORIGIN
 
     async def prepare(self):
+        await self.before_guard()
         await self.guard()
+        if not self._finished:  # not redirected to the login
+            await self.after_guard()
+
+    async def before_guard(self) -> None:
+        """Checks that come before the guard (a flood gate: before any other work)."""
+
+    async def after_guard(self) -> None:
+        """Checks that need the guarded, signed-in person."""
 
     async def refuse(self, reason: str, *, actor: str | None, status: int = 403):
-        """Audit a refused page request, then answer it with ``reason``."""
+        """Audit a refused page request, then answer it with ``reason``. Beyond the caller's
+        refusal budget the refusal is counted into its ``rate.limited`` row instead
+        (:mod:`sde_spawner.checking.limits`): refusals cannot flood the audit trail."""
+        from sde_spawner.checking import flood, limits
+
+        budget = limits.for_app(self.settings)
+        if not budget.audit_refusal([("addr", flood.client_ip(self))], f"{status} {self.action}"):
+            raise web.HTTPError(status, reason.replace("%", "%%"))
         await asyncio.to_thread(
             audit.append_committed,
             self.settings["sessionmaker"],

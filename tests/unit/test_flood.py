@@ -236,8 +236,10 @@ async def test_other_routes_take_the_small_server_default_not_100_mib(make_svc, 
 
 async def test_uploads_keep_their_own_limit_and_still_stream(make_svc, db, tmp_path):
     svc = await make_svc()
-    big = os.urandom(6 * 1024 * 1024)  # over the 4 MiB default of other routes
-    r = await svc.fetch("POST", "api/exports", token="ws-alice", body=body_of({"big.bin": big}))
+    # over the 4 MiB default of other routes; a real table (the service checks the bytes)
+    big = b"n\n" + b"".join(b"%09d\n" % i for i in range(700_000))
+    assert len(big) > 6 * 1024 * 1024
+    r = await svc.fetch("POST", "api/exports", token="ws-alice", body=body_of({"big.csv": big}))
     up = json.loads(r.body)["uploads"][0]["url"].removeprefix(PREFIX)
     r = await svc.fetch("PUT", up, token="ws-alice", body=big)
     assert r.code == 200, r.body
@@ -261,7 +263,7 @@ async def test_quotas_refuse_with_a_reason_and_an_audit_row(env, make_svc, db):
     )
     body = {
         "justification": "big",
-        "files": [{"path": "x.bin", "size": 1001, "sha256": "0" * 64}],
+        "files": [{"path": "x.csv", "description": "x", "size": 1001, "sha256": "0" * 64}],
     }
     r = await svc.fetch("POST", "api/exports", token="ws-bob", body=body)
     assert r.code == 413 and b"over your quota of 1000 bytes" in r.body

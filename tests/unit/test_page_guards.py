@@ -53,7 +53,11 @@ def hub_auth():
 
 
 @pytest.fixture
-async def svc(tmp_path, db, hub_auth):  # noqa: F811 - db is the imported fixture
+async def svc(tmp_path, db, hub_auth, monkeypatch):  # noqa: F811 - db is the imported fixture
+    # Hundreds of refusals from one address here: every one is to be audited on its own, so
+    # the flood budgets (tests/unit/test_flood.py) are set out of reach.
+    for name in ("REFUSAL_BURST", "REQUEST_BURST", "TOTAL_REFUSAL_BURST"):
+        monkeypatch.setenv(f"SDE_LIMIT_{name}", str(10**6))
     s = Service(tmp_path, hub_auth)
     yield s
     await s.stop()
