@@ -33,7 +33,8 @@ EMPTY = ("", "{}")
 
 def settings_content(body: Any) -> list[str]:
     """The user-written ``raw`` texts in a settings API response (one plugin or all)."""
-    entries = body.get("settings") if isinstance(body, dict) and "settings" in body else [body]
+    listing = isinstance(body, dict) and isinstance(body.get("settings"), list)
+    entries = body["settings"] if listing else [body]
     raws = []
     for entry in entries if isinstance(entries, list) else []:
         raw = entry.get("raw") if isinstance(entry, dict) else None
@@ -69,13 +70,17 @@ class _BoundedMixin:
 
     def finish(self, chunk: Any = None) -> Any:
         request = self.request  # type: ignore[attr-defined]
-        if (
-            request.method == "GET" and isinstance(chunk, (str, bytes)) and self.get_status() == 200  # type: ignore[attr-defined]
-        ):
-            self._egress_check(chunk)
+        status = self.get_status()  # type: ignore[attr-defined]
+        if request.method == "GET" and isinstance(chunk, (str, bytes)) and status == 200:
+            refusal = self._egress_check(chunk)
+            if refusal is not None:
+                self.set_status(403)  # type: ignore[attr-defined]
+                self.set_header("Cache-Control", "no-store")  # type: ignore[attr-defined]
+                chunk = json.dumps({"message": refusal, "reason": None, "blocked": True})
         return super().finish(chunk)  # type: ignore[misc]
 
-    def _egress_check(self, chunk: str | bytes) -> None:
+    def _egress_check(self, chunk: str | bytes) -> str | None:
+        """Record the read; the reason to refuse it if it is over the bound."""
         ext: EgressApp = self.settings["egress_extension"]  # type: ignore[attr-defined]
         try:
             parts = self._content(json.loads(chunk))
@@ -83,7 +88,7 @@ class _BoundedMixin:
             parts = [chunk.decode() if isinstance(chunk, bytes) else chunk]
         data = "".join(parts).encode("utf-8", "surrogatepass")
         if not data:
-            return
+            return None
         where = self._directory()
         details = {
             "path": where[:1024],
@@ -102,8 +107,10 @@ class _BoundedMixin:
                 "layouts are small; larger content is not read back this way). Remove the "
                 "file, or work with the data in a notebook. " + HOW_TO_EXPORT
             )
-            ext.blocker.refuse(self, self.channel, where, reason, details)  # type: ignore[arg-type]
+            ext.blocker.record(self, self.channel, where, reason, details)  # type: ignore[arg-type]
+            return reason
         ext.record("file.opened", details)
+        return None
 
 
 class _SettingsMixin(_BoundedMixin):
