@@ -7,8 +7,9 @@ there, a kernel or terminal of the same user can write too, so moving the direct
 stop JupyterLab saving a theme or the open tabs. So they stay, and each read is treated like
 a file read:
 
-* the part of a response that comes from those files -- the workspace JSON, the ``raw``
-  text of each user settings file -- is counted, and over ``max_lab_state_size`` the read
+* the files a read will load are measured before JupyterLab parses them, and the part of
+  the response that comes from them -- the workspace JSON, the ``raw`` text of each user
+  settings file -- is counted again before it is sent; over ``max_lab_state_size`` the read
   is refused (403, ``download.blocked``, channel ``lab-settings`` / ``lab-workspaces``);
 * a read that returns any such content is recorded as ``file.opened`` with the directory,
   the number of files, the bytes and their SHA-256.
@@ -18,9 +19,13 @@ Schemas and defaults come from the read-only image and are not counted.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 from typing import TYPE_CHECKING, Any
+
+from tornado import web
 
 from egress_extension.blocking import HOW_TO_EXPORT
 from egress_extension.files import human_size
@@ -56,8 +61,28 @@ def workspaces_content(body: Any) -> list[str]:
     return out
 
 
+def stored_size(directory: str, suffix: str, name: str | None = None) -> int:
+    """Bytes of the stored files a read will load: the one file ``name`` (relative to
+    ``directory``), or every file ending ``suffix`` below it."""
+    if not directory:
+        return 0
+    if name is not None:
+        try:
+            return os.stat(os.path.join(directory, name)).st_size
+        except (OSError, ValueError):
+            return 0
+    total = 0
+    for root, _dirs, files in os.walk(directory):
+        for f in files:
+            if f.endswith(suffix):
+                with contextlib.suppress(OSError):
+                    total += os.stat(os.path.join(root, f)).st_size
+    return total
+
+
 class _BoundedMixin:
-    """Measures the stored part of a GET response before it is sent."""
+    """Measures the stored part of a GET response: the files before they are parsed (so a
+    huge file is not even loaded), and the content itself before it is sent."""
 
     channel = "lab-settings"
     kind = "lab-settings"
@@ -67,6 +92,29 @@ class _BoundedMixin:
 
     def _directory(self) -> str:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def _stored_size(self, name: str) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _check_stored(self, name: str) -> None:
+        """Refuse (raises a 403) before JupyterLab loads stored files over the bound."""
+        size = self._stored_size(name)
+        ext: EgressApp = self.settings["egress_extension"]  # type: ignore[attr-defined]
+        if size <= ext.max_lab_state_size:
+            return
+        where = self._directory()
+        reason = self._refusal_text(where, size, ext.max_lab_state_size)
+        details = {"path": where[:1024], "url": self.request.path[:1024], "size": size}  # type: ignore[attr-defined]
+        ext.blocker.refuse(self, self.channel, where, reason, details | {"type": self.kind})  # type: ignore[arg-type]
+
+    def _refusal_text(self, where: str, size: int, bound: int) -> str:
+        return (
+            f"JupyterLab's stored {self.kind.removeprefix('lab-')} in {where} hold "
+            f"{human_size(size)}, over the {human_size(bound)} this Secure Data Environment "
+            "returns to the browser (settings and workspace layouts are small; larger content "
+            "is not read back this way). Remove the file, or work with the data in a notebook. "
+            + HOW_TO_EXPORT
+        )
 
     def finish(self, chunk: Any = None) -> Any:
         request = self.request  # type: ignore[attr-defined]
@@ -100,13 +148,7 @@ class _BoundedMixin:
             "sha256": hashlib.sha256(data).hexdigest(),
         }
         if len(data) > ext.max_lab_state_size:
-            reason = (
-                f"JupyterLab's stored {self.kind.removeprefix('lab-')} in {where} hold "
-                f"{human_size(len(data))}, over the {human_size(ext.max_lab_state_size)} this "
-                "Secure Data Environment returns to the browser (settings and workspace "
-                "layouts are small; larger content is not read back this way). Remove the "
-                "file, or work with the data in a notebook. " + HOW_TO_EXPORT
-            )
+            reason = self._refusal_text(where, len(data), ext.max_lab_state_size)
             ext.blocker.record(self, self.channel, where, reason, details)  # type: ignore[arg-type]
             return reason
         ext.record("file.opened", details)
@@ -120,6 +162,17 @@ class _SettingsMixin(_BoundedMixin):
     def _content(self, body: Any) -> list[str]:
         return settings_content(body)
 
+    def _stored_size(self, name: str) -> int:
+        if not name:
+            return stored_size(self._directory(), ".jupyterlab-settings")
+        plugin, _, file = name.partition(":")
+        return stored_size(self._directory(), "", f"{plugin}/{file}.jupyterlab-settings")
+
+    @web.authenticated
+    def get(self, schema_name: str = "") -> Any:
+        self._check_stored(schema_name)
+        return super().get(schema_name)  # type: ignore[misc]
+
     def _directory(self) -> str:
         return str(getattr(self, "settings_dir", "") or "")
 
@@ -130,6 +183,18 @@ class _WorkspacesMixin(_BoundedMixin):
 
     def _content(self, body: Any) -> list[str]:
         return workspaces_content(body)
+
+    def _stored_size(self, name: str) -> int:
+        from jupyterlab_server.workspaces_handler import WORKSPACE_EXTENSION, slugify
+
+        if not name:
+            return stored_size(self._directory(), WORKSPACE_EXTENSION)
+        return stored_size(self._directory(), "", slugify(name) + WORKSPACE_EXTENSION)
+
+    @web.authenticated
+    async def get(self, space_name: str = "") -> Any:
+        self._check_stored(space_name)
+        return await super().get(space_name)  # type: ignore[misc]
 
     def _directory(self) -> str:
         manager = getattr(self, "manager", None)

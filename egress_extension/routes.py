@@ -273,6 +273,7 @@ ROUTES: tuple[Route, ...] = (
     Route(r"/.*/", f"{_JS}.base.handlers.TrailingSlashHandler", API, "redirect"),
     Route(r"/metrics", f"{_JS}.base.handlers.PrometheusMetricsHandler", API, "metrics"),
     Route(r"/", f"{_JS}.base.handlers.MainHandler", API, "redirect to /lab"),
+    Route(r"/?", f"{_JS}.base.handlers.RedirectWithParams", API, "redirect to default_url"),
     Route(r"(.*)", f"{_JS}.base.handlers.Template404", API, "404 page"),
     Route(r"/static/(.*)", f"{_JS}.base.handlers.FileFindHandler", IMAGE, "server assets"),
     Route(r"/(robots\.txt)", f"{_JS}.base.handlers.FileFindHandler", IMAGE, "asset"),
@@ -426,6 +427,7 @@ class Found:
             "handler": self.handler,
             "kind": self.kind,
             "why": self.why,
+            "closed": self.rule.target is BlockedDownloadHandler,
         }
 
 

@@ -33,8 +33,14 @@ from tests.unit.test_egress_server import (  # noqa: F401 - fixtures
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
-SHIPPED = Path(routes.__file__).parent / "jupyter-config/jupyter_server_config.d"
-LAB_CONFIG = json.loads((SHIPPED / "egress_extension.json").read_text())["LabApp"]
+#: What images/notebook/Dockerfile writes into the image's jupyter_server_config.json.
+LAB_CONFIG = {
+    "extension_manager": "readonly",
+    "news_url": None,
+    "check_for_updates_class": "jupyterlab.handlers.announcements.NeverCheckForUpdate",
+    "lock_all_plugins": True,
+}
+DOCKERFILE = Path(__file__).parents[2] / "images" / "notebook" / "Dockerfile"
 PARQUET = b"PAR1" + bytes(range(256)) * 8 + b"PAR1"
 
 
@@ -123,8 +129,10 @@ def test_jupyterlab_defaults_that_fetch_or_install_close_their_routes(started, f
     assert fetch("lab", "api", "news").code == 403
 
 
-def test_with_the_shipped_settings_the_extension_manager_is_read_only(started, fetch):
-    assert LAB_CONFIG["extension_manager"] == "readonly" and LAB_CONFIG["news_url"] is None
+def test_with_the_image_settings_the_extension_manager_is_read_only(started, fetch):
+    text = DOCKERFILE.read_text()
+    for key, value in LAB_CONFIG.items():
+        assert f'"{key}": {json.dumps(value)}' in text, key
     r = fetch("lab", "api", "extensions", params={"query": "x", "page": "1", "per_page": "9"})
     assert r.code == 200
     r = fetch("lab", "api", "news")
