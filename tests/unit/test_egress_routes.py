@@ -20,7 +20,7 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_core.paths import jupyter_path
 
-from egress_extension import routes, sniff
+from egress_extension import labstate, routes, sniff
 from egress_extension.blocking import BlockedDownloadHandler
 from tests.unit.test_egress_server import (  # noqa: F401 - fixtures
     PNG,
@@ -343,3 +343,48 @@ def test_stored_workspaces_over_the_bound_are_not_read_back(started, fetch, even
     assert [e["details"]["channel"] for e in events("download.blocked")] == ["lab-workspaces"] * 2
     (ev,) = events("file.opened")
     assert ev["details"]["type"] == "lab-workspaces" and ev["details"]["files"] == 1
+
+
+def test_a_file_swapped_between_check_and_read_never_returns_more_than_the_cap(
+    fetch, started, jp_root_dir, run
+):
+    # The reviewer's race: 7 bytes at the pre-read stat, 64 KiB by the time of the read.
+    import threading
+
+    started.max_view_size = 1024
+    small, big = jp_root_dir / "small.txt", jp_root_dir / "big.txt"
+    target = jp_root_dir / "swap.txt"
+    target.write_text("7 bytes")
+    stop = threading.Event()
+
+    def swap():
+        while not stop.is_set():
+            small.write_text("7 bytes")
+            os.replace(small, target)
+            big.write_text("x" * 65536)
+            os.replace(big, target)
+
+    thread = threading.Thread(target=swap, daemon=True)
+    thread.start()
+    try:
+        codes = []
+        for _ in range(60):
+            r = fetch("api", "contents", "swap.txt", params={"type": "file", "format": "text"})
+            codes.append(r.code)
+            if r.code == 200:
+                assert len(json.loads(r.body)["content"]) <= 1024
+    finally:
+        stop.set()
+        thread.join()
+    assert 403 in codes
+
+
+def test_the_stored_part_of_lab_responses_is_what_is_counted():
+    assert labstate.settings_content({"settings": [{"raw": "{}"}, {"raw": '{"a": 1}'}]}) == [
+        '{"a": 1}'
+    ]
+    assert labstate.settings_content({"id": "x", "raw": "{}", "settings": {}}) == []
+    one = {"data": {"k": "v"}, "metadata": {"id": "/a"}}
+    assert labstate.workspaces_content(one) == ['{"k": "v"}']
+    listing = {"workspaces": {"ids": ["/a", "/b"], "values": [one, {"data": {}}]}}
+    assert labstate.workspaces_content(listing) == ['{"k": "v"}']
