@@ -109,7 +109,10 @@ from jupyter_client.kernelspec import KernelSpecManager
 dirs = set(jupyter_path()) | set(jupyter_config_path())
 dirs |= {d for d in KernelSpecManager().kernel_dirs if not d.startswith("/tmp/")}
 dirs |= {os.path.join(d, "labextensions") for d in jupyter_path()}
-out = {"data_dir": jupyter_data_dir(), "written": []}
+from jupyterlab.commands import get_app_dir
+app = get_app_dir()  # JupyterLab's app, schemas, themes, app settings (overrides.json)
+dirs |= {app} | {os.path.join(app, d) for d in ("schemas", "themes", "settings", "static")}
+out = {"data_dir": jupyter_data_dir(), "app_dir": app, "written": []}
 for d in sorted(dirs) + [os.path.expanduser("~/.local/share/jupyter/kernels")]:
     try:
         os.makedirs(d, exist_ok=True)
@@ -121,7 +124,7 @@ for d in sorted(dirs) + [os.path.expanduser("~/.local/share/jupyter/kernels")]:
 print(json.dumps(out))
 """
     out = json.loads(run_py(alice_ws, probe).strip().splitlines()[-1])
-    assert out["data_dir"] == "/opt/venv/share/jupyter"
+    assert out["data_dir"] == "/opt/venv/share/jupyter" and out["app_dir"].startswith("/opt/venv/")
     # The control is the home directory, where the probe can write: nothing else. (IPython's
     # kernels directory, /tmp/.ipython/kernels, is writable: the server drops it, below.)
     assert out["written"] == [f"{HOME}/.local/share/jupyter/kernels"]
