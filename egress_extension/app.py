@@ -12,6 +12,10 @@ On load it
   connection class for the one that records code (:mod:`egress_extension.activity`);
 * listens to the server's ``kernel_actions`` events, wraps the terminal manager, and adds
   JupyterLab's download plugins to ``disabledExtensions``;
+* once every extension has added its routes, classifies each one and closes those nobody
+  classified, keeps image routes and kernelspecs to read-only directories and bounds
+  JupyterLab's stored settings and workspaces (:mod:`egress_extension.routes`,
+  :mod:`egress_extension.labstate`);
 * starts the :class:`~egress_extension.audit.AuditShipper` that carries every event to the
   hub side, and on shutdown records the kernels still running and flushes the queue.
 """
@@ -27,7 +31,7 @@ from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.services.contents.handlers import ContentsHandler
 from traitlets import Float, Int, List, Unicode, default, validate
 
-from egress_extension import __version__, activity
+from egress_extension import __version__, activity, routes
 from egress_extension.audit import AuditShipper, HTTPSink
 from egress_extension.blocking import (
     DEFAULT_MAX_VIEW_SIZE,
@@ -136,6 +140,13 @@ class EgressApp(ExtensionApp):
         DEFAULT_MAX_VIEW_SIZE,
         help="Largest file (bytes) the contents API returns with content; larger reads are "
         "blocked as bulk downloads.",
+    ).tag(config=True)
+
+    max_lab_state_size = Int(
+        128 * 1024,
+        help="Most bytes of stored JupyterLab settings or workspace JSON (the part read from "
+        "the home volume) one lab/api/settings or lab/api/workspaces read returns; larger "
+        "reads are blocked as downloads. Every read with stored content is recorded.",
     ).tag(config=True)
 
     disabled_lab_plugins = List(
@@ -253,9 +264,11 @@ class EgressApp(ExtensionApp):
         self.serverapp.io_loop.add_callback(self._late_hooks)
 
     def _late_hooks(self) -> None:
-        """Idempotent: wrap the terminal manager; put our page_config_hook outermost."""
+        """Idempotent: wrap the terminal manager; put our page_config_hook outermost; check
+        every route (:func:`egress_extension.routes.enforce`)."""
         settings = self.serverapp.web_app.settings
         activity.watch_terminals(self, settings.get("terminal_manager"))
+        self.routes = routes.enforce(self)
         current = settings.get("page_config_hook")
         if not getattr(current, "egress_extension", False):
             settings["page_config_hook"] = self.blocker.page_config_hook(current)

@@ -9,8 +9,12 @@ API) and a ``download.blocked`` audit event:
 * ``/nbconvert/…`` — *Save and Export Notebook As…* (HTML, PDF, script, …);
 * ``/view/…`` — a file rendered raw in its own browser tab;
 * contents API reads that are downloads rather than viewing: content returned as base64
-  (binary) for any file type JupyterLab does not display in place
-  (:data:`VIEWABLE_BINARY_SUFFIXES`), and any read of a file over ``max_view_size``.
+  (binary) unless its bytes are an image or PDF JupyterLab displays in place and its name
+  says the same type (:data:`VIEWABLE_BINARY_SUFFIXES`, :mod:`egress_extension.sniff`; a
+  renamed extract or a link named ``x.pdf`` into ``/data`` is refused), and any read whose
+  returned bytes, counted on the content itself after the read, exceed ``max_view_size``
+  (a file swapped between a check and the read cannot slip through). The ``file.opened``
+  event of an allowed read records the size of the bytes returned.
 
 Notebooks, text, CSV, JSON, Markdown and images still open in JupyterLab: they travel through
 the contents API as they always do. What a browser displays can be saved by its user; that
@@ -35,6 +39,7 @@ from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 
+from egress_extension import sniff
 from egress_extension.files import human_size
 
 if TYPE_CHECKING:
@@ -61,6 +66,11 @@ CHANNEL_REASONS = {
     "in this Secure Data Environment.",
     "view": "Opening workspace files raw in a browser tab (/view/) is disabled in this Secure "
     "Data Environment.",
+    "lsp": "Language servers (/lsp/) are not offered in this Secure Data Environment: they "
+    "read workspace files outside the audited contents API.",
+    "route": "This workspace server route has not been reviewed for what it serves, so it is "
+    "closed in this Secure Data Environment.",
+    "lab": "This JupyterLab route is closed in this Secure Data Environment.",
 }
 HOW_TO_EXPORT = (
     "Results leave only through an export request: an output checker reviews the exact bytes "
@@ -87,7 +97,14 @@ class DownloadBlocker:
     def viewable(self) -> tuple[str, ...]:
         return tuple(s.lower() for s in self.ext.viewable_binary_suffixes)
 
-    def record(self, handler: web.RequestHandler, channel: str, path: str, reason: str) -> None:
+    def record(
+        self,
+        handler: web.RequestHandler,
+        channel: str,
+        path: str,
+        reason: str,
+        extra: dict | None = None,
+    ) -> None:
         self.ext.record(
             "download.blocked",
             {
@@ -96,6 +113,7 @@ class DownloadBlocker:
                 "method": handler.request.method,
                 "url": handler.request.path[:1024],
                 "download_flag": handler.get_query_argument("download", None) is not None,
+                **(extra or {}),
             },
             outcome="denied",
             reason=reason,
@@ -104,16 +122,32 @@ class DownloadBlocker:
             "blocked %s %s: %s", handler.request.method, handler.request.path, reason
         )
 
-    def refuse(self, handler: web.RequestHandler, channel: str, path: str, reason: str) -> None:
-        self.record(handler, channel, path, reason)
+    def refuse(
+        self,
+        handler: web.RequestHandler,
+        channel: str,
+        path: str,
+        reason: str,
+        extra: dict | None = None,
+    ) -> None:
+        self.record(handler, channel, path, reason, extra)
         raise web.HTTPError(403, reason.replace("%", "%%"))
 
     # -- contents API ----------------------------------------------------------------------
 
-    def _binary_refusal(self, path: str) -> str:
+    def _binary_refusal(self, path: str, found: str | None = None) -> str:
         name = path.rsplit("/", 1)[-1]
         _, dot, ext = name.rpartition(".")
         kind = f".{ext.lower()} files" if dot and _ else "files of this type"
+        claimed = sniff.suffix_type(name)
+        if claimed is not None and name.lower().endswith(self.viewable) and found != claimed:
+            what = f"a {found.upper()} file" if found else "not an image or PDF"
+            return (
+                f"{path}: its content is {what}, not the {claimed.upper()} its name says; "
+                "downloading it from the workspace is blocked in this Secure Data Environment "
+                "(images and PDFs open in the browser only when their bytes are that type). "
+                "Work with the file in a notebook, or request an export. " + HOW_TO_EXPORT
+            )
         return (
             f"{path}: downloading {kind} from the workspace is blocked in this Secure Data "
             "Environment (only notebooks, text and images open in the browser). Work with the "
@@ -127,8 +161,22 @@ class DownloadBlocker:
             "notebook, or request an export. " + HOW_TO_EXPORT
         )
 
+    def _target(self, handler: Any, path: str) -> str | None:
+        """The resolved file behind ``path`` when it is reached through a link, else None."""
+        get_os_path = getattr(handler.contents_manager, "_get_os_path", None)
+        if get_os_path is None:
+            return None
+        try:
+            os_path = os.path.abspath(get_os_path(path))
+        except web.HTTPError:
+            return None
+        real = os.path.realpath(os_path)
+        return real if real != os_path else None
+
     def check_read_request(self, handler: Any, path: str) -> None:
-        """Before reading: refuse a base64 read of a non-viewable type, or a file too big."""
+        """Before reading: refuse a base64 read of a type never viewable, or a file whose
+        target is already too big (the read itself is checked again in
+        :meth:`check_read_model`, on the bytes it returns)."""
         path = path.strip("/")
         fmt = handler.get_query_argument("format", None)
         typ = handler.get_query_argument("type", None)
@@ -136,7 +184,7 @@ class DownloadBlocker:
         get_os_path = getattr(handler.contents_manager, "_get_os_path", None)
         if get_os_path is not None:
             try:
-                st = os.stat(get_os_path(path))
+                st = os.stat(get_os_path(path))  # follows links: the target's size
             except (OSError, web.HTTPError):
                 return  # the contents manager gives the proper 404/403
             if stat.S_ISDIR(st.st_mode):
@@ -146,26 +194,46 @@ class DownloadBlocker:
         if fmt == "base64" and typ != "directory" and not notebook and not self._viewable(path):
             self.refuse(handler, "contents", path, self._binary_refusal(path))
         if size is not None and size > self.ext.max_view_size:
-            self.refuse(handler, "contents", path, self._size_refusal(path, size))
+            self.refuse(handler, "contents", path, self._size_refusal(path, size), {"size": size})
 
     def check_read_model(self, handler: Any, model: dict) -> None:
-        """After reading: the server fell back to base64 for a binary file nobody can view."""
+        """After reading, on what is about to be returned: base64 content must *be* a type
+        JupyterLab displays (by its magic number, and the name must agree), and the bytes
+        returned must fit ``max_view_size``. Sets ``model["size"]`` to the bytes returned,
+        so the ``file.opened`` event records what left, not the size of a link."""
         path = str(model.get("path", ""))
-        if (
-            model.get("type") == "file"
-            and model.get("format") == "base64"
-            and model.get("content") is not None
-            and not self._viewable(path)
-        ):
-            self.refuse(handler, "contents", path, self._binary_refusal(path))
-        size = model.get("size")
-        if (
-            model.get("content") is not None
-            and isinstance(size, int)
-            and model.get("type") != "directory"
-            and size > self.ext.max_view_size
-        ):
-            self.refuse(handler, "contents", path, self._size_refusal(path, size))
+        content = model.get("content")
+        if model.get("type") == "directory" or content is None:
+            return
+        size = read_size(model)
+        found = None
+        if model.get("format") == "base64" and model.get("type") == "file":
+            head = sniff.base64_head(content)
+            found = sniff.sniff(head)
+            if sniff.viewable_type(path, head, self.viewable) is None:
+                self.refuse(
+                    handler,
+                    "contents",
+                    path,
+                    self._binary_refusal(path, found),
+                    self._read_details(handler, path, size, found),
+                )
+        if size > self.ext.max_view_size:
+            self.refuse(
+                handler,
+                "contents",
+                path,
+                self._size_refusal(path, size),
+                self._read_details(handler, path, size, found),
+            )
+        model["size"] = size
+
+    def _read_details(self, handler: Any, path: str, size: int, found: str | None) -> dict:
+        details: dict[str, Any] = {"size": size, "content_type": found}
+        target = self._target(handler, path)
+        if target is not None:
+            details["target"] = target[:1024]
+        return details
 
     def _viewable(self, path: str) -> bool:
         return path.lower().endswith(self.viewable)
@@ -189,13 +257,26 @@ class DownloadBlocker:
         return hook
 
 
+def read_size(model: dict) -> int:
+    """Bytes a contents model returns: decoded base64, UTF-8 text, or the notebook's JSON."""
+    content = model.get("content")
+    if model.get("format") == "base64" and isinstance(content, str):
+        return sniff.base64_size(content)
+    if isinstance(content, str):
+        return sniff.text_size(content)
+    return len(json.dumps(content, default=str).encode("utf-8"))
+
+
 class BlockedDownloadHandler(JupyterHandler):
-    """``/files/…``, ``/nbconvert/…``, ``/view/…``: always 403, recorded."""
+    """``/files/…``, ``/nbconvert/…``, ``/view/…`` and every route
+    :mod:`egress_extension.routes` closes: always 403, recorded."""
 
     channel = "files"
+    reason: str | None = None
 
-    def initialize(self, channel: str = "files", **_ignored: Any) -> None:
+    def initialize(self, channel: str = "files", reason: str | None = None, **_: Any) -> None:
         self.channel = channel
+        self.reason = reason
 
     @web.authenticated
     def get(self, *args: Any, **kwargs: Any) -> None:
@@ -203,7 +284,9 @@ class BlockedDownloadHandler(JupyterHandler):
         base = self.base_url
         prefix = url_path_join(base, self.channel) + "/"
         path = self.request.path[len(prefix) :] if self.request.path.startswith(prefix) else ""
-        reason = CHANNEL_REASONS[self.channel]
+        if not path and self.channel not in ("files", "nbconvert", "view"):
+            path = self.request.path[len(base.rstrip("/")) :]
+        reason = self.reason or CHANNEL_REASONS[self.channel]
         ext.blocker.record(self, self.channel, path, f"{reason} {HOW_TO_EXPORT}")
         self.set_status(403)
         self.set_header("Cache-Control", "no-store")
@@ -221,7 +304,7 @@ class BlockedDownloadHandler(JupyterHandler):
             )
         )
 
-    head = post = put = get
+    head = post = put = patch = delete = get
 
 
 def blocked_routes() -> list[tuple[str, type, dict]]:

@@ -8,6 +8,7 @@
   *returned* request.
 * ``POST egress/api/requests/<id>/withdraw`` — withdraw a submitted request.
 * ``GET  egress/api/files`` — files under home, each with whether it may be exported and why.
+* ``GET  egress/api/routes`` — every route of the server and how it is classified.
 * ``GET  egress/`` — the export page (the same API, from a small script).
 
 Every handler is behind jupyter_server's authentication; cookie-authenticated writes need the
@@ -202,6 +203,16 @@ class ChecksHandler(EgressAPIHandler):
         self.reply(report)
 
 
+class RoutesHandler(EgressAPIHandler):
+    """``GET egress/api/routes``: every route of this server and what it may return
+    (:mod:`egress_extension.routes`)."""
+
+    @web.authenticated
+    def get(self) -> None:
+        found = getattr(self.egress, "routes", None) or []
+        self.reply({"routes": [f.as_dict() for f in found]})
+
+
 class PageHandler(JupyterHandler):
     """``GET egress/``: the export page."""
 
@@ -232,5 +243,6 @@ def handlers() -> list[tuple[str, type[web.RequestHandler]]]:
         (r"/egress/api/requests/(\d+)/withdraw", WithdrawHandler),
         (r"/egress/api/files", FilesHandler),
         (r"/egress/api/checks", ChecksHandler),
+        (r"/egress/api/routes", RoutesHandler),
         (r"/egress/?", PageHandler),
     ]
