@@ -253,7 +253,14 @@ ROUTES: tuple[Route, ...] = (
         "browser reports in",
     ),
     Route(r"/api/shutdown", f"{_JS}.services.shutdown.ShutdownHandler", API, "stop the server"),
-    Route(r"/api/events", f"{_JS}.services.events.handlers.EventHandler", API, "events in"),
+    # jupyter_server's own handler only as wrapped by activity.guarded_events_handler (events
+    # in the server's schemas refused): unwrapped it is unclassified, so closed.
+    Route(
+        r"/api/events",
+        "egress_extension.activity.GuardedEventHandler",
+        API,
+        "events in (none in the server's own schemas)",
+    ),
     Route(
         r"/api/events/subscribe",
         f"{_JS}.services.events.handlers.SubscribeWebsocket",

@@ -73,6 +73,7 @@ class Limited:
                 **kwargs,
             )
         except logic.Refused as exc:
+            self._refused = exc  # its code and problems go into the error body
             raise web.HTTPError(exc.status, exc.reason.replace("%", "%%")) from None
 
     async def check_ids(self, actor: str | None = None) -> None:
