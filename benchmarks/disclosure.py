@@ -1,8 +1,8 @@
 """Cost of the disclosure checks (``python -m benchmarks.disclosure``).
 
 * identifiers: the checks' identifier scan (NHS numbers with their check digit, postcodes,
-  e-mail addresses, UK telephone numbers; :func:`sde_spawner.checking.sdc_values.identifiers_in`
-  over :func:`sde_spawner.checking.sdc.text_chunks`, the path a large table takes) of a
+  e-mail addresses, UK telephone numbers; :func:`sde_airlock.sdc.values.identifiers_in`
+  over :func:`sde_airlock.sdc.text_chunks`, the path a large table takes) of a
   synthetic ``--mb`` MB CSV, against ``LC_ALL=C grep -E -c`` with the same four patterns in
   one process over the same file, interleaved run by run;
 * table: ``sdc.check`` of a 100,000-cell table (10 columns x 10,000 rows), for the record.
@@ -21,7 +21,8 @@ import subprocess
 import tempfile
 import time
 
-from sde_spawner.checking import sdc, sdc_values
+from sde_airlock import sdc
+from sde_airlock.sdc import values as sdc_values
 
 #: The same four kinds of identifier in POSIX ERE (grep has no look-around: near enough).
 GREP_PATTERNS = (
@@ -35,7 +36,18 @@ GREP_PATTERNS = (
 def make_csv(path: str, megabytes: int, seed: int = 7) -> int:
     rng = random.Random(seed)
     regions = ["north", "south", "east", "west", "midlands", "london"]
-    words = "seen in clinic follow up review stable improved referred discharged".split()
+    words = [
+        "seen",
+        "in",
+        "clinic",
+        "follow",
+        "up",
+        "review",
+        "stable",
+        "improved",
+        "referred",
+        "discharged",
+    ]
     size = 0
     target = megabytes * 1_000_000
     with open(path, "w") as fh:

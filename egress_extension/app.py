@@ -44,7 +44,7 @@ from egress_extension.files import ExportPolicy
 from egress_extension.handlers import handlers
 from egress_extension.service import ExportService
 from sde_airlock.rules import ExportRules
-from sde_spawner.checking.sdc import Rules
+from sde_airlock.sdc import Rules
 
 PR_SET_DUMPABLE = 4
 

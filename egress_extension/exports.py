@@ -37,7 +37,7 @@ from egress_extension.files import (
 )
 from egress_extension.service import ExportService, ServiceError
 from sde_airlock.rules import DeclaredFile, ExportRules, Problem, summary
-from sde_spawner.checking.sdc import INFO, Finding, Report, Rules, check
+from sde_airlock.sdc import INFO, Finding, Report, Rules, check
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ def precheck(policy: ExportPolicy, path: str, rules: Rules, *, max_bytes: int) -
 
     The same confinement and byte check as an export (a file that could not be exported is
     refused with the same reason) and the same rules the checkers' page shows
-    (:mod:`sde_spawner.checking.sdc`); files over ``max_bytes`` are left to the service.
+    (:mod:`sde_airlock.sdc`); files over ``max_bytes`` are left to the service.
     """
     fd, st, rel = open_confined(policy, path)
     try:

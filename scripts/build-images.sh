@@ -314,8 +314,7 @@ build_notebook() {
         -r "$IMAGES_DIR/notebook/requirements.txt"
     # The workspace only uses egress_extension from the project wheel (installed --no-deps),
     # so hub-side edits (sde_spawner/) do not rebuild it.
-    put_project_wheel "$dir" "$(sha_of_files pyproject.toml README.md egress_extension sde_airlock \
-        sde_spawner/checking/sdc.py)"
+    put_project_wheel "$dir" "$(sha_of_files pyproject.toml README.md egress_extension sde_airlock)"
     build_image notebook "$(sha_of_text "$BASE_ID $(sha_of_files images/notebook/Dockerfile \
         images/notebook/requirements.txt) $(cat "$dir/.requirements.sha256" \
         "$dir/.project.sha256")")"

@@ -645,6 +645,8 @@ def json_problem(data: bytes, *, notebook: bool = False) -> str | None:
         doc = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         return f"the bytes are not valid JSON ({str(exc)[:200]})"
+    except RecursionError:
+        return "the bytes are JSON nested too deeply to read"
     if not notebook:
         return None
     from nbformat.validator import get_validator  # the notebook format's own JSON schema

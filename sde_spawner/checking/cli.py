@@ -1,6 +1,6 @@
 """``sde-admin outputs check FILE... [--against FILE...] [--json]``: the checkers' checks.
 
-Runs exactly the service's code (:func:`sde_spawner.checking.sdc.check_many`) with the same
+Runs exactly the service's code (:func:`sde_airlock.sdc.check_many`) with the same
 settings (``SDE_SDC_*``, overridable by options), so an administrator or a checker can run
 the automated disclosure checks on files outside the service, and compare them with earlier
 releases (``--against``: differencing).
@@ -22,8 +22,8 @@ from dataclasses import replace
 
 import click
 
-from sde_spawner.checking import sdc
-from sde_spawner.checking.sdc_core import _RANK, valid_rounding
+from sde_airlock import sdc
+from sde_airlock.sdc.core import _RANK, valid_rounding
 
 EXIT_FAILED = 3
 MAX_INPUT = 1024 * 1024 * 1024

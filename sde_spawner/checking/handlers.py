@@ -41,9 +41,10 @@ from urllib.parse import quote
 from jupyterhub.utils import url_path_join
 from tornado import web
 
+from sde_airlock import sdc
 from sde_airlock.rules import ExportRules
 from sde_spawner import audit
-from sde_spawner.checking import flood, logic, render, sdc, uploads
+from sde_spawner.checking import flood, logic, render, uploads
 from sde_spawner.checking import limits as limits_mod
 from sde_spawner.checking import manifest as manifest_mod
 from sde_spawner.checking.states import REASON_CODES, Decision, State

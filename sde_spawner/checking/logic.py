@@ -954,7 +954,7 @@ def submit_review(
     """A checker's whole review of one version: a decision for every file.
 
     ``failed_checks`` maps a file's sha256 to the automated disclosure rules it fails
-    (:mod:`sde_spawner.checking.sdc`); approving such a file needs a comment saying why it is
+    (:mod:`sde_airlock.sdc`); approving such a file needs a comment saying why it is
     safe, and the override is recorded with the decision.
 
     Once ``required_approvals`` distinct checkers have submitted, the outcome is computed and

@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from sde_spawner.checking.sdc import decode_text, open_text
+from sde_airlock.sdc import decode_text, open_text
 
 PREVIEW_CSP = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 PREVIEW_HEADERS = {

@@ -188,7 +188,7 @@ def output_policy_problems(policy: dict) -> list[Problem]:
         out.append(("zeros_are_disclosive", "zeros_are_disclosive must be true or false"))
     r = policy.get("rounding")
     if r is not None:
-        from sde_spawner.checking.sdc_core import valid_rounding
+        from sde_airlock.sdc.core import valid_rounding
 
         try:
             valid_rounding(str(r))

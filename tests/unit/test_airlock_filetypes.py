@@ -318,3 +318,9 @@ def test_json_and_notebooks_need_their_whole_bytes():
     assert inspector.needs_whole
     with pytest.raises(ValueError, match="checked whole"):
         inspector.result()
+
+
+def test_json_nested_too_deeply_is_a_clear_refusal_not_a_crash():
+    deep = b"[" * 100_000 + b"]" * 100_000
+    result = check_bytes("deep.json", deep)
+    assert not result.ok and "nested too deeply" in result.problems[0].message

@@ -1,4 +1,4 @@
-"""Automated disclosure checks (:mod:`sde_spawner.checking.sdc`) on the kinds of outputs
+"""Automated disclosure checks (:mod:`sde_airlock.sdc`) on the kinds of outputs
 researchers export: each rule on a case it must catch and a near miss it must not, with
 ACRO's default thresholds (10 per cell, 10 residual degrees of freedom, zeros disclosive).
 """
@@ -10,7 +10,9 @@ import json
 
 import pytest
 
-from sde_spawner.checking import sdc, sdc_tables, sdc_values
+from sde_airlock import sdc
+from sde_airlock.sdc import tables as sdc_tables
+from sde_airlock.sdc import values as sdc_values
 
 
 def rules_hit(report: sdc.Report) -> set[tuple[str, str]]:
@@ -203,8 +205,8 @@ def test_tsv_and_parquet_tables_are_read_too():
 
 
 def test_documents_over_the_size_limit_are_left_to_the_checker(monkeypatch):
-    monkeypatch.setattr(sdc, "MAX_DOCUMENT", 100)
-    report = sdc.check("big.ipynb", b"{" + b" " * 200 + b"}")
+    monkeypatch.setattr(sdc, "MAX_DOCUMENT", 20)
+    report = sdc.check("big.ipynb", notebook())
     assert report.status == "not_fully_checked"
     assert "identifiers only" in report.checked[0]
 
@@ -212,10 +214,13 @@ def test_documents_over_the_size_limit_are_left_to_the_checker(monkeypatch):
 def test_an_unreadable_file_is_not_fully_checked_not_a_crash():
     report = sdc.check("t.parquet", b"not parquet at all")
     assert report.status == "fail" and report.findings[0].rule == "type_mismatch"
+    # Text that is not the notebook it claims to be: the bytes are a mismatch, and what
+    # could not be read is said too.
     report = sdc.check("t.ipynb", b"{not json")
-    assert report.status == "not_fully_checked"
+    assert [f.rule for f in report.findings] == ["type_mismatch", "not_fully_checked"]
     deep = b'{"cells": [{"cell_type": "markdown", "source": ' + b"[" * 100_000 + b"]" * 100_000
-    assert sdc.check("deep.ipynb", deep + b"}]}").status == "not_fully_checked"  # no RecursionError
+    report = sdc.check("deep.ipynb", deep + b"}]}")  # no RecursionError
+    assert [f.rule for f in report.findings] == ["type_mismatch", "not_fully_checked"]
 
 
 # --- text ---------------------------------------------------------------------------------
@@ -255,7 +260,9 @@ def test_text_reporting_small_groups_is_for_review():
 
 
 def test_figures_are_left_to_the_eye():
-    report = sdc.check("fig.png", b"\x89PNG\r\n\x1a\n")
+    from tests.unit.test_checking_sdc_rules import png
+
+    report = sdc.check("fig.png", png())
     assert (report.kind, report.status) == ("figure", "info")
 
 
@@ -276,7 +283,7 @@ def notebook(*outputs, markdown: str = "") -> bytes:
                 "outputs": [out],
             }
         )
-    return json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": cells}).encode()
+    return json.dumps({"nbformat": 4, "nbformat_minor": 4, "metadata": {}, "cells": cells}).encode()
 
 
 def html_output(html: str) -> dict:
@@ -333,7 +340,9 @@ def test_the_report_serialises_for_the_api():
 BOMB_CHECK = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
-from sde_spawner.checking import sdc, sdc_tables, sdc_values
+from sde_airlock import sdc
+from sde_airlock.sdc import tables as sdc_tables
+from sde_airlock.sdc import values as sdc_values
 report = sdc.check("t.parquet", open(sys.argv[1], "rb").read())
 print(report.status, "ok")
 """
@@ -382,7 +391,7 @@ def test_adversarial_text_is_checked_in_linear_time(tmp_path, text):
     path = tmp_path / "notes.txt"
     path.write_text(text)
     code = (
-        "import sys; from sde_spawner.checking import sdc; "
+        "import sys; from sde_airlock import sdc; "
         "print(sdc.check('notes.txt', open(sys.argv[1], 'rb').read()).status)"
     )
     res = subprocess.run(

@@ -20,7 +20,7 @@ import logging
 
 import pytest
 
-from sde_spawner.checking import sdc
+from sde_airlock import sdc
 
 # ACRO, pandas and statsmodels warn about their own internals (FutureWarning on groupby
 # callables, small-sample statistics); they are the oracle here, not the code under test.

@@ -14,7 +14,9 @@ import zlib
 
 import pytest
 
-from sde_spawner.checking import sdc, sdc_tables, sdc_values
+from sde_airlock import sdc
+from sde_airlock.sdc import tables as sdc_tables
+from sde_airlock.sdc import values as sdc_values
 
 NHS = "9434765919"  # valid check digit
 NOT_NHS = "9434765918"
@@ -34,7 +36,7 @@ def csv(text: str, **kw) -> sdc.Report:
 
 def nb(*cells: dict, metadata: dict | None = None) -> bytes:
     return json.dumps(
-        {"nbformat": 4, "nbformat_minor": 5, "metadata": metadata or {}, "cells": list(cells)}
+        {"nbformat": 4, "nbformat_minor": 4, "metadata": metadata or {}, "cells": list(cells)}
     ).encode()
 
 

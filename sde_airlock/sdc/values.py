@@ -1,6 +1,6 @@
 """Values and names the disclosure checks recognise: numbers, counts, identifiers of people.
 
-Pure and shared by the table, text and document checks (:mod:`sde_spawner.checking.sdc`).
+Pure and shared by the table, text and document checks (:mod:`sde_airlock.sdc`).
 Identifiers are found by *value* wherever they are in a file, with the rule id of each kind:
 
 ===================  =====================================================================

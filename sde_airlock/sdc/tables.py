@@ -5,7 +5,7 @@ Pure. A :class:`Table` is read from CSV/TSV (:func:`read_delimited`), Parquet
 (``print(df)``, Markdown pipe tables: :func:`text_tables`). What each column holds (label,
 count, magnitude, ...) is decided from the first ``max_rows`` rows; the cell rules then run
 over **every** row, streamed, so a large file is checked whole. Rule ids are those of
-:data:`sde_spawner.checking.sdc_core.RULES`.
+:data:`sde_airlock.sdc.core.RULES`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sde_spawner.checking.sdc_core import FAIL, NOT_FULLY_CHECKED, REVIEW, Finding, Rules, plural
-from sde_spawner.checking.sdc_values import (
+from sde_airlock.sdc.core import FAIL, NOT_FULLY_CHECKED, REVIEW, Finding, Rules, plural
+from sde_airlock.sdc.values import (
     as_int,
     identifier_rule_of_column,
     identifiers_in,
@@ -319,7 +319,7 @@ def check_table(table: Table, rules: Rules, *, scan_values: bool = True) -> list
 
 
 def identifier_findings(hits: dict[str, int], where: str) -> list[Finding]:
-    from sde_spawner.checking.sdc_values import IDENTIFIER_KINDS
+    from sde_airlock.sdc.values import IDENTIFIER_KINDS
 
     return [
         Finding(rule, FAIL, where, f"values that identify people: {plural(n, IDENTIFIER_KINDS[r])}")

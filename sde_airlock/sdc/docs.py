@@ -4,7 +4,7 @@ Pure. Everything a file carries is read, not only what a viewer shows: every cel
 and every output of a notebook (each MIME type of a bundle, error tracebacks), hidden and
 collapsed cells, attachments and metadata; the text, tables, scripts and external references
 of HTML and SVG; the metadata chunks of PNG and JPEG images. :func:`notebook_parts` and
-:func:`html_parts` hand the text and tables to the rules of :mod:`sde_spawner.checking.sdc`.
+:func:`html_parts` hand the text and tables to the rules of :mod:`sde_airlock.sdc`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterator
 from html.parser import HTMLParser
 
-from sde_spawner.checking.sdc_core import FAIL, REVIEW, Finding, plural
+from sde_airlock.sdc.core import FAIL, REVIEW, Finding, plural
 
 # --- HTML ------------------------------------------------------------------------------------
 

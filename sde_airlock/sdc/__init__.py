@@ -7,7 +7,7 @@ leave), not on the microdata behind it, and tell a checker where to look; the de
 with two people. Rules, names and defaults follow ACRO (AI-SDC/ACRO, ``acro/default.yaml``:
 ``safe_threshold: 10``, ``safe_dof_threshold: 10``, ``zeros_are_disclosive: True``), the
 checking tool of the UK SACRO project. The rule ids and what each means are in
-``docs/disclosure-rules.md`` and :data:`~sde_spawner.checking.sdc_core.RULES`.
+``docs/disclosure-rules.md`` and :data:`~sde_airlock.sdc.core.RULES`.
 
 Every byte of a file is read: all rows of a table (its columns' roles are decided on the
 first ``max_rows``, the cell rules run over every row, streamed); every part of a notebook
@@ -16,9 +16,9 @@ comments, scripts and external references of HTML and SVG; tables printed as tex
 (``print(df)``, Markdown) are read as tables. Where a file cannot be read whole the report
 says ``not_fully_checked``, and approving it needs an explicit override comment.
 
-The modules: :mod:`.sdc_core` (statuses, :class:`Rules`, :class:`Finding`,
-:class:`Report`), :mod:`.sdc_values` (numbers and identifiers), :mod:`.sdc_tables` (tables
-and their rules), :mod:`.sdc_docs` (notebooks, HTML, SVG, images), :mod:`.sdc_types` (what
+The modules: :mod:`.core` (statuses, :class:`Rules`, :class:`Finding`,
+:class:`Report`), :mod:`.values` (numbers and identifiers), :mod:`.tables` (tables
+and their rules), :mod:`.docs` (notebooks, HTML, SVG, images), :mod:`.types` (what
 the bytes of a file are).
 """
 
@@ -31,8 +31,9 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import PurePosixPath
 
-from sde_spawner.checking import sdc_docs, sdc_tables
-from sde_spawner.checking.sdc_core import (
+from sde_airlock.sdc import docs as sdc_docs
+from sde_airlock.sdc import tables as sdc_tables
+from sde_airlock.sdc.core import (
     FAIL,
     INFO,
     NOT_FULLY_CHECKED,
@@ -44,9 +45,9 @@ from sde_spawner.checking.sdc_core import (
     Rules,
     plural,
 )
-from sde_spawner.checking.sdc_tables import MAX_CELL_CHARS, MAX_CELLS, Table, check_table
-from sde_spawner.checking.sdc_types import type_mismatch
-from sde_spawner.checking.sdc_values import identifiers_in, merge_counts, valid_nhs_number
+from sde_airlock.sdc.tables import MAX_CELL_CHARS, MAX_CELLS, Table, check_table
+from sde_airlock.sdc.types import type_mismatch
+from sde_airlock.sdc.values import identifiers_in, merge_counts, valid_nhs_number
 
 __all__ = [
     "FAIL",
@@ -182,9 +183,16 @@ def check(path: str, data: bytes, rules: Rules | None = None) -> Report:
     """Run every rule that applies to ``path``'s kind over ``data``."""
     rules = rules or Rules()
     ext = PurePosixPath(path).suffix.lower()
-    mismatch = type_mismatch(path, data)
-    if mismatch is not None:
+    mismatch, readable = type_mismatch(path, data)
+    if not readable:
         return Report("other", ["what the bytes are"], [mismatch])
+    report = _check_content(path, ext, data, rules)
+    if mismatch is not None:
+        report.findings.insert(0, mismatch)
+    return report
+
+
+def _check_content(path: str, ext: str, data: bytes, rules: Rules) -> Report:
     try:
         if ext in TABLE_DELIMITERS or ext == ".parquet":
             return _check_table_file(path, data, rules)
