@@ -49,30 +49,31 @@ def looks_like_text(head: bytes) -> bool:
     return controls * 20 <= len(head)
 
 
-def raw_page(path: str, fh: BinaryIO, size: int, *, page: int = 0, mode: str = "auto") -> RawPage:
-    """Page ``page`` (from 0) of the raw view of a file read through ``fh``."""
+def raw_page(path: str, fh: BinaryIO, size: int, *, page: int = 1, mode: str = "auto") -> RawPage:
+    """Page ``page`` (from 1) of the raw view of a file read through ``fh``."""
     if mode not in MODES:
         raise RawError(f"unknown raw view {mode!r}: use text or hex")
-    if page < 0:
-        raise RawError("page numbers start at 0")
+    if page < 1:
+        raise RawError("page numbers start at 1")
     if mode == "auto":
         fh.seek(0)
         mode = "text" if looks_like_text(fh.read(8192)) else "hex"
     per = PAGE_TEXT if mode == "text" else PAGE_HEX
     pages = max(1, -(-size // per))
-    if page >= pages:
-        raise RawError(f"there is no page {page}: the raw view has pages 0 to {pages - 1}")
+    if page > pages:
+        raise RawError(f"there is no page {page}: the raw view has pages 1 to {pages}")
     if mode == "text":
-        start, end = _boundary(fh, page * per, size), _boundary(fh, (page + 1) * per, size)
+        start = _boundary(fh, (page - 1) * per, size)
+        end = _boundary(fh, page * per, size)
         fh.seek(start)
         body, note = _text_body(fh.read(end - start), _lines_before(fh, start), end >= size)
     else:
-        start, end = page * per, min(size, (page + 1) * per)
+        start, end = (page - 1) * per, min(size, page * per)
         fh.seek(start)
         body, note = _hex_body(fh.read(end - start), start), ""
     head = (
         f'<p class="meta" id="raw-meta">{html.escape(PurePosixPath(path).name)} · raw bytes '
-        f"({mode}) · bytes {start:,}–{max(start, end - 1):,} of {size:,} · page {page + 1} of "
+        f"({mode}) · bytes {start:,}–{max(start, end - 1):,} of {size:,} · page {page} of "
         f"{pages}</p>{_nav(page, pages, mode)}{note}"
     )
     from sde_spawner.checking.render import _document
@@ -105,16 +106,17 @@ def _lines_before(fh: BinaryIO, offset: int) -> int:
 
 
 def _nav(page: int, pages: int, mode: str) -> str:
-    def link(p: int, label: str, m: str = mode) -> str:
-        return f'<a href="?page={p}&amp;as={m}">{label}</a>'
+    def link(p: int, label: str, id_: str = "") -> str:
+        ident = f' id="{id_}"' if id_ else ""
+        return f'<a href="?page={p}&amp;as={mode}"{ident}>{label}</a>'
 
     parts = []
-    if page > 0:
-        parts += [link(0, "« first"), link(page - 1, "‹ previous")]
-    if page + 1 < pages:
-        parts += [link(page + 1, "next ›"), link(pages - 1, "last »")]
+    if page > 1:
+        parts += [link(1, "« first"), link(page - 1, "‹ previous")]
+    if page < pages:
+        parts += [link(page + 1, "next ›", id_="raw-next"), link(pages, "last »")]
     other = "hex" if mode == "text" else "text"
-    parts.append(f'<a href="?page=0&amp;as={other}" id="raw-switch">view as {other}</a>')
+    parts.append(f'<a href="?page=1&amp;as={other}" id="raw-switch">view as {other}</a>')
     return f'<p class="nav">{" · ".join(parts)}</p>'
 
 
