@@ -717,7 +717,7 @@ class ReviewHandler(PageHandler):
 class PreviewHandler(PageHandler):
     """The safe preview document of one file, framed by the request page; on the ``raw``
     route (``view="raw"``) the file's exact bytes escaped, a page at a time
-    (``?page=N&as=text|hex``), same headers."""
+    (``?page=N&as=text|hex``, ``framed=1`` from the request page's frame), same headers."""
 
     action = "export.file.viewed"
 
@@ -728,6 +728,7 @@ class PreviewHandler(PageHandler):
         from sde_spawner.checking import render_raw  # here: keeps this class's edits local
 
         page, mode = 1, "auto"
+        framed = self.get_query_argument("framed", "") == "1"
         if self.view == "raw":
             page_arg = self.get_query_argument("page", "1")
             mode = self.get_query_argument("as", "auto") or "auto"
@@ -742,7 +743,7 @@ class PreviewHandler(PageHandler):
         ref = await self.run(logic.file_for_checker, self.username, int(file_id))
         try:
             if self.view == "raw":
-                document = await asyncio.to_thread(self._raw, ref, page, mode)
+                document = await asyncio.to_thread(self._raw, ref, page, mode, framed)
             else:
                 document = (await asyncio.to_thread(self.checking.preview, ref)).html
         except BlobError as exc:
@@ -754,12 +755,12 @@ class PreviewHandler(PageHandler):
         self.set_header("X-Frame-Options", "SAMEORIGIN")
         self.finish(document)
 
-    def _raw(self, ref: logic.BlobRef, page: int, mode: str) -> str:
+    def _raw(self, ref: logic.BlobRef, page: int, mode: str, framed: bool) -> str:
         from sde_spawner.checking import render_raw
 
         with self.checking.store.open_verified(ref.blob_key, ref.sha256) as fh:
             size = fh.seek(0, os.SEEK_END)
-            return render_raw.raw_page(ref.path, fh, size, page=page, mode=mode).html
+            return render_raw.raw_page(ref.path, fh, size, page=page, mode=mode, framed=framed).html
 
 
 class ReleasesHandler(PageHandler):

@@ -21,6 +21,7 @@ incomplete but never lets active content through; the raw view
 from __future__ import annotations
 
 import base64
+import bisect
 import html
 import json
 import re
@@ -71,42 +72,76 @@ _ALLOWED_PLAIN = frozenset({"\t", "\n", "\r", " "})
 
 
 @cache
-def _invisible_pattern() -> re.Pattern:
-    """One character class of every invisible code point (built once: about 0.2 s)."""
+def _flagged_ranges() -> tuple[tuple[int, int], ...]:
+    """Every invisible code point as sorted (first, last) ranges (built once: about 0.2 s)."""
     flagged: list[tuple[int, int]] = []
 
     def add(lo: int, hi: int) -> None:
-        if flagged and flagged[-1][1] == lo - 1:
-            flagged[-1] = (flagged[-1][0], hi)
+        if flagged and flagged[-1][1] >= lo - 1:
+            flagged[-1] = (flagged[-1][0], max(hi, flagged[-1][1]))
         else:
             flagged.append((lo, hi))
 
-    def scan(lo: int, hi: int) -> None:
-        for cp in range(lo, hi + 1):
-            c = chr(cp)
-            if c not in _ALLOWED_PLAIN and unicodedata.category(c) in _FLAGGED_CATEGORIES:
-                add(cp, cp)
-
-    scan(0, 0x3FFFF)
-    add(0x40000, 0xDFFFF)  # planes 4-13: unassigned
-    scan(0xE0000, 0xEFFFF)
+    extra = dict(_EXTRA_INVISIBLE)
+    for cp in (*range(0x40000), *range(0xE0000, 0xF0000)):
+        c = chr(cp)
+        if cp in extra:
+            add(cp, extra[cp])
+        elif c not in _ALLOWED_PLAIN and unicodedata.category(c) in _FLAGGED_CATEGORIES:
+            add(cp, cp)
+        if cp == 0x3FFFF:
+            add(0x40000, 0xDFFFF)  # planes 4-13: unassigned
     add(0xF0000, 0x10FFFF)  # planes 15-16: private use
-    for lo, hi in _EXTRA_INVISIBLE:
-        flagged.append((lo, hi))
+    return tuple(flagged)
+
+
+@cache
+def candidate_pattern() -> re.Pattern:
+    """Every invisible BMP character, every astral one (checked by :func:`is_invisible`: a
+    regex class of scattered astral ranges is slow), and a CR not followed by LF."""
+    bmp = [(lo, min(hi, 0xFFFF)) for lo, hi in _flagged_ranges() if lo <= 0xFFFF]
     parts = "".join(
         re.escape(chr(lo)) if lo == hi else f"{re.escape(chr(lo))}-{re.escape(chr(hi))}"
-        for lo, hi in flagged
+        for lo, hi in bmp
     )
-    # a carriage return is ordinary only as part of CRLF
-    return re.compile(f"[{parts}]|\r(?!\n)")
+    return re.compile(f"[{parts}\\U00010000-\\U0010FFFF]|\\r(?!\\n)")
+
+
+@cache
+def _astral_ranges() -> tuple[list[int], list[int]]:
+    ranges = [(lo, hi) for lo, hi in _flagged_ranges() if hi > 0xFFFF]
+    return [max(lo, 0x10000) for lo, _ in ranges], [hi for _, hi in ranges]
+
+
+def is_invisible(c: str) -> bool:
+    """For a character :func:`candidate_pattern` matched: is it really invisible?"""
+    cp = ord(c)
+    if cp <= 0xFFFF:
+        return True
+    starts, ends = _astral_ranges()
+    i = bisect.bisect_right(starts, cp) - 1
+    return i >= 0 and cp <= ends[i]
+
+
+def sub_invisible(text: str, replace) -> str:
+    """``text`` with each invisible character ``c`` replaced by ``replace(c)``."""
+    pattern = candidate_pattern()
+    if not pattern.search(text):
+        return text
+
+    def one(m: re.Match) -> str:
+        c = m.group()
+        return replace(c) if is_invisible(c) else c
+
+    return pattern.sub(one, text)
 
 
 def invisible_counts(text: str) -> Counter:
     """How many of each invisible character ``text`` holds."""
-    pattern = _invisible_pattern()
+    pattern = candidate_pattern()
     if not pattern.search(text):
         return Counter()
-    return Counter(pattern.findall(text))
+    return Counter(c for c in pattern.findall(text) if is_invisible(c))
 
 
 def char_label(c: str) -> str:
@@ -125,22 +160,19 @@ def char_name(c: str) -> str:
         )
 
 
-def _span(m: re.Match) -> str:
-    return f'<span class="inv" title="{char_name(m.group())}">{char_label(m.group())}</span>'
+@cache
+def _span(c: str) -> str:
+    return f'<span class="inv" title="{char_name(c)}">{char_label(c)}</span>'
 
 
 def escape_visible(text: str) -> str:
     """``text`` HTML-escaped with every invisible character shown as a marked escape."""
-    escaped = html.escape(text, quote=False)
-    pattern = _invisible_pattern()
-    if not pattern.search(escaped):
-        return escaped
-    return pattern.sub(_span, escaped)
+    return sub_invisible(html.escape(text, quote=False), _span)
 
 
 def plain_visible(text: str) -> str:
     """``text`` HTML-escaped with invisible characters as plain escapes (for titles)."""
-    return _invisible_pattern().sub(lambda m: char_label(m.group()), html.escape(text))
+    return sub_invisible(html.escape(text), char_label)
 
 
 #: A start or end tag of serialised (sanitised) HTML: attribute values are double-quoted.
@@ -150,15 +182,14 @@ _TAG = re.compile(r'<[^>"]*(?:"[^"]*"[^>"]*)*>')
 def mark_invisible_html(fragment: str) -> str:
     """Sanitised HTML with invisible characters shown: marked spans in text, plain escapes
     inside tags (where markup cannot go)."""
-    pattern = _invisible_pattern()
-    if not pattern.search(fragment):
+    if not candidate_pattern().search(fragment):
         return fragment
     out, pos = [], 0
     for m in _TAG.finditer(fragment):
-        out.append(pattern.sub(_span, fragment[pos : m.start()]))
-        out.append(pattern.sub(lambda c: char_label(c.group()), m.group()))
+        out.append(sub_invisible(fragment[pos : m.start()], _span))
+        out.append(sub_invisible(m.group(), char_label))
         pos = m.end()
-    out.append(pattern.sub(_span, fragment[pos:]))
+    out.append(sub_invisible(fragment[pos:], _span))
     return "".join(out)
 
 

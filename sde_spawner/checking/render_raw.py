@@ -8,9 +8,9 @@ Whatever a preview renders or leaves out, this view shows every byte a checker a
   missing final newline said;
 * **hex**: a classic dump (offset, 16 bytes, printable ASCII), for binaries and on request.
 
-Pages are :data:`PAGE_TEXT` / :data:`PAGE_HEX` bytes (text pages end on a character
-boundary); the file is read through a seekable handle, so a 250 MiB file costs one page of
-memory. Pure apart from reading that handle; the result is a script-free document served with
+Pages are :data:`PAGE` bytes (text pages end on a character boundary); the file is read
+through a seekable handle, so a 250 MiB file costs one page of memory. Pure apart from
+reading that handle; the result is a script-free document served with
 :data:`~sde_spawner.checking.render.PREVIEW_HEADERS`.
 """
 
@@ -19,13 +19,19 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
+from functools import cache
 from pathlib import PurePosixPath
 from typing import BinaryIO
 
-from sde_spawner.checking.render_hidden import _invisible_pattern, char_label, char_name
+from sde_spawner.checking.render_hidden import (
+    candidate_pattern,
+    char_label,
+    char_name,
+    is_invisible,
+)
 
-PAGE_TEXT = 128 * 1024
-PAGE_HEX = 16 * 1024
+#: Bytes per page, the same in both modes so the request page can offer every page.
+PAGE = 64 * 1024
 MODES = ("auto", "text", "hex")
 
 
@@ -49,8 +55,14 @@ def looks_like_text(head: bytes) -> bool:
     return controls * 20 <= len(head)
 
 
-def raw_page(path: str, fh: BinaryIO, size: int, *, page: int = 1, mode: str = "auto") -> RawPage:
-    """Page ``page`` (from 1) of the raw view of a file read through ``fh``."""
+def raw_page(
+    path: str, fh: BinaryIO, size: int, *, page: int = 1, mode: str = "auto", framed: bool = False
+) -> RawPage:
+    """Page ``page`` (from 1) of the raw view of a file read through ``fh``.
+
+    ``framed``: shown in the request page's sandboxed frame, whose own links would navigate
+    without the checker's cookie (the frame's origin is opaque): the page controls are the
+    request page's, so the document names them instead of linking."""
     if mode not in MODES:
         raise RawError(f"unknown raw view {mode!r}: use text or hex")
     if page < 1:
@@ -58,7 +70,7 @@ def raw_page(path: str, fh: BinaryIO, size: int, *, page: int = 1, mode: str = "
     if mode == "auto":
         fh.seek(0)
         mode = "text" if looks_like_text(fh.read(8192)) else "hex"
-    per = PAGE_TEXT if mode == "text" else PAGE_HEX
+    per = PAGE
     pages = max(1, -(-size // per))
     if page > pages:
         raise RawError(f"there is no page {page}: the raw view has pages 1 to {pages}")
@@ -74,7 +86,7 @@ def raw_page(path: str, fh: BinaryIO, size: int, *, page: int = 1, mode: str = "
     head = (
         f'<p class="meta" id="raw-meta">{html.escape(PurePosixPath(path).name)} · raw bytes '
         f"({mode}) · bytes {start:,}–{max(start, end - 1):,} of {size:,} · page {page} of "
-        f"{pages}</p>{_nav(page, pages, mode)}{note}"
+        f"{pages}</p>{_nav(page, pages, mode, framed)}{note}"
     )
     from sde_spawner.checking.render import _document
 
@@ -105,7 +117,13 @@ def _lines_before(fh: BinaryIO, offset: int) -> int:
     return count
 
 
-def _nav(page: int, pages: int, mode: str) -> str:
+def _nav(page: int, pages: int, mode: str, framed: bool) -> str:
+    if framed:
+        return (
+            '<p class="nav">Other pages and the hex or text view: the controls above this '
+            "frame, or the raw view in its own tab.</p>"
+        )
+
     def link(p: int, label: str, id_: str = "") -> str:
         ident = f' id="{id_}"' if id_ else ""
         return f'<a href="?page={p}&amp;as={mode}"{ident}>{label}</a>'
@@ -129,17 +147,25 @@ def _escape_char(m: re.Match) -> str:
     return f'<span class="inv" title="{char_name(c)}">{char_label(c)}</span>'
 
 
+@cache
+def _raw_pattern() -> re.Pattern:
+    return re.compile(f"(?:{candidate_pattern().pattern})|\t")
+
+
 def _escape_line(text: str) -> tuple[str, int]:
-    pattern = _invisible_pattern()
     escaped = html.escape(text, quote=False)
     marked = [0]
 
     def sub(m: re.Match) -> str:
-        if m.group() != "\t":
-            marked[0] += 1
+        c = m.group()
+        if c == "\t":
+            return _escape_char(m)
+        if not is_invisible(c):
+            return c
+        marked[0] += 1
         return _escape_char(m)
 
-    return re.sub(f"(?:{pattern.pattern})|\t", sub, escaped), marked[0]
+    return _raw_pattern().sub(sub, escaped), marked[0]
 
 
 def _text_body(chunk: bytes, first_line: int, at_end: bool) -> tuple[str, str]:

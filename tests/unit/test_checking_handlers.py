@@ -594,7 +594,7 @@ async def test_a_checker_sees_what_the_preview_leaves_out_and_the_raw_bytes(svc,
     rid = await submit_request(svc, files=files)
     page = await svc.fetch("GET", f"checking/requests/{rid}", user="chris")
     raws = re.findall(
-        rb'href="/services/sde/(checking/files/\d+/raw)" target="view-\d+"', page.body
+        rb'href="/services/sde/(checking/files/\d+/raw)\?framed=1" target="view-\d+"', page.body
     )
     assert len(raws) == 2
     previews = re.findall(rb'src="/services/sde/(checking/files/\d+/render)"', page.body)
@@ -616,6 +616,8 @@ async def test_a_checker_sees_what_the_preview_leaves_out_and_the_raw_bytes(svc,
     first = await svc.fetch("GET", txt_raw, user="chris")
     assert b"raw bytes (text)" in first.body and b'id="raw-next"' in first.body
     assert "⟨U+E0070⟩".encode() in first.body and "\U000e0070".encode() not in first.body
+    framed = await svc.fetch("GET", txt_raw + "?framed=1", user="chris")  # in the page's frame
+    assert b'id="raw-next"' not in framed.body and b"the controls above this frame" in framed.body
     second = await svc.fetch("GET", txt_raw + "?page=2", user="chris")
     assert second.code == 200 and b"page 2 of" in second.body
     hexed = await svc.fetch("GET", txt_raw + "?as=hex", user="chris")
@@ -643,7 +645,7 @@ async def test_the_raw_view_refuses_a_tampered_blob(svc, db):
     rid = await submit_request(svc, files={"notes.txt": TAGGED_TEXT})
     page = await svc.fetch("GET", f"checking/requests/{rid}", user="chris")
     (raw_path,) = re.findall(
-        rb'href="/services/sde/(checking/files/\d+/raw)" target="view-', page.body
+        rb'href="/services/sde/(checking/files/\d+/raw)\?framed=1" target="view-', page.body
     )
     blob = BlobStore.for_state_dir(svc.settings.state_dir).path(sha256(TAGGED_TEXT))
     blob.chmod(0o644)

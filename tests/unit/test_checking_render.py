@@ -478,7 +478,7 @@ def test_the_raw_view_shows_text_bytes_exactly_with_invisibles_marked():
 def test_the_raw_view_of_a_binary_is_a_hex_dump_of_every_byte():
     data = png_with_metadata() + bytes(range(256)) * 100
     pages = raw("fig.png", data).pages
-    assert pages == -(-len(data) // render_raw.PAGE_HEX) > 1
+    assert pages == -(-len(data) // render_raw.PAGE) > 1
     dumped = b""
     for number in range(1, pages + 1):
         page = raw("fig.png", data, page=number)
@@ -498,7 +498,7 @@ def test_the_raw_view_of_a_binary_is_a_hex_dump_of_every_byte():
 
 def test_text_pages_never_split_a_character_and_number_lines_on():
     line = "é😀\U000e0041 row\n"
-    data = (line * (3 * render_raw.PAGE_TEXT // len(line.encode()))).encode()
+    data = (line * (3 * render_raw.PAGE // len(line.encode()))).encode()
     first = raw("big.csv", data)
     assert first.pages >= 3
     spans, lines = [], 0
