@@ -476,7 +476,7 @@ def test_the_raw_view_shows_text_bytes_exactly_with_invisibles_marked():
 
 
 def test_the_raw_view_of_a_binary_is_a_hex_dump_of_every_byte():
-    data = png_with_metadata() + bytes(range(256)) * 100
+    data = png_with_metadata() + bytes(range(256)) * 600
     pages = raw("fig.png", data).pages
     assert pages == -(-len(data) // render_raw.PAGE) > 1
     dumped = b""
