@@ -433,7 +433,8 @@ def _notebook(data: bytes, found: _Found) -> tuple[str, str]:
     cells = len(nb.cells)
     outputs = sum(len(c.get("outputs", [])) for c in nb.cells if c.get("cell_type") == "code")
     cleaned, removed = sanitize_html_report(body)
-    cleaned = hidden.mark_invisible_html(cleaned)
+    if found.invisible:  # every string of the notebook was scanned: none, nothing to mark
+        cleaned = hidden.mark_invisible_html(cleaned)
     note = ""
     if removed:
         what = ", ".join(f"{n} {label}(s)" for label, n in sorted(removed.items()))

@@ -415,6 +415,7 @@ def notebook_hidden_parts(raw: dict, renderable: frozenset[str]) -> list[Omitted
         text = _json(meta)
         keys = ", ".join(sorted(meta)[:8])
         items.append(Omitted("notebook", f"notebook metadata ({keys})", utf8_len(text), text))
+    ids: list[tuple[int, str]] = []
     for number, cell in enumerate(raw.get("cells", []), 1):
         if not isinstance(cell, dict):
             continue
@@ -422,7 +423,7 @@ def notebook_hidden_parts(raw: dict, renderable: frozenset[str]) -> list[Omitted
         where = f"cell {number} ({kind})"
         source = _text(cell.get("source", ""))
         if cell.get("id"):
-            items.append(Omitted(where, "cell id", utf8_len(cell["id"]), cell["id"]))
+            ids.append((number, str(cell["id"])))
         if cell.get("metadata"):
             text = _json(cell["metadata"])
             items.append(Omitted(where, "cell metadata", utf8_len(text), text))
@@ -456,6 +457,10 @@ def notebook_hidden_parts(raw: dict, renderable: frozenset[str]) -> list[Omitted
                 )
         for o_number, output in enumerate(cell.get("outputs") or [], 1):
             items += _output_hidden_parts(output, f"{where}, output {o_number}", renderable)
+    if ids:
+        text = "\n".join(f"cell {n}: {i}" for n, i in ids)
+        size = sum(utf8_len(i) for _, i in ids)
+        items.insert(1 if meta else 0, Omitted("notebook", f"cell ids ({len(ids)})", size, text))
     return items
 
 
