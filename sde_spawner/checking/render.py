@@ -433,6 +433,7 @@ def _notebook(data: bytes, found: _Found) -> tuple[str, str]:
     cells = len(nb.cells)
     outputs = sum(len(c.get("outputs", [])) for c in nb.cells if c.get("cell_type") == "code")
     cleaned, removed = sanitize_html_report(body)
+    cleaned = hidden.open_details(cleaned)
     if found.invisible:  # every string of the notebook was scanned: none, nothing to mark
         cleaned = hidden.mark_invisible_html(cleaned)
     note = ""

@@ -193,6 +193,21 @@ def mark_invisible_html(fragment: str) -> str:
     return "".join(out)
 
 
+def open_details(fragment: str) -> str:
+    """Sanitised HTML with every ``<details>`` open: a collapsed section is content a checker
+    might never expand."""
+    if "<details" not in fragment:
+        return fragment
+
+    def one(m: re.Match) -> str:
+        tag = m.group()
+        if re.match(r"<details[\s>]", tag) and not re.match(r"<details\s+open[\s>=]", tag):
+            return "<details open" + tag[len("<details") :]
+        return tag
+
+    return _TAG.sub(one, fragment)
+
+
 def invisible_note(counts: Counter, where: str = "this file") -> str:
     """A notice counting the invisible characters (empty if there are none)."""
     if not counts:

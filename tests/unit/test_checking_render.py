@@ -335,7 +335,9 @@ def test_metadata_cannot_make_the_renderer_hide_a_source_or_an_output():
         "transient": {"remove_source": True},
         "jupyter": {"source_hidden": True},
     }
-    hidden_md = nbformat.v4.new_markdown_cell("MARKDOWN-UNDER-REMOVE-SOURCE")
+    hidden_md = nbformat.v4.new_markdown_cell(
+        "MARKDOWN-UNDER-REMOVE-SOURCE <details><summary>s</summary>COLLAPSED-TEXT</details>"
+    )
     hidden_md.metadata = {"transient": {"remove_source": True}}
     isolated = nbformat.v4.new_code_cell(
         "x",
@@ -358,6 +360,7 @@ def test_metadata_cannot_make_the_renderer_hide_a_source_or_an_output():
     text = shown_text(soup)
     assert "secret_source" in text and "MARKDOWN-UNDER-REMOVE-SOURCE" in text
     assert "ISOLATED-OUTPUT" in text
+    assert all(d.has_attr("open") for d in soup("details"))  # nothing collapsed
     assert any(i["src"].startswith("data:image/png") and not i.get("width") for i in soup("img"))
 
 
