@@ -554,7 +554,8 @@ def _text_findings(data: bytes, found: _Found) -> None:
 
 
 _CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")
-_TRAILING_SPACE = re.compile(rb"[ \t]+\r?$", re.MULTILINE)
+#: From the start of a run only (lookbehind): a long run of spaces mid-line costs O(run).
+_TRAILING_SPACE = re.compile(rb"(?<![ \t])[ \t]+\r?$", re.MULTILINE)
 
 
 def _text_or_binary(data: bytes, found: _Found) -> tuple[str, str, str]:

@@ -221,10 +221,6 @@ def invisible_note(counts: Counter, where: str = "this file") -> str:
     )
 
 
-def trailing_space_lines(text: str) -> int:
-    return len(re.findall(r"[ \t]+$", text, re.MULTILINE))
-
-
 # --- the notice -----------------------------------------------------------------------------
 
 
@@ -285,7 +281,8 @@ _ELEMENT = re.compile(
 )
 _VOID_HIDDEN = re.compile(r"<(meta|link|base|input)\b[^>]*>", re.IGNORECASE)
 _ATTRS_TAG = re.compile(
-    r"<([a-zA-Z][\w:-]*)((?:\s+[^\s=>/]+(?:\s*=\s*(?:\"[^\"]*\"|'[^']*'|[^\s>]+))?)+)\s*/?>"
+    # unambiguous (an unquoted value has no quotes): no backtracking blow-up on unclosed tags
+    r"<([a-zA-Z][\w:-]*)((?:\s+[^\s=>/]+(?:\s*=\s*(?:\"[^\"]*\"|'[^']*'|[^\s>\"']+))?)+)\s*/?>"
 )
 _HIDDEN_ATTR = re.compile(
     r"\s(hidden|style\s*=\s*[\"'][^\"']*(?:display\s*:\s*none|visibility\s*:\s*hidden|opacity\s*:\s*0|font-size\s*:\s*0))",
@@ -401,7 +398,7 @@ def notebook_layout(data: bytes, raw: dict) -> list[Omitted]:
             f"{len(dupes)} duplicate key(s) ({', '.join(sorted(set(dupes))[:10])}): readers keep "
             "only the last value, the earlier ones are released unseen."
         )
-    odd = len(re.findall(r"[ \t]+\n|\t|\r", text))
+    odd = len(re.findall(r"(?<![ \t])[ \t]+\n|\t|\r", text))
     if odd:
         notes.append(f"{odd} tab(s), carriage return(s) or line-end space run(s) between values.")
     notes.append(

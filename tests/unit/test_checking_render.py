@@ -520,3 +520,19 @@ def test_text_pages_never_split_a_character_and_number_lines_on():
     assert spans[0][0] == 0 and spans[-1][1] == len(data) - 1
     assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(spans))
     assert lines == data.count(b"\n")
+
+
+def test_pathological_inputs_do_not_stall_the_notices():
+    """Patterns that backtrack (spaces before a line end, unclosed tags with many quoted
+    attributes) would hold a preview for minutes: both finish at once."""
+    import time
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("<a" + ' x="1"' * 3000)]
+    for name, data in [
+        ("spaces.txt", b"a" + b" " * 300_000 + b"x\n"),
+        ("tags.ipynb", nbformat.writes(nb).encode()),
+    ]:
+        start = time.monotonic()
+        render.render(name, data)
+        assert time.monotonic() - start < 20, name
