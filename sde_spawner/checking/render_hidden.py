@@ -271,18 +271,21 @@ def notice_html(items: list[Omitted]) -> str:
 # --- HTML and Markdown sources --------------------------------------------------------------
 
 _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
-_DECLARATION = re.compile(r"<![^-][^>]*>|<\?.*?(?:\?>|>|\Z)", re.DOTALL)
+# Every pattern here matches up to the end of the text rather than fail late: a pattern that
+# scans far and then fails, once per "<", is quadratic in a hostile file.
+_DECLARATION = re.compile(r"<![^-][^>]*(?:>|\Z)|<\?.*?(?:\?>|>|\Z)", re.DOTALL)
 _HIDDEN_ELEMENTS = (
     "script|style|template|noscript|iframe|frame|frameset|object|embed|applet|svg|math|head|"
     "title|textarea|select|metadata|desc|foreignobject|xmp|noembed|noframes"
 )
 _ELEMENT = re.compile(
-    rf"<({_HIDDEN_ELEMENTS})\b[^>]*>.*?(?:</\1\s*>|\Z)", re.DOTALL | re.IGNORECASE
+    rf"<({_HIDDEN_ELEMENTS})\b[^>]*(?:>|\Z).*?(?:</\1\s*>|\Z)", re.DOTALL | re.IGNORECASE
 )
-_VOID_HIDDEN = re.compile(r"<(meta|link|base|input)\b[^>]*>", re.IGNORECASE)
+_VOID_HIDDEN = re.compile(r"<(meta|link|base|input)\b[^>]*(?:>|\Z)", re.IGNORECASE)
 _ATTRS_TAG = re.compile(
     # unambiguous (an unquoted value has no quotes): no backtracking blow-up on unclosed tags
-    r"<([a-zA-Z][\w:-]*)((?:\s+[^\s=>/]+(?:\s*=\s*(?:\"[^\"]*\"|'[^']*'|[^\s>\"']+))?)+)\s*/?>"
+    # and no "<" in names or unquoted values: a failed tag costs no more than up to the next
+    r"<([a-zA-Z][\w:-]*)((?:\s+[^\s=>/<]+(?:\s*=\s*(?:\"[^\"]*\"|'[^']*'|[^\s<>\"']+))?)+)\s*/?>"
 )
 _HIDDEN_ATTR = re.compile(
     r"\s(hidden|style\s*=\s*[\"'][^\"']*(?:display\s*:\s*none|visibility\s*:\s*hidden|opacity\s*:\s*0|font-size\s*:\s*0))",

@@ -528,7 +528,10 @@ def test_pathological_inputs_do_not_stall_the_notices():
     import time
 
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell("<a" + ' x="1"' * 3000)]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("<a" + ' x="1"' * 3000),
+        nbformat.v4.new_markdown_cell("<script <style <meta <!x " * 20_000),
+    ]
     for name, data in [
         ("spaces.txt", b"a" + b" " * 300_000 + b"x\n"),
         ("tags.ipynb", nbformat.writes(nb).encode()),
