@@ -20,7 +20,6 @@ incomplete but never lets active content through; the raw view
 
 from __future__ import annotations
 
-import base64
 import bisect
 import html
 import json
@@ -664,7 +663,3 @@ def _gif_parts(data: bytes) -> list[Omitted]:
             raise ValueError("unknown GIF block")
     items.append(Omitted("file", "GIF without a trailer (truncated?)", 0))
     return items
-
-
-def data_uri(mime: str, data: bytes) -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
