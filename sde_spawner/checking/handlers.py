@@ -707,20 +707,52 @@ class ReviewHandler(PageHandler):
 
 
 class PreviewHandler(PageHandler):
-    """The safe preview document of one file, framed by the request page."""
+    """The safe preview document of one file, framed by the request page; on the ``raw``
+    route (``view="raw"``) the file's exact bytes escaped, a page at a time
+    (``?page=N&as=text|hex``, ``framed=1`` from the request page's frame), same headers."""
 
     action = "export.file.viewed"
 
+    def initialize(self, view: str = "preview"):
+        self.view = view
+
     async def get(self, file_id):
+        from sde_spawner.checking import render_raw  # here: keeps this class's edits local
+
+        page, mode = 1, "auto"
+        framed = self.get_query_argument("framed", "") == "1"
+        if self.view == "raw":
+            page_arg = self.get_query_argument("page", "1")
+            mode = self.get_query_argument("as", "auto") or "auto"
+            if not page_arg.isdigit() or int(page_arg) < 1 or mode not in render_raw.MODES:
+                await self.deny(
+                    self.action,
+                    "the raw view takes page=1, 2, … and as=text or as=hex",
+                    actor=self.username,
+                    status=400,
+                )
+            page = int(page_arg)
         ref = await self.run(logic.file_for_checker, self.username, int(file_id))
         try:
-            rendered = await asyncio.to_thread(self.checking.preview, ref)
+            if self.view == "raw":
+                document = await asyncio.to_thread(self._raw, ref, page, mode, framed)
+            else:
+                document = (await asyncio.to_thread(self.checking.preview, ref)).html
         except BlobError as exc:
             await self.deny(self.action, str(exc), actor=self.username, status=500)
+        except render_raw.RawError as exc:
+            await self.deny(self.action, str(exc), actor=self.username, status=404)
         for name, value in render.PREVIEW_HEADERS.items():
             self.set_header(name, value)
         self.set_header("X-Frame-Options", "SAMEORIGIN")
-        self.finish(rendered.html)
+        self.finish(document)
+
+    def _raw(self, ref: logic.BlobRef, page: int, mode: str, framed: bool) -> str:
+        from sde_spawner.checking import render_raw
+
+        with self.checking.store.open_verified(ref.blob_key, ref.sha256) as fh:
+            size = fh.seek(0, os.SEEK_END)
+            return render_raw.raw_page(ref.path, fh, size, page=page, mode=mode, framed=framed).html
 
 
 class ReleasesHandler(PageHandler):
@@ -853,6 +885,7 @@ def routes(prefix: str) -> list[tuple]:
         (u(r"checking/requests/(\d+)/claim"), ClaimHandler),
         (u(r"checking/requests/(\d+)/review"), ReviewHandler),
         (u(r"checking/files/(\d+)/render"), PreviewHandler),
+        (u(r"checking/files/(\d+)/raw"), PreviewHandler, {"view": "raw"}),
         (u("releases/?"), ReleasesHandler),
         (u(r"releases/(\d+)/files/(\d+)"), DownloadHandler),
         (u(r"releases/(\d+)/manifest\.(json|sig)"), ManifestHandler),

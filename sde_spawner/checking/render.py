@@ -13,6 +13,12 @@ in the checker's browser. Every preview is a complete HTML document with no scri
 * images (PNG, JPEG, GIF, and SVG only ever as an image): an ``<img>`` of a data: URI;
 * other text: escaped ``<pre>``; anything else: a note that no preview exists.
 
+Nothing the preview leaves out goes unsaid: every preview starts with a notice of the parts it
+does not show (notebook and cell metadata, comments, raw cells, output types not picked, image
+metadata chunks, …) with their sizes and an escaped view, and shows invisible characters as
+``⟨U+200B⟩`` escapes (:mod:`~sde_spawner.checking.render_hidden`). The raw view
+(:mod:`~sde_spawner.checking.render_raw`) shows any file's exact bytes.
+
 The handler serving these adds ``Content-Security-Policy: sandbox; default-src 'none';
 img-src data:; style-src 'unsafe-inline'`` (:data:`PREVIEW_CSP`) and the page embeds them in a
 sandboxed iframe: three independent layers.
@@ -26,10 +32,13 @@ import html
 import json
 import re
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from sde_airlock.sdc import decode_text, open_text
+from sde_airlock.sdc import STREAM_TEXT_OVER, decode_text, open_text
+from sde_spawner.checking import render_hidden as hidden
+from sde_spawner.checking.render_hidden import Omitted
 
 PREVIEW_CSP = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 PREVIEW_HEADERS = {
@@ -201,6 +210,8 @@ class Rendered:
     kind: str  # notebook | table | image | text | binary | error
     summary: str  # one line for the request page, e.g. "1,204 rows x 6 columns"
     html: str  # a complete HTML document without any script
+    omitted: tuple[Omitted, ...] = ()  # what the preview does not show (listed in its notice)
+    invisible: int = 0  # invisible or control characters (shown as escapes)
 
 
 def kind_of(path: str) -> str:
@@ -218,19 +229,39 @@ def render(path: str, data: bytes, *, max_rows: int = MAX_ROWS) -> Rendered:
     """The preview document of one exported file."""
     kind = kind_of(path)
     ext = PurePosixPath(path).suffix.lower()
+    found = _Found()
     try:
         if kind == "notebook":
-            body, summary = _notebook(data)
+            body, summary = _notebook(data, found)
         elif kind == "table":
-            body, summary = _table(data, TABLE_DELIMITERS[ext], max_rows)
+            body, summary = _table(data, TABLE_DELIMITERS[ext], max_rows, found)
         elif kind == "image":
-            body, summary = _image(data, IMAGE_TYPES[ext])
+            body, summary = _image(data, IMAGE_TYPES[ext], found)
         else:
-            kind, body, summary = _text_or_binary(data)
+            kind, body, summary = _text_or_binary(data, found)
     except PreviewError as exc:
         kind, summary = "error", str(exc)
-        body = f'<p class="note error">No preview: {html.escape(str(exc))}</p>'
-    return Rendered(kind, summary, _document(path, kind, summary, body))
+        body = (
+            f'<p class="note error">No preview: {html.escape(str(exc))}. '
+            "The raw view shows the file's bytes.</p>"
+        )
+    head = hidden.notice_html(found.omitted) + hidden.invisible_note(found.invisible)
+    invisible = sum(found.invisible.values())
+    return Rendered(
+        kind,
+        summary,
+        _document(path, kind, summary, head + body),
+        tuple(found.omitted),
+        invisible,
+    )
+
+
+@dataclass
+class _Found:
+    """What a preview found it does not (or not plainly) show, for its notices."""
+
+    omitted: list[Omitted] = field(default_factory=list)
+    invisible: Counter = field(default_factory=Counter)
 
 
 class PreviewError(ValueError):
@@ -260,7 +291,20 @@ img.preview { border: 1px solid #d0d7de; background:
 .output_stderr pre { background: #ffebe9; }
 .text_cell_render { padding: 2px 6px; }
 .rendered_html table { margin: 4px 0; }
-.anchor-link { display: none; }
+.anchor-link { color: #8c959f; text-decoration: none; margin-left: 6px; font-size: 12px; }
+small, sub, sup { font-size: max(0.8em, 11px); }
+img { min-width: 16px; min-height: 16px; }
+.note.warn { background: #ffebe9; border-color: #cf222e; margin: 0 0 8px; }
+.inv, .ws { background: #ffd8b5; color: #9a3412; border-radius: 3px; font: 11px ui-monospace,
+            monospace; padding: 0 1px; }
+.ws.trail { background: #ffebe9; }
+.omitted { margin: 0 0 12px; }
+.omitted ol { margin: 4px 0; padding-left: 22px; font-size: 13px; }
+.omitted pre { max-height: 320px; overflow: auto; margin: 4px 0 8px; }
+.ln { display: inline-block; min-width: 5ch; color: #8c959f; user-select: none;
+      text-align: right; margin-right: 10px; }
+pre.raw { white-space: pre-wrap; word-break: break-all; tab-size: 4; }
+.nav a { margin-right: 4px; }
 """
 
 
@@ -272,15 +316,16 @@ def _pygments_css() -> str:
     return HtmlFormatter(style="default").get_style_defs(".highlight")
 
 
-def _document(path: str, kind: str, summary: str, body: str) -> str:
-    name = html.escape(PurePosixPath(path).name)
+def _document(path: str, kind: str, summary: str, body: str, *, raw: bool = False) -> str:
+    name = hidden.escape_visible(PurePosixPath(path).name)
+    title = hidden.plain_visible(PurePosixPath(path).name)
     css = _CSS + (_pygments_css() if kind == "notebook" else "")
+    meta = "" if raw else f'<p class="meta">{name} · {html.escape(summary)}</p>'
     return (
         "<!DOCTYPE html>\n"
-        f'<html lang="en"><head><meta charset="utf-8"><title>{name}</title>'
+        f'<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
         f"<style>{css}</style></head>"
-        f'<body class="preview-{kind}"><p class="meta">{name} · {html.escape(summary)}</p>'
-        f"{body}</body></html>"
+        f'<body class="preview-{kind}">{meta}{body}</body></html>'
     )
 
 
@@ -314,15 +359,32 @@ def _safe_outputs(nb) -> None:
             for key in list(data):
                 if key not in SAFE_OUTPUT_TYPES:
                     del data[key]
-            if svg is not None and not any(k.startswith("image/") for k in data):
+            # nbconvert would pick SVG after HTML and Markdown, before the other types
+            if svg is not None and "text/html" not in data and "text/markdown" not in data:
                 text = svg if isinstance(svg, str) else "".join(svg)
                 uri = "data:image/svg+xml;base64," + base64.b64encode(text.encode()).decode()
                 data["text/html"] = f'<img class="preview" src="{uri}" alt="SVG output">'
             output["data"] = data
-            output.get("metadata", {}).pop("application/vnd.jupyter.widget-view+json", None)
 
 
-def _load_notebook(data: bytes):
+#: Notebook metadata the renderer reads (syntax highlighting); the rest is only listed.
+_RENDERED_NB_METADATA = ("kernelspec", "language_info")
+
+
+def _without_metadata(nb) -> None:
+    """Metadata out of the renderer's sight (it is listed in the notice instead): a cell's
+    ``transient.remove_source``, an output's ``isolated``, ``filenames`` or ``width: 0`` would
+    otherwise make nbconvert hide the source or output it belongs to."""
+    nb.metadata = {k: v for k, v in nb.metadata.items() if k in _RENDERED_NB_METADATA}
+    for cell in nb.cells:
+        mime = cell.get("metadata", {}).get("raw_mimetype")
+        cell.metadata = {"raw_mimetype": mime} if cell.cell_type == "raw" and mime else {}
+        for output in cell.get("outputs", []):
+            if "metadata" in output:
+                output.metadata = {}
+
+
+def _load_notebook(data: bytes, found: _Found | None = None):
     import nbformat
     from nbformat.v4.nbjson import JSONReader
 
@@ -340,6 +402,10 @@ def _load_notebook(data: bytes):
         or not isinstance(raw.get("cells"), list)
     ):
         raise PreviewError("not a version 4 Jupyter notebook")
+    if found is not None:  # before the reader joins sources and drops transient data
+        found.omitted += hidden.notebook_layout(data, raw)
+        found.omitted += hidden.notebook_hidden_parts(raw, _RENDERABLE)
+        found.invisible += hidden.notebook_strings(raw)
     if raw.get("nbformat_minor", 0) >= 5:
         for cell in raw["cells"]:
             if isinstance(cell, dict) and not cell.get("id"):
@@ -352,16 +418,24 @@ def _load_notebook(data: bytes):
     return nb
 
 
-def _notebook(data: bytes) -> tuple[str, str]:
+#: The output types a preview may render (SVG as an image).
+_RENDERABLE = SAFE_OUTPUT_TYPES | {"image/svg+xml"}
+
+
+def _notebook(data: bytes, found: _Found) -> tuple[str, str]:
     from nbconvert import HTMLExporter
 
-    nb = _load_notebook(data)
+    nb = _load_notebook(data, found)
+    _without_metadata(nb)
     _safe_outputs(nb)
     exporter = HTMLExporter(template_name="basic")
     body, _resources = exporter.from_notebook_node(nb)
     cells = len(nb.cells)
     outputs = sum(len(c.get("outputs", [])) for c in nb.cells if c.get("cell_type") == "code")
     cleaned, removed = sanitize_html_report(body)
+    cleaned = hidden.open_details(cleaned)
+    if found.invisible:  # every string of the notebook was scanned: none, nothing to mark
+        cleaned = hidden.mark_invisible_html(cleaned)
     note = ""
     if removed:
         what = ", ".join(f"{n} {label}(s)" for label, n in sorted(removed.items()))
@@ -380,7 +454,7 @@ def _small(cell: str) -> bool:
     return value.isdigit() and 0 < int(value) < SMALL_COUNT
 
 
-def _table(data: bytes, delimiter: str, max_rows: int) -> tuple[str, str]:
+def _table(data: bytes, delimiter: str, max_rows: int, found: _Found) -> tuple[str, str]:
     reader = csv.reader(open_text(data), delimiter=delimiter)
     try:
         header = next(reader, [])
@@ -394,7 +468,8 @@ def _table(data: bytes, delimiter: str, max_rows: int) -> tuple[str, str]:
                 rows.append(row)
     except csv.Error as exc:
         raise PreviewError(f"not a readable table (line {reader.line_num}: {exc})") from None
-    esc = html.escape
+    _text_findings(data, found)
+    esc = hidden.escape_visible
     out = ['<table class="data"><thead><tr><th></th>']
     out += [f"<th>{esc(h)}</th>" for h in header]
     out.append("</tr></thead><tbody>")
@@ -415,7 +490,7 @@ def _table(data: bytes, delimiter: str, max_rows: int) -> tuple[str, str]:
         notes.append(f"Showing the first {len(rows):,} of {total:,} rows.")
     if small:
         notes.append(f"{small} cell(s) with counts below {SMALL_COUNT} are highlighted.")
-    head = "".join(f'<p class="note">{esc(n)}</p>' for n in notes)
+    head = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
     return head + "".join(out), summary
 
 
@@ -429,12 +504,13 @@ def table_row_count(data: bytes, delimiter: str = ",") -> int:
 # --- images and text ------------------------------------------------------------------------
 
 
-def _image(data: bytes, mime: str) -> tuple[str, str]:
+def _image(data: bytes, mime: str, found: _Found) -> tuple[str, str]:
     magic = _MAGIC.get(mime)
     if magic and not data.startswith(magic):
         raise PreviewError(f"the file's content is not {mime} (its name says it is)")
     if mime == "image/svg+xml" and b"<svg" not in data[:4096].lower():
         raise PreviewError("the file's content is not SVG")
+    found.omitted += hidden.image_hidden_parts(data, mime)
     uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
     note = ""
     if mime == "image/svg+xml":
@@ -442,18 +518,59 @@ def _image(data: bytes, mime: str) -> tuple[str, str]:
     return f'{note}<img class="preview" src="{uri}" alt="image preview">', f"{mime}"
 
 
-def _text_or_binary(data: bytes) -> tuple[str, str, str]:
+_TEXT_CHUNK = 8 * 1024 * 1024
+
+
+def _text_findings(data: bytes, found: _Found) -> None:
+    """Invisible characters of a whole text file (decoded as the preview decodes it, in
+    pieces for big files), a byte-order mark, and spaces or tabs at line ends."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        found.omitted.append(Omitted("file", "UTF-8 byte-order mark at the start", 3, "EF BB BF"))
+    if data.isascii() and not _CONTROL_BYTES.search(data):
+        text_counts = None
+    elif len(data) <= STREAM_TEXT_OVER:
+        text_counts = hidden.invisible_counts(decode_text(data))
+    else:
+        import codecs
+
+        decoder = codecs.getincrementaldecoder("utf-8-sig")("replace")  # as open_text reads
+        text_counts = Counter()
+        for start in range(0, len(data), _TEXT_CHUNK):
+            last = start + _TEXT_CHUNK >= len(data)
+            text_counts += hidden.invisible_counts(
+                decoder.decode(data[start : start + _TEXT_CHUNK], last)
+            )
+    if text_counts:
+        found.invisible += text_counts
+    runs = _TRAILING_SPACE.findall(data)
+    if runs:
+        found.omitted.append(
+            Omitted(
+                "file",
+                f"spaces or tabs at the end of {len(runs):,} line(s) (marked in the raw view)",
+                sum(len(r.rstrip(b"\r")) for r in runs),
+            )
+        )
+
+
+_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")
+#: From the start of a run only (lookbehind): a long run of spaces mid-line costs O(run).
+_TRAILING_SPACE = re.compile(rb"(?<![ \t])[ \t]+\r?$", re.MULTILINE)
+
+
+def _text_or_binary(data: bytes, found: _Found) -> tuple[str, str, str]:
     if b"\x00" in data[:8192]:
         return (
             "binary",
             '<p class="note">Binary file: no preview. Ask the requester for a reviewable '
-            "format.</p>",
+            "format; the raw view shows its bytes.</p>",
             f"binary, {len(data):,} bytes",
         )
+    _text_findings(data, found)
     text = decode_text(data)
     lines = text.count("\n") + (0 if text.endswith("\n") or not text else 1)
     shown = text[:MAX_TEXT_CHARS]
     note = ""
     if len(text) > MAX_TEXT_CHARS:
         note = f'<p class="note">Showing the first {MAX_TEXT_CHARS:,} characters.</p>'
-    return "text", f"{note}<pre>{html.escape(shown)}</pre>", f"text, {lines:,} lines"
+    return "text", f"{note}<pre>{hidden.escape_visible(shown)}</pre>", f"text, {lines:,} lines"

@@ -440,7 +440,8 @@ async def test_preview_is_sanitised_and_sandboxed(svc, db):
         )
         assert r.headers["X-Content-Type-Options"] == "nosniff"
         assert r.headers["Content-Type"] == "text/html; charset=utf-8"
-        assert b"<script" not in r.body and b"onerror" not in r.body
+        # no script and no event handler in any tag (the notice shows them as escaped text)
+        assert b"<script" not in r.body and not re.search(rb"<[^>]*\sonerror", r.body)
     assert b"mean HbA1c 52" in r.body  # the notebook, rendered
     assert len(events(db, action="export.file.viewed", actor="chris")) == 2
     # the requester (bob is a checker too) and other projects' checkers cannot preview
@@ -616,3 +617,91 @@ async def test_a_tab_separated_token_drives_no_page(svc, db):
     assert len(events(db, outcome="denied", actor="chris")) == 4
     state = json.loads((await svc.fetch("GET", "api/exports", token="ws-alice")).body)
     assert state["requests"][0]["state"] == "submitted"  # nothing was claimed or reviewed
+
+
+# --- what previews leave out, and the raw view ----------------------------------------------
+
+HIDDEN_NOTEBOOK = json.dumps(
+    {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {"smuggled": "NHS 943 476 5919"},
+        "cells": [
+            {
+                "cell_type": "markdown",
+                "id": "m1",
+                "metadata": {"note": "CELL-METADATA-SECRET"},
+                "source": "Visible.<!-- COMMENT-SECRET -->",
+            }
+        ],
+    }
+).encode()
+TAGGED_TEXT = "mean 52\U000e0070\U000e0061\U000e0074\n".encode() * 20_000  # > 1 raw page
+
+
+async def test_a_checker_sees_what_the_preview_leaves_out_and_the_raw_bytes(svc, db):
+    from sde_spawner.checking import render
+
+    files = {"hidden.ipynb": HIDDEN_NOTEBOOK, "notes.txt": TAGGED_TEXT}
+    rid = await submit_request(svc, files=files)
+    page = await svc.fetch("GET", f"checking/requests/{rid}", user="chris")
+    raws = re.findall(
+        rb'href="/services/sde/(checking/files/\d+/raw)\?framed=1" target="view-\d+"', page.body
+    )
+    assert len(raws) == 2
+    previews = re.findall(rb'src="/services/sde/(checking/files/\d+/render)"', page.body)
+    nb_preview = await svc.fetch("GET", previews[0].decode(), user="chris")
+    for secret in (b"NHS 943 476 5919", b"CELL-METADATA-SECRET", b"&lt;!-- COMMENT-SECRET --&gt;"):
+        assert secret in nb_preview.body
+    txt_preview = await svc.fetch("GET", previews[1].decode(), user="chris")
+    assert b"60,000 invisible or control character(s)" in txt_preview.body
+    assert (
+        "⟨U+E0070⟩".encode() in txt_preview.body and "\U000e0070".encode() not in txt_preview.body
+    )
+
+    nb_raw, txt_raw = raws[0].decode(), raws[1].decode()
+    r = await svc.fetch("GET", nb_raw, user="chris")
+    assert r.code == 200
+    for name, value in render.PREVIEW_HEADERS.items():
+        assert r.headers[name] == value
+    assert b"COMMENT-SECRET" in r.body and b"<script" not in r.body
+    first = await svc.fetch("GET", txt_raw, user="chris")
+    assert b"raw bytes (text)" in first.body and b'id="raw-next"' in first.body
+    assert "⟨U+E0070⟩".encode() in first.body and "\U000e0070".encode() not in first.body
+    framed = await svc.fetch("GET", txt_raw + "?framed=1", user="chris")  # in the page's frame
+    assert b'id="raw-next"' not in framed.body and b"the controls above this frame" in framed.body
+    second = await svc.fetch("GET", txt_raw + "?page=2", user="chris")
+    assert second.code == 200 and b"page 2 of" in second.body
+    hexed = await svc.fetch("GET", txt_raw + "?as=hex", user="chris")
+    assert b"raw bytes (hex)" in hexed.body and b"f3 a0 81 b0" in hexed.body  # U+E0070 in UTF-8
+    views = events(db, action="export.file.viewed", actor="chris", outcome="allowed")
+    assert len(views) >= 5  # every view of the file's content is audited
+
+    for bad in ("?page=0", "?page=x", "?as=html"):
+        r = await svc.fetch("GET", txt_raw + bad, user="chris")
+        assert r.code == 400 and b"the raw view takes page=1" in r.body, bad
+    r = await svc.fetch("GET", txt_raw + "?page=999", user="chris")
+    assert r.code == 404 and b"there is no page 999" in r.body
+    denied = events(db, action="export.file.viewed", actor="chris", outcome="denied")
+    assert len(denied) == 4
+    # the requester and other projects' checkers get no raw view either
+    for user, reason in [
+        ("alice", b"requesters do not review"),
+        ("olga", b"not an output checker"),
+    ]:
+        r = await svc.fetch("GET", txt_raw, user=user)
+        assert r.code == 403 and reason in r.body, r.body
+
+
+async def test_the_raw_view_refuses_a_tampered_blob(svc, db):
+    rid = await submit_request(svc, files={"notes.txt": TAGGED_TEXT})
+    page = await svc.fetch("GET", f"checking/requests/{rid}", user="chris")
+    (raw_path,) = re.findall(
+        rb'href="/services/sde/(checking/files/\d+/raw)\?framed=1" target="view-', page.body
+    )
+    blob = BlobStore.for_state_dir(svc.settings.state_dir).path(sha256(TAGGED_TEXT))
+    blob.chmod(0o644)
+    blob.write_bytes(TAGGED_TEXT.replace(b"52", b"53"))
+    r = await svc.fetch("GET", raw_path.decode(), user="chris")
+    assert r.code == 500 and b"no longer matches its approved sha256" in r.body
+    assert b"mean 53" not in r.body
