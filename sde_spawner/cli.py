@@ -20,7 +20,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sde_spawner import audit
 from sde_spawner.containers import SLUG_RE
-from sde_spawner.datasets.extract import ExtractError, parse_row_filter
+from sde_spawner.datasets.cli import attach as attach_data_commands
+from sde_spawner.datasets.extract import ExtractError, check_identifier, parse_row_filter
 from sde_spawner.db import DEFAULT_DB_URL, open_db
 from sde_spawner.registry.models import (
     FORBIDDEN_PURPOSES,
@@ -474,8 +475,14 @@ def dataset():
 @click.argument("slug")
 @click.argument("source", type=click.Path(dir_okay=False))
 @click.option("--title")
+@click.option(
+    "--identifier",
+    "identifier_column",
+    help="Its person-identifier (NHS number) column: opt-outs are removed by it and it is "
+    "replaced by a per-project pseudonym in every extract.",
+)
 @click.pass_obj
-def dataset_add(obj: Ctx, slug, source, title):
+def dataset_add(obj: Ctx, slug, source, title, identifier_column):
     """Register a dataset source file."""
     _slug(slug, "dataset")
     source = os.path.abspath(source)
@@ -483,12 +490,17 @@ def dataset_add(obj: Ctx, slug, source, title):
         raise click.BadParameter(f"source file {source} does not exist")
     if not source.lower().endswith((".csv", ".parquet")):
         raise click.BadParameter("source must be a .csv or .parquet file")
+    if identifier_column:
+        try:
+            check_identifier(source, identifier_column)
+        except ExtractError as exc:
+            raise click.BadParameter(str(exc)) from None
     with obj.sessionmaker.begin() as s:
         _, status = _upsert(
             s,
             Dataset,
             {"slug": slug},
-            {"source_path": source, "title": title},
+            {"source_path": source, "title": title, "identifier_column": identifier_column},
             "dataset",
             label=slug,
         )
@@ -671,6 +683,7 @@ def _attach_audit() -> None:
 
 
 _attach_audit()
+attach_data_commands(main)
 
 
 if __name__ == "__main__":  # pragma: no cover
