@@ -76,8 +76,10 @@ def validate_lines(lines: Iterable[str]) -> Validated:
 
 
 def valid_sql(column: str) -> str:
-    """A DuckDB boolean expression: ``column`` (VARCHAR) is a valid NHS number."""
-    digits = [f"(ascii(substr({column}, {i}, 1)) - 48)" for i in range(1, 11)]
+    """A DuckDB boolean expression: ``column`` (VARCHAR) is a valid NHS number (digits taken
+    arithmetically from the number: several times faster than ten substrings)."""
+    number = f"TRY_CAST({column} AS BIGINT)"
+    digits = [f"({number} // {10 ** (9 - i)} % 10)" for i in range(10)]
     weighted = " + ".join(f"{10 - i} * {d}" for i, d in enumerate(digits[:9]))
     return (
         f"(regexp_full_match({column}, '[0-9]{{10}}') "
