@@ -514,7 +514,12 @@ def dataset_list(obj: Ctx, as_json):
     """List datasets."""
     with obj.sessionmaker() as s:
         rows = [
-            {"slug": d.slug, "title": d.title, "source": d.source_path}
+            {
+                "slug": d.slug,
+                "title": d.title,
+                "source": d.source_path,
+                "identifier": d.identifier_column,
+            }
             for d in s.scalars(select(Dataset).order_by(Dataset.slug))
         ]
     _print_rows(rows, as_json)

@@ -15,6 +15,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
 from sqlalchemy import func, select
 
 from sde_spawner import audit
@@ -98,7 +99,10 @@ def prepare_extract(
         load_entries=load_entries,
         write_csv=write_csv,
     )
-    result = build_extract(grants, target, safe, first_version=(last or 0) + 1, threads=threads)
+    try:
+        result = build_extract(grants, target, safe, first_version=(last or 0) + 1, threads=threads)
+    except (OSError, duckdb.Error) as exc:
+        raise ExtractError(f"the extract could not be built: {exc}"[:500]) from None
     if result.built:
         record_version(sessionmaker, project, username, result)
     return result
