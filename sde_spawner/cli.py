@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from sde_spawner.checking.cli import outputs_group
+from sde_spawner.datasets.cli import attach as attach_data_commands
 from sde_spawner.db import DEFAULT_DB_URL, open_db
 from sde_spawner.registry import ops
 from sde_spawner.registry.models import (
@@ -371,10 +372,16 @@ def dataset():
 @click.argument("slug")
 @click.argument("source", type=click.Path(dir_okay=False))
 @click.option("--title")
+@click.option(
+    "--identifier",
+    "identifier_column",
+    help="Its person-identifier (NHS number) column: opt-outs are removed by it and it is "
+    "replaced by a per-project pseudonym in every extract.",
+)
 @click.pass_obj
-def dataset_add(obj: Ctx, slug, source, title):
+def dataset_add(obj: Ctx, slug, source, title, identifier_column):
     """Register a dataset source file."""
-    obj.do(ops.add_dataset, slug, source, title=title)
+    obj.do(ops.add_dataset, slug, source, title=title, identifier_column=identifier_column)
 
 
 @dataset.command("list")
@@ -384,7 +391,12 @@ def dataset_list(obj: Ctx, as_json):
     """List datasets."""
     with obj.sessionmaker() as s:
         rows = [
-            {"slug": d.slug, "title": d.title, "source": d.source_path}
+            {
+                "slug": d.slug,
+                "title": d.title,
+                "source": d.source_path,
+                "identifier": d.identifier_column,
+            }
             for d in s.scalars(select(Dataset).order_by(Dataset.slug))
         ]
     _print_rows(rows, as_json)
@@ -562,6 +574,7 @@ def _attach_audit() -> None:
 
 _attach_audit()
 main.add_command(outputs_group)
+attach_data_commands(main)
 
 
 if __name__ == "__main__":  # pragma: no cover

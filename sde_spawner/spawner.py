@@ -40,7 +40,8 @@ from sde_spawner.containers import (
     volume_spec,
     workspace_names,
 )
-from sde_spawner.datasets.extract import ExtractError, build_extract
+from sde_spawner.datasets.extract import ExtractError
+from sde_spawner.datasets.hub import prepare_extract
 from sde_spawner.db import DEFAULT_DB_URL, make_engine, make_sessionmaker
 from sde_spawner.policy import Decision
 from sde_spawner.registry import ops
@@ -111,6 +112,13 @@ class SDESpawner(DockerSpawner):
         "",
         help="The same directory as the Docker engine sees it, when the hub runs in a "
         "container. Empty: same as extracts_dir.",
+    ).tag(config=True)
+
+    pseudonym_key_file = Unicode(
+        "",
+        help="Hub-side file (0600, created on first use) holding the master key of per-project "
+        "pseudonyms. Never under extracts_dir. Empty: keys/pseudonym-master.key beside "
+        "extracts_dir.",
     ).tag(config=True)
 
     pids_limit = Integer(256, help="Maximum number of processes in a workspace.").tag(config=True)
@@ -391,14 +399,26 @@ class SDESpawner(DockerSpawner):
 
         self._event(30, "Preparing your data")
         extract = os.path.join(project, escape(self.user.name))
+        key_file = self.pseudonym_key_file or os.path.join(
+            os.path.dirname(os.path.normpath(self.extracts_dir)), "keys", "pseudonym-master.key"
+        )
         try:
-            await self._in_thread(
-                build_extract, list(found.grants), os.path.join(self.extracts_dir, extract)
+            built = await self._in_thread(
+                lambda: prepare_extract(
+                    _sessionmaker(self.registry_url),
+                    project=project,
+                    username=self.user.name,
+                    grants=list(found.grants),
+                    target=os.path.join(self.extracts_dir, extract),
+                    extracts_dir=self.extracts_dir,
+                    key_file=key_file,
+                )
             )
         except ExtractError as exc:
             self.project = ""
             await self.refuse(str(exc), project=project, status=500)
-        self._extract_host_dir = os.path.join(self.extracts_host_dir or self.extracts_dir, extract)
+        version = os.path.relpath(built.path, self.extracts_dir)
+        self._extract_host_dir = os.path.join(self.extracts_host_dir or self.extracts_dir, version)
 
         self._event(50, "Isolating your workspace network")
         created_network = created_volume = False

@@ -11,6 +11,7 @@ import json
 from datetime import date, datetime
 
 from sqlalchemy import (
+    Boolean,
     Date,
     DateTime,
     Enum,
@@ -172,6 +173,9 @@ class Dataset(Base):
     slug: Mapped[str] = mapped_column(String(40), unique=True)
     title: Mapped[str] = mapped_column(String(300), default="")
     source_path: Mapped[str] = mapped_column(Text)  # CSV or Parquet file on the hub host
+    #: The person-identifier column (an NHS number): opt-outs are removed by it and it is
+    #: replaced by a per-project pseudonym in every extract. None: no person-level data.
+    identifier_column: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Grant(Base):
@@ -217,3 +221,74 @@ class Workspace(Base):
     address: Mapped[str | None] = mapped_column(String(64), nullable=True)
     started_at: Mapped[datetime] = mapped_column(DateTime)
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+# ---- safe data: opt-out lists, project data policy, extract versions ------------------------
+class OptoutList(Base):
+    """One load of an opt-out list (``national`` or ``local:NAME``). Loads are never changed:
+    each is a new version, and the list in force is the latest version."""
+
+    __tablename__ = "optout_list"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(80), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    entries: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))  # of the sorted, distinct numbers
+    source_name: Mapped[str] = mapped_column(String(300), default="")
+    loaded_by: Mapped[str] = mapped_column(String(100), default="")
+    loaded_at: Mapped[datetime] = mapped_column(DateTime)
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+
+class OptoutEntry(Base):
+    """One NHS number on one version of an opt-out list."""
+
+    __tablename__ = "optout_entry"
+
+    list_id: Mapped[int] = mapped_column(
+        ForeignKey("optout_list.id", ondelete="CASCADE"), primary_key=True
+    )
+    nhs_number: Mapped[str] = mapped_column(String(10), primary_key=True)
+
+
+class ProjectDataPolicy(Base):
+    """A project's data policy: which local opt-out lists apply (the national list always
+    does) and whether extracts come as CSV besides Parquet."""
+
+    __tablename__ = "project_data_policy"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("project.id", ondelete="CASCADE"), unique=True
+    )
+    local_optouts_json: Mapped[str] = mapped_column(Text, default="[]")
+    write_csv: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    @property
+    def local_optouts(self) -> list[str]:
+        return json.loads(self.local_optouts_json)
+
+    @local_optouts.setter
+    def local_optouts(self, value: list[str]) -> None:
+        self.local_optouts_json = json.dumps(sorted(set(value)))
+
+
+class ExtractVersion(Base):
+    """One immutable build of one member's extract on one project, with its counts."""
+
+    __tablename__ = "extract_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_slug: Mapped[str] = mapped_column(String(40), index=True)
+    username: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    directory: Mapped[str] = mapped_column(Text)
+    built_at: Mapped[datetime] = mapped_column(DateTime)
+    details_json: Mapped[str] = mapped_column(Text, default="{}")
+    __table_args__ = (UniqueConstraint("project_slug", "username", "version"),)
+
+    @property
+    def details(self) -> dict:
+        return json.loads(self.details_json)

@@ -487,8 +487,10 @@ def remove_member(session, actor, project_slug, username, role):
 
 
 # ---- datasets and grants -------------------------------------------------------------------
-def add_dataset(session, actor, slug, source_path, *, title=None):
-    """Register (or move) a dataset's CSV or Parquet source file."""
+def add_dataset(session, actor, slug, source_path, *, title=None, identifier_column=None):
+    """Register (or move) a dataset's CSV or Parquet source file, with its person-identifier
+    (NHS number) column if it holds data about people: opt-outs are removed by it and it is
+    replaced by a per-project pseudonym in every extract."""
     problems = slug_problems(slug, "dataset")
     source = os.path.abspath(source_path) if source_path else ""
     if not source_path:
@@ -503,13 +505,23 @@ def add_dataset(session, actor, slug, source_path, *, title=None):
                 problems.append(("source", f"source file {source} has no columns"))
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(("source", f"source file {source} cannot be read: {exc}"))
+        if identifier_column and not problems:
+            from sde_spawner.datasets.extract import ExtractError, check_identifier
+
+            try:
+                check_identifier(source, identifier_column)
+            except ExtractError as exc:
+                problems.append(("identifier", str(exc)))
     _refuse("dataset.add", problems, actor, target=str(slug))
+    values = {"source_path": source, "title": title}
+    if identifier_column is not None:
+        values["identifier_column"] = identifier_column or None
     return _upsert(
         session,
         actor,
         Dataset,
         {"slug": slug},
-        {"source_path": source, "title": title},
+        values,
         "dataset",
         label=f"dataset {slug}",
         target=slug,

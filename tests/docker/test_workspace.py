@@ -134,25 +134,31 @@ print(json.dumps({
 
 
 def read_csv_in(container, path) -> list[dict]:
-    code, out = run_py(container, f"print(open({path!r}).read(), end='')")
+    code, out = run_py(
+        container,
+        f"import pyarrow.parquet as pq, pyarrow.csv as c, sys; c.write_csv(pq.read_table({path!r}),"
+        " sys.stdout.buffer)",
+    )
     assert code == 0, out
-    return list(csv.DictReader(io.StringIO(out)))
+    return list(csv.DictReader(io.StringIO(out.replace('"', ""))))
 
 
 def test_data_holds_only_the_granted_columns_and_rows(hub, alice_ws, docker_client):
-    rows = read_csv_in(alice_ws, "/data/patients.csv")
+    rows = read_csv_in(alice_ws, "/data/patients.parquet")
     assert list(rows[0]) == ["pseudo_id", "age", "sex", "region", "diagnosis", "hba1c"]
     assert len(rows) == 500  # alice: all rows, no postcode, no admission date
     code, out = run_py(alice_ws, "import os; print(sorted(os.listdir('/data')))")
     assert code == 0, out
-    assert out.strip() == "['MANIFEST.json', 'patients.csv', 'patients.parquet']"
+    assert out.strip() == (
+        "['DATA_DICTIONARY.json', 'DATA_DICTIONARY.md', 'MANIFEST.json', 'patients.parquet']"
+    )
 
     bob = User(hub, "bob")
     bob.ensure_stopped(PROJECT)
     assert bob.spawn_with_form(PROJECT, PROJECT).status_code == 302
     bob.wait_ready(PROJECT)
     bob_ws = docker_client.containers.get(names(hub, "bob").container)
-    bob_rows = read_csv_in(bob_ws, "/data/patients.csv")
+    bob_rows = read_csv_in(bob_ws, "/data/patients.parquet")
     assert list(bob_rows[0]) == ["pseudo_id", "age", "diagnosis", "hba1c"]
     with (hub.data_dir / "patients.csv").open() as fh:
         source = list(csv.DictReader(fh))
