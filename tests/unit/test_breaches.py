@@ -130,3 +130,32 @@ def test_cli_record_and_list(tmp_path, sm):
         ["--db", db, "breach", "record", "alice", "study-a", "--what", "x", "--sanction", "ban"],
     )
     assert r.exit_code == 1 and "refused: unknown sanction 'ban'" in r.output
+
+
+def test_revision_0009_builds_the_tables_of_the_model_and_downgrades(tmp_path):
+    from alembic import command
+    from sqlalchemy import create_engine, inspect
+
+    from sde_spawner.db import Base, alembic_config, upgrade
+
+    tables = ("breach", "deletion_certificate", "project")
+
+    def columns(engine):
+        insp = inspect(engine)
+        return {
+            t: {
+                c["name"]: (type(c["type"]).__name__.upper(), c["nullable"])
+                for c in insp.get_columns(t)
+            }
+            for t in tables
+            if insp.has_table(t)
+        }
+
+    url = f"sqlite:///{tmp_path / 'migrated.sqlite'}"
+    upgrade(url, "0009")
+    modelled = create_engine(f"sqlite:///{tmp_path / 'modelled.sqlite'}")
+    Base.metadata.create_all(modelled, tables=[Base.metadata.tables[t] for t in tables])
+    assert columns(create_engine(url)) == columns(modelled)
+    command.downgrade(alembic_config(url), "0006")
+    after = columns(create_engine(url))
+    assert set(after) == {"project"} and "register_names" not in after["project"]
