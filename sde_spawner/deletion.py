@@ -360,7 +360,7 @@ def execute(sessionmaker, deletion: Deletion, site: Site, *, actor: str, run_id:
             "deletion.completed",
             actor=actor,
             project=deletion.project,
-            outcome="allowed" if not not_deleted else "partial",
+            outcome="allowed" if not not_deleted else "error",
             details={
                 "certificate": cert.id,
                 "run": run_id,

@@ -196,3 +196,26 @@ def test_a_certificate_signed_with_another_key_does_not_verify(hub_state, tmp_pa
     res = run(h["db"], "certificates", "verify", "1")
     assert res.exit_code == 1 and "signature does not match" in res.output
     assert "not the service's signing key" in res.output
+
+
+def test_an_item_that_cannot_be_deleted_is_listed_and_the_rest_still_goes(hub_state):
+    from sde_spawner import audit
+
+    h = hub_state
+    site = deletion.Site(
+        state_dir=str(h["store"].root.parent.parent), extracts_dir=str(h["extracts"])
+    )
+    d = Deletion(
+        "study-a",
+        "DSA-1",
+        date(2026, 1, 31),
+        (Item("volume", "no-engine-here"), Item("extract", "study-a/alice")),
+    )
+    res = deletion.execute(h["sm"], d, site, actor="dpo", run_id="r1")
+    assert [i["name"] for i in res.deleted] == ["study-a/alice"]
+    assert [i["name"] for i in res.not_deleted] == ["no-engine-here"]
+    with h["sm"]() as s:
+        ev = audit.query(s)[-1]
+        assert (ev.action, ev.outcome) == ("deletion.completed", "error")
+        body = json.loads(s.get(DeletionCertificate, res.certificate_id).body)
+    assert body["not_deleted"][0]["name"] == "no-engine-here"
