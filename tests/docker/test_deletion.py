@@ -160,3 +160,13 @@ def test_the_spawn_page_warns_of_training_ending_soon(hub):
     page = User(hub, "gina").spawn_page("diabetes-outcomes").text
     assert 'id="sde-notices"' in page
     assert f"Your data protection training expires in 10 days, on {soon}." in page
+
+
+def test_the_registry_overview_is_for_admins_only(hub):
+    page = User(hub, "admin").s.get(f"{hub.url}/services/sde/admin/", timeout=30)
+    assert page.status_code == 200, page.text[:500]
+    assert "<td>diabetes-outcomes</td>" in page.text and "<td>DSA-017</td>" in page.text
+    r = User(hub, "alice").s.get(f"{hub.url}/services/sde/admin/", timeout=30)
+    assert r.status_code == 403
+    ev = hub.events(action="admin.page.refused")[-1]
+    assert (ev["actor"], ev["outcome"]) == ("alice", "denied")
