@@ -600,18 +600,6 @@ def register_names(obj: Ctx, project_slug, publish):
 
 
 # ---- deletion at the data-deletion date -----------------------------------------------------
-def _site():
-    from sde_spawner import deletion
-
-    state = os.environ.get("SDE_STATE_DIR", "var")
-    return deletion.Site(
-        state_dir=state,
-        extracts_dir=os.environ.get("SDE_EXTRACTS_DIR") or os.path.join(state, "extracts"),
-        prefix=os.environ.get("SDE_OBJECT_PREFIX", "sde"),
-        image=os.environ.get("SDE_WORKSPACE_IMAGE", "sde-notebook:latest"),
-    )
-
-
 @main.command("delete-due")
 @click.option("--dry-run", is_flag=True, help="Only show what would be deleted.")
 @click.option("--no-docker", is_flag=True, help="Do not look at Docker volumes.")
@@ -625,7 +613,7 @@ def delete_due(obj: Ctx, dry_run, no_docker):
     """
     from sde_spawner import deletion
 
-    site = _site()
+    site = deletion.Site.from_env()
     if not no_docker:
         import docker
 
@@ -742,7 +730,7 @@ def certificates_verify(obj: Ctx, cert_id):
 
     c = _certificate(obj, cert_id)
     try:
-        key = deletion.signing_public_key(_site().state_dir)
+        key = deletion.signing_public_key(deletion.Site.from_env().state_dir)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     problems = deletion.certificate_problems(c, key)

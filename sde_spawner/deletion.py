@@ -186,6 +186,17 @@ class Site:
     image: str = "sde-notebook:latest"
     docker: object = None  # a docker.DockerClient, needed for volumes
 
+    @classmethod
+    def from_env(cls) -> Site:
+        """This hub's places, from the variables jupyterhub_config.py reads too."""
+        state = os.environ.get("SDE_STATE_DIR", "var")
+        return cls(
+            state_dir=state,
+            extracts_dir=os.environ.get("SDE_EXTRACTS_DIR") or os.path.join(state, "extracts"),
+            prefix=os.environ.get("SDE_OBJECT_PREFIX", "sde"),
+            image=os.environ.get("SDE_WORKSPACE_IMAGE", "sde-notebook:latest"),
+        )
+
     @property
     def store(self) -> BlobStore:
         return BlobStore.for_state_dir(self.state_dir)
