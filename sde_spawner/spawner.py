@@ -43,6 +43,7 @@ from sde_spawner.containers import (
 from sde_spawner.datasets.extract import ExtractError
 from sde_spawner.datasets.hub import prepare_extract
 from sde_spawner.db import DEFAULT_DB_URL, make_engine, make_sessionmaker
+from sde_spawner.notices import notices_for, render_notices
 from sde_spawner.policy import Decision
 from sde_spawner.registry import ops
 from sde_spawner.registry.store import Eligibility, eligibility, projects_for
@@ -330,9 +331,15 @@ class SDESpawner(DockerSpawner):
         with Session() as session:
             return projects_for(session, self.user.name, self._now())
 
+    def _notices(self) -> str:
+        Session = _sessionmaker(self.registry_url)
+        with Session() as session:
+            return render_notices(notices_for(session, self.user.name, self._now().date()))
+
     async def _render_options_form(self, spawner=None):
         items = await self._in_thread(self._projects)
-        return render_project_form(items, preselect=self.name)
+        notices = await self._in_thread(self._notices)
+        return notices + render_project_form(items, preselect=self.name)
 
     @staticmethod
     def _options_from_form(formdata):

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -117,6 +118,9 @@ class Project(Base):
     #: Resource limits of the project's workspaces (None: the spawner's defaults).
     cpu_limit: Mapped[float | None] = mapped_column(Float, nullable=True)
     mem_limit: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: May the public register name the project's researchers? (revision 0009; default no:
+    #: they are shown by organisation only.)
+    register_names: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
 
     agreements: Mapped[list[Agreement]] = relationship(
@@ -292,3 +296,46 @@ class ExtractVersion(Base):
     @property
     def details(self) -> dict:
         return json.loads(self.details_json)
+
+
+# ---- breaches, deletion certificates, the register's name flag (revision 0009) -------------
+class Sanction(enum.StrEnum):
+    """What a recorded breach of the agreement costs the person."""
+
+    warning = "warning"
+    suspension = "suspension"  # the person is suspended (every room of theirs closes)
+    removal = "removal"  # the person is taken off the project
+
+
+class Breach(Base):
+    """A breach of a project's agreement by a person, and the sanction it drew."""
+
+    __tablename__ = "breach"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), index=True)
+    project_slug: Mapped[str] = mapped_column(String(40), index=True)
+    occurred_on: Mapped[date] = mapped_column(Date)
+    what: Mapped[str] = mapped_column(Text)
+    sanction: Mapped[Sanction] = mapped_column(_enum(Sanction))
+    recorded_by: Mapped[str] = mapped_column(String(64))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
+
+
+class DeletionCertificate(Base):
+    """A signed record of what was deleted at a project's data-deletion date.
+
+    ``body`` is the canonical JSON that ``signature`` (base64 Ed25519, the service's release
+    signing key) covers; the other columns repeat parts of it for listing.
+    """
+
+    __tablename__ = "deletion_certificate"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_slug: Mapped[str] = mapped_column(String(40), index=True)
+    agreement_reference: Mapped[str] = mapped_column(String(100))
+    run_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    body: Mapped[str] = mapped_column(Text)
+    signature: Mapped[str] = mapped_column(Text)
+    public_key: Mapped[str] = mapped_column(Text)

@@ -60,7 +60,7 @@ class HealthHandler(web.RequestHandler):
 def make_app(settings: ServiceSettings, *, hub_auth: HubOAuth | None = None) -> web.Application:
     from sde_spawner.audit import api as audit_api
     from sde_spawner.checking import handlers as checking
-    from sde_spawner.services import audit_pages
+    from sde_spawner.services import admin_pages, audit_pages
 
     hub_auth = hub_auth or HubOAuth(
         api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""), cache_max_age=60
@@ -72,6 +72,7 @@ def make_app(settings: ServiceSettings, *, hub_auth: HubOAuth | None = None) -> 
         (url_path_join(p, "oauth_callback"), OAuthCallbackHandler),
         *audit_api.routes(p),
         *audit_pages.routes(p),
+        *admin_pages.routes(p),
     ]
     routes += checking.routes(p)
     return web.Application(
