@@ -332,7 +332,7 @@ def add_researchers(hub: Hub, names: list[str]) -> None:
         for args in (
             ["person", "add", name, "--training-expires", "2030-01-01"],
             ["member", "add", PROJECT, name, "--role", "researcher"],
-            ["grant", "add", PROJECT, name, "patients", "--columns", "pseudo_id,age"],
+            ["grant", "add", PROJECT, name, "patients", "--columns", "pseudonym,age"],
         ):
             res = runner.invoke(sde_admin, ["--db", hub.db_url, *args])
             if res.exit_code != 0:

@@ -7,9 +7,7 @@ and audit trail as a real deployment, and re-running it changes nothing.
 
 from __future__ import annotations
 
-import csv
-import random
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 from sde_spawner.registry import ops
@@ -30,39 +28,12 @@ DIAGNOSES = ("E10", "E11", "E13", "I10", "I21", "J45")
 
 
 def write_synthetic_patients(path: Path, rows: int = 500, seed: int = 20261123) -> Path:
-    """Synthetic, pseudonymised patients (no real person). Deterministic for a given seed."""
-    rng = random.Random(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(
-            [
-                "pseudo_id",
-                "age",
-                "sex",
-                "region",
-                "postcode_district",
-                "diagnosis",
-                "hba1c",
-                "admitted",
-            ]
-        )
-        for i in range(rows):
-            w.writerow(
-                [
-                    f"P{i:05d}",
-                    rng.randint(18, 95),
-                    rng.choice("FM"),
-                    rng.choice(REGIONS),
-                    f"ZZ{rng.randint(1, 99)}",
-                    rng.choice(DIAGNOSES),
-                    round(rng.uniform(30, 110), 1),
-                    (date(2024, 1, 1) + timedelta(days=rng.randint(0, 700))).isoformat(),
-                ]
-            )
-    tmp.replace(path)
-    return path
+    """Synthetic patients (no real person), identified by NHS numbers from the range the NHS
+    keeps for testing; deterministic for a given seed
+    (:func:`sde_spawner.datasets.demo_data.write_demo_patients`)."""
+    from sde_spawner.datasets.demo_data import write_demo_patients
+
+    return write_demo_patients(path, rows=rows, seed=seed)
 
 
 def examples_dir() -> Path:
@@ -75,11 +46,18 @@ def examples_dir() -> Path:
 
 
 def seed(sessionmaker, data_dir: str, actor: str) -> list[str]:
-    """Register the synthetic dataset and the admin, then apply the demo's project files."""
+    """Register the synthetic dataset (identified by NHS number) and the admin, load the demo
+    opt-out lists, then apply the demo's project files: the demo's extracts are pseudonymised
+    per project and opted-out patients are absent."""
+    from sde_spawner.datasets import optouts
+    from sde_spawner.datasets.demo_data import write_demo_optouts
+    from sde_spawner.registry.models import Project
+
     data = Path(data_dir).resolve()
-    source = data / "patients.csv"
+    source = data / "demo-patients.csv"
     if not source.exists():
         write_synthetic_patients(source)
+    lists = write_demo_optouts(source, data)
     out = [
         ops.perform(
             sessionmaker,
@@ -88,6 +66,7 @@ def seed(sessionmaker, data_dir: str, actor: str) -> list[str]:
             "patients",
             str(source),
             title="Synthetic patients",
+            identifier_column="nhs_number",
         ).line(),
         ops.perform(
             sessionmaker,
@@ -98,6 +77,14 @@ def seed(sessionmaker, data_dir: str, actor: str) -> list[str]:
             training_expires=ADMIN_TRAINING,
         ).line(),
     ]
+    for name, path in lists.items():
+        with sessionmaker.begin() as s:
+            row, status = optouts.load(s, name, path, actor)
+        out.append(f"opt-out list {name}: {status} (version {row.version}, {row.entries} numbers)")
     for name in DEMO_FILES:
         out += apply_file(sessionmaker, actor, examples_dir() / name).lines()
+    with sessionmaker.begin() as s:
+        project = s.query(Project).filter_by(slug=DEMO_PROJECT).one()
+        status = optouts.set_applied(s, project, "local:demo-trust", True, actor)
+    out.append(f"opt-out list local:demo-trust on {DEMO_PROJECT}: {status}")
     return out

@@ -529,8 +529,17 @@ def add_dataset(session, actor, slug, source_path, *, title=None, identifier_col
 
 
 def known_columns(dataset: Dataset, problems: list[Problem]) -> list[str] | None:
+    """The columns a grant may name: the source's, except that a dataset about people has
+    its identifier column replaced by ``pseudonym`` (the NHS number itself is never
+    granted: every extract carries the per-project pseudonym instead)."""
     try:
-        return dataset_columns(dataset.source_path)
+        columns = dataset_columns(dataset.source_path)
+        if dataset.identifier_column:
+            from sde_spawner.datasets.extract import PSEUDONYM_COLUMN
+
+            columns = [c for c in columns if c != dataset.identifier_column]
+            columns.append(PSEUDONYM_COLUMN)
+        return columns
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(("dataset", f"dataset {dataset.slug}'s source cannot be read: {exc}"))
         return None

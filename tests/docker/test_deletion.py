@@ -76,7 +76,7 @@ def dora(hub):
             "2026-01-01",
         ],
         ["member", "add", PROJECT, "dora", "--role", "researcher"],
-        ["grant", "add", PROJECT, "dora", "patients", "--columns", "pseudo_id,age"],
+        ["grant", "add", PROJECT, "dora", "patients", "--columns", "pseudonym,age"],
     ):
         admin(hub, *args)
     user = User(hub, "dora")
@@ -92,8 +92,13 @@ def test_data_past_its_deletion_date_is_deleted_and_certified(hub, dora, docker_
     assert ws.exec_run(["python3", "-c", code]).exit_code == 0
     dora.stop(PROJECT)
     extract = hub.state_dir / "extracts" / PROJECT / escape("dora")
-    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in extract.iterdir()}
-    assert "patients.csv" in before and docker_client.volumes.get(names.home_volume)
+    before = {
+        str(p.relative_to(extract)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in extract.rglob("*")
+        if p.is_file()
+    }
+    assert any(name.endswith("/patients.parquet") for name in before), before
+    assert docker_client.volumes.get(names.home_volume)
 
     # Not due yet: nothing to delete (another project's data is never touched either).
     assert PROJECT not in admin(hub, "delete-due", "--dry-run").stdout

@@ -17,7 +17,7 @@ def test_suspending_a_person_closes_their_running_workspace(hub):
     for args in (
         ["person", "add", "frank", "--training-expires", "2030-01-01"],
         ["member", "add", PROJECT, "frank", "--role", "researcher"],
-        ["grant", "add", PROJECT, "frank", "patients", "--columns", "pseudo_id,age"],
+        ["grant", "add", PROJECT, "frank", "patients", "--columns", "pseudonym,age"],
     ):
         res = hub.admin(*args)
         assert res.returncode == 0, res.stderr

@@ -144,9 +144,21 @@ def read_csv_in(container, path) -> list[dict]:
 
 
 def test_data_holds_only_the_granted_columns_and_rows(hub, alice_ws, docker_client):
+    with (hub.data_dir / "demo-patients.csv").open() as fh:
+        source = list(csv.DictReader(fh))
+    opted_out = {
+        line.strip()
+        for name in ("optout-national.txt", "optout-local-demo-trust.txt")
+        for line in (hub.data_dir / name).read_text().splitlines()
+    }
+    kept = [r for r in source if r["nhs_number"] not in opted_out]
+    assert 0 < len(kept) < len(source) == 500
     rows = read_csv_in(alice_ws, "/data/patients.parquet")
-    assert list(rows[0]) == ["pseudo_id", "age", "sex", "region", "diagnosis", "hba1c"]
-    assert len(rows) == 500  # alice: all rows, no postcode, no admission date
+    # alice: every row but the opted-out patients', no postcode, no admission date, and a
+    # per-project pseudonym instead of the NHS number
+    assert list(rows[0]) == ["pseudonym", "age", "sex", "region", "diagnosis", "hba1c"]
+    assert len(rows) == len(kept)
+    assert not {r["pseudonym"] for r in rows} & {r["nhs_number"] for r in source}
     code, out = run_py(alice_ws, "import os; print(sorted(os.listdir('/data')))")
     assert code == 0, out
     assert out.strip() == (
@@ -159,13 +171,11 @@ def test_data_holds_only_the_granted_columns_and_rows(hub, alice_ws, docker_clie
     bob.wait_ready(PROJECT)
     bob_ws = docker_client.containers.get(names(hub, "bob").container)
     bob_rows = read_csv_in(bob_ws, "/data/patients.parquet")
-    assert list(bob_rows[0]) == ["pseudo_id", "age", "diagnosis", "hba1c"]
-    with (hub.data_dir / "patients.csv").open() as fh:
-        source = list(csv.DictReader(fh))
-    assert [r["pseudo_id"] for r in bob_rows] == [
-        r["pseudo_id"] for r in source if r["region"] == "north"
-    ]
-    assert 0 < len(bob_rows) < len(source)
+    assert list(bob_rows[0]) == ["pseudonym", "age", "diagnosis", "hba1c"]
+    north = [r for r in kept if r["region"] == "north"]
+    assert len(bob_rows) == len(north) and 0 < len(north) < len(kept)
+    # the same project: alice and bob see the same pseudonym for the same patient
+    assert {r["pseudonym"] for r in bob_rows} <= {r["pseudonym"] for r in rows}
 
 
 def test_refused_person_sees_the_reason_and_it_is_audited(hub, docker_client):

@@ -27,7 +27,9 @@ DIABETES = (EXAMPLES / "diabetes-outcomes.toml").read_text()
 
 def _with_patients(sm, tmp_path):
     source = write_synthetic_patients(tmp_path / "patients.csv", rows=20)
-    ops.perform(sm, ops.add_dataset, "tester", "patients", str(source))
+    ops.perform(
+        sm, ops.add_dataset, "tester", "patients", str(source), identifier_column="nhs_number"
+    )
     return sm
 
 
@@ -118,7 +120,7 @@ def test_the_file_sets_governance_output_policy_and_limits(sm):
         assert (p.cpu_limit, p.mem_limit) == (1.0, "2g")
         bob = s.scalar(select(Grant).join(Membership).join(Person).where(Person.username == "bob"))
         assert (bob.columns, bob.row_filter) == (
-            ["pseudo_id", "age", "diagnosis", "hba1c"],
+            ["pseudonym", "age", "diagnosis", "hba1c"],
             "region == 'north'",
         )
 
@@ -132,7 +134,7 @@ def test_dry_run_prints_the_diff_and_changes_nothing(sm, tmp_path):
         assert s.scalar(select(func.count()).select_from(Project)) == 0
     apply_file(sm, "tester", EXAMPLES / "diabetes-outcomes.toml")
     edited = DIABETES.replace("cell_threshold = 10", "cell_threshold = 20").replace(
-        'columns = ["pseudo_id", "age"]', 'columns = ["pseudo_id", "age", "sex"]'
+        'columns = ["pseudonym", "age"]', 'columns = ["pseudonym", "age", "sex"]'
     )
     n = n_events(sm)
     res = cli(sm, "apply", "--dry-run", str(write(tmp_path, edited)))
@@ -145,7 +147,7 @@ def test_dry_run_prints_the_diff_and_changes_nothing(sm, tmp_path):
         '\'{"allowed_file_types": [".csv", ".md", ".png", ".txt"], "cell_threshold": 20, '
         '"dof_threshold": 10, "zeros_are_disclosive": true}\'',
         "grant patients to eve on diabetes-outcomes: would be updated",
-        '    columns_json: \'["pseudo_id", "age"]\' -> \'["pseudo_id", "age", "sex"]\'',
+        '    columns_json: \'["pseudonym", "age"]\' -> \'["pseudonym", "age", "sex"]\'',
         "dry run: nothing was changed",
     ]
     assert n_events(sm) == n
@@ -270,12 +272,12 @@ def test_members_and_grants_left_out_are_removed_and_their_workspaces_closed(any
         "training_expires = 2030-06-30\n",
         "",
     ).replace(
-        '[[datasets.grants]]\nmember = "bob"\ncolumns = ["pseudo_id", "age", "diagnosis", '
+        '[[datasets.grants]]\nmember = "bob"\ncolumns = ["pseudonym", "age", "diagnosis", '
         '"hba1c"]\nfilter = "region == \'north\'"\n',
         "",
     )
     without_grant = without_bob.replace(
-        '[[datasets.grants]]\nmember = "alice"\ncolumns = ["pseudo_id", "age", "sex", "region", '
+        '[[datasets.grants]]\nmember = "alice"\ncolumns = ["pseudonym", "age", "sex", "region", '
         '"diagnosis", "hba1c"]\n',
         "",
     )
