@@ -74,3 +74,13 @@ def outside_host():
     host = OutsideHost(uuid.uuid4().hex[:6]).start()
     yield host
     host.stop()
+
+
+@pytest.fixture(autouse=True)
+def _close_fake_hub_auths():
+    """HubOAuth makes a background event loop for sync token lookups and never closes it;
+    close those of the test doubles after each test."""
+    yield
+    from sde_spawner.checking.testing import close_all_fake_auths
+
+    close_all_fake_auths()

@@ -9,6 +9,7 @@ tokens), so the handlers run the same code paths as under a real hub.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -128,8 +129,27 @@ def browser_model(username: str) -> dict:
     }
 
 
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+def close_all_fake_auths() -> None:
+    """Close the background loops of every :class:`FakeHubOAuth` still alive (tests call it
+    after each test: an unclosed loop is a ResourceWarning, an error under -W error)."""
+    for auth in list(_LIVE):
+        auth.close()
+
+
 class FakeHubOAuth(HubOAuth):
     """HubOAuth whose hub is a dict: token -> whoami model."""
+
+    def close(self) -> None:
+        """Close HubAuth's background loop for sync lookups, if one was made."""
+        if "_pool" in self._trait_values:  # made on first use (and again after this)
+            pool = self._trait_values.pop("_pool")
+            loop = getattr(self, "_thread_loop", None)
+            if loop is not None and not loop.is_closed():
+                pool.submit(loop.close).result()
+            pool.shutdown(wait=True)
 
     def __init__(self, tokens: dict[str, dict] | None = None, **kwargs):
         kwargs.setdefault("api_token", "service-token")
@@ -141,6 +161,7 @@ class FakeHubOAuth(HubOAuth):
         kwargs.setdefault("access_scopes", {"access:services!service=sde"})
         super().__init__(**kwargs)
         self.tokens: dict[str, dict] = dict(tokens or {})
+        _LIVE.add(self)
 
     def user_for_token(self, token, use_cache=True, session_id="", *, sync=True):
         model = self.tokens.get(token)

@@ -16,14 +16,12 @@ import html
 import os
 from datetime import date
 
-from jupyterhub.services.auth import HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from sqlalchemy import or_, select
-from tornado import web
 
-from sde_spawner import audit
 from sde_spawner.audit.models import AuditEvent
 from sde_spawner.registry.models import Project
+from sde_spawner.services.pages import BrowserPage
 
 #: Audit actions shown as lifecycle actions.
 LIFECYCLE_PREFIXES = (
@@ -141,27 +139,17 @@ def render(data: dict, user: str) -> str:
     )
 
 
-class AdminPageHandler(HubOAuthenticated, web.RequestHandler):
-    """The registry overview, for administrators only."""
+class AdminPageHandler(BrowserPage):
+    """The registry overview, for administrators only; the one page guard of the service
+    (:class:`~sde_spawner.services.pages.BrowserPage`: browser sessions only, no tokens)."""
 
-    @property
-    def hub_auth(self):
-        return self.settings["hub_auth"]
+    action = "admin.page.refused"  # what the guard's refusals here are audited as
 
-    @web.authenticated
     async def get(self):
         name = self.current_user["name"]
-        Session = self.settings["sessionmaker"]
         if name not in admins():
-            await asyncio.to_thread(
-                audit.append_committed,
-                Session,
-                "admin.page.refused",
-                actor=name,
-                outcome="denied",
-                reason="not an administrator",
-            )
-            raise web.HTTPError(403, "the registry overview is for administrators only")
+            await self.refuse("the registry overview is for administrators only", actor=name)
+        Session = self.settings["sessionmaker"]
 
         def read():
             with Session() as s:

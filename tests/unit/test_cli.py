@@ -286,8 +286,11 @@ def test_demo_seed_twice_changes_nothing_the_second_time(db, tmp_path):
     assert second.output.splitlines() == [
         "dataset patients: unchanged",
         "person admin: unchanged",
+        "opt-out list national: unchanged (version 1, 20 numbers)",
+        "opt-out list local:demo-trust: unchanged (version 1, 13 numbers)",
         "project diabetes-outcomes: unchanged",
         "project cardio-audit: unchanged",
+        "opt-out list local:demo-trust on diabetes-outcomes: unchanged",
     ]
     assert len(events(db)) == n
 

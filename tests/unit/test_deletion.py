@@ -129,7 +129,11 @@ def run(db, *args):
 def test_delete_due_deletes_certifies_and_is_idempotent(hub_state):
     h = hub_state
     alice = h["extracts"] / "study-a" / "alice"
-    expected = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in alice.iterdir()}
+    expected = {
+        str(p.relative_to(alice)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in alice.rglob("*")
+        if p.is_file()
+    }
 
     dry = run(h["db"], "delete-due", "--dry-run", "--no-docker")
     assert dry.exit_code == 0, dry.output

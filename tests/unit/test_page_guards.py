@@ -243,7 +243,7 @@ async def test_the_browser_session_passes_the_guard_on_every_page(svc, db):  # n
     rid = await submit_request(svc)
     await review_all(svc, "chris", rid)
     await review_all(svc, "dana", rid)  # approved: releases, downloads and manifests exist
-    person = {"audit": "admin", "releases": "alice"}
+    person = {"audit": "admin", "admin": "admin", "releases": "alice"}
     for method, path, _ in page_requests(svc):
         user = person.get(path.split("/")[0], "chris")
         if user not in svc.jars:
