@@ -125,7 +125,12 @@ def call(service, method: str, path: str, body: bytes | None = None, ctype="appl
 
 def submit(service) -> int:
     files = [
-        {"path": p, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
+        {
+            "path": p,
+            "description": f"{p} for the paper",
+            "size": len(d),
+            "sha256": hashlib.sha256(d).hexdigest(),
+        }
         for p, d in FILES.items()
     ]
     created = call(

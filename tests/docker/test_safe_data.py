@@ -92,8 +92,16 @@ def data(hub):
     admin(hub, "optout", "load", "national", str(lists["national"]))
     admin(hub, "optout", "load", "local:demo-trust", str(lists["local:demo-trust"]))
     for slug in (A, B):
-        admin(hub, "project", "add", slug, "--title", slug, "--ethics-ref", "IRAS 1")
-        admin(hub, "project", "approve", slug, "--dac-ref", "DAC-1", "--dac-date", str(today))
+        admin(
+            hub,
+            *("project", "add", slug, "--title", slug, "--ethics-ref", "IRAS 1"),
+            *("--lay-summary", "A study.", "--public-benefit", "Better care."),
+        )
+        admin(
+            hub,
+            *("project", "approve", slug, "--dac-ref", "DAC-1", "--dac-date", str(today)),
+            *("--lay-member", "Pat Lewis", "--lay-member-date", str(today)),
+        )
         admin(
             hub,
             *("agreement", "add", slug, "DSA-1", "--signed", str(today - timedelta(days=2))),
