@@ -107,9 +107,15 @@ def service(tmp_path_factory):
     assert ready.wait(30)
     box["base"] = f"http://127.0.0.1:{box['port']}{PREFIX}"
     yield box
-    box["loop"].call_soon_threadsafe(box["server"].stop)
+
+    async def shut():
+        box["server"].stop()
+        await box["server"].close_all_connections()  # the browser's kept-alive connections
+
+    asyncio.run_coroutine_threadsafe(shut(), box["loop"]).result(30)
     box["loop"].call_soon_threadsafe(box["loop"].stop)
     thread.join(10)
+    hub_auth.close()
 
 
 def call(service, method: str, path: str, body: bytes | None = None, ctype="application/json"):
