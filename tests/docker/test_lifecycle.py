@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.support import User, wait_for
@@ -27,7 +25,6 @@ def test_suspending_a_person_closes_their_running_workspace(hub):
 
     dry = hub.admin("enforce", "--dry-run")
     assert dry.returncode == 0 and "frank" not in dry.stdout
-    suspended_at = time.monotonic()
     assert hub.admin("person", "suspend", "frank", "--reason", "DAC instruction").returncode == 0
     dry = hub.admin("enforce", "--dry-run")
     # The service reacts to the change at once and may have closed the room already; the
@@ -43,11 +40,10 @@ def test_suspending_a_person_closes_their_running_workspace(hub):
             f"the sweep's record of closing frank's room (dry run said {dry.stdout!r})",
         )
 
-    # The sde service closes it without anyone running a command, within seconds: its
-    # periodic sweep runs every 600 s here, so only its watch on the registry can do it.
-    wait_for(lambda: frank.server(PROJECT) is None, 20, "the service to close frank's room")
-    took = time.monotonic() - suspended_at
-    assert took <= 10, f"the suspension took {took:.1f} s to close the workspace"
+    # The sde service closes it without anyone running a command: its periodic sweep runs
+    # every 600 s here, so only its watch on the registry can do it in time. (How fast is a
+    # figure of benchmarks.lifecycle, not a timed assertion.)
+    wait_for(lambda: frank.server(PROJECT) is None, 30, "the service to close frank's room")
     ev = hub.events(action="workspace.closed")[-1]
     assert ev["actor"] == "lifecycle" and ev["project"] == PROJECT
     assert ev["reason"] == "your account is suspended"
