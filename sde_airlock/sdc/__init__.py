@@ -322,7 +322,7 @@ def _check_notebook(data: bytes, rules: Rules) -> Report:
     tables = texts = figures = 0
     for where, kind, content in sdc_docs.notebook_parts(nb):
         if kind == "finding":
-            report.findings.append(sdc_docs.finding_of(content))
+            report.findings.append(content)
         elif kind == "figure":
             figures += 1
             report.findings += sdc_docs.image_metadata(sdc_docs.decoded_image(content), where)

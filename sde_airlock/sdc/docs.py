@@ -171,7 +171,7 @@ def _hidden(cell: dict) -> list[str]:
 def notebook_parts(nb: dict) -> Iterator[tuple[str, str, str]]:
     """``(where, kind, content)`` for every part of a notebook, with ``kind`` one of
     ``text`` (prose and outputs: every rule), ``code`` (sources: identifiers only), ``html``,
-    ``figure`` (base64 image data), ``finding`` (content a JSON-encoded Finding)."""
+    ``figure`` (base64 image data), ``finding`` (content a :class:`Finding` about the part)."""
     extra = {k: v for k, v in (nb.get("metadata") or {}).items() if k not in _USUAL_METADATA}
     if extra:
         text = json.dumps(extra, sort_keys=True, default=str)
@@ -179,7 +179,7 @@ def notebook_parts(nb: dict) -> Iterator[tuple[str, str, str]]:
         yield (
             "notebook metadata",
             "finding",
-            _finding(
+            Finding(
                 "hidden_cell",
                 REVIEW,
                 "notebook metadata",
@@ -197,7 +197,7 @@ def notebook_parts(nb: dict) -> Iterator[tuple[str, str, str]]:
             yield (
                 where,
                 "finding",
-                _finding(
+                Finding(
                     "hidden_cell",
                     REVIEW,
                     where,
@@ -213,7 +213,7 @@ def notebook_parts(nb: dict) -> Iterator[tuple[str, str, str]]:
             yield (
                 where,
                 "finding",
-                _finding(
+                Finding(
                     "hidden_cell",
                     REVIEW,
                     f"{where} metadata",
@@ -233,7 +233,7 @@ def notebook_parts(nb: dict) -> Iterator[tuple[str, str, str]]:
             yield (
                 where,
                 "finding",
-                _finding(
+                Finding(
                     "attachment",
                     REVIEW,
                     f"{where}, attachment {str(name)[:80]!r}",
@@ -282,7 +282,7 @@ def _bundle(where: str, bundle: dict) -> Iterator[tuple[str, str, str]]:
             yield (
                 where,
                 "finding",
-                _finding(
+                Finding(
                     "hidden_cell",
                     REVIEW,
                     where,
@@ -290,15 +290,6 @@ def _bundle(where: str, bundle: dict) -> Iterator[tuple[str, str, str]]:
                     "not show it; its text was checked",
                 ),
             )
-
-
-def _finding(rule: str, status: str, where: str, message: str) -> str:
-    return json.dumps([rule, status, where, message])
-
-
-def finding_of(content: str) -> Finding:
-    rule, status, where, message = json.loads(content)
-    return Finding(rule, status, where, message)
 
 
 # --- images ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from sde_airlock.sdc.core import FAIL, NOT_FULLY_CHECKED, REVIEW, Finding, Rules, plural
 from sde_airlock.sdc.values import (
+    IDENTIFIER_KINDS,
     as_int,
     identifier_rule_of_column,
     identifiers_in,
@@ -319,12 +320,11 @@ def check_table(table: Table, rules: Rules, *, scan_values: bool = True) -> list
 
 
 def identifier_findings(hits: dict[str, int], where: str) -> list[Finding]:
-    from sde_airlock.sdc.values import IDENTIFIER_KINDS
-
     return [
-        Finding(rule, FAIL, where, f"values that identify people: {plural(n, IDENTIFIER_KINDS[r])}")
-        for r, n in sorted(hits.items())
-        for rule in (r,)
+        Finding(
+            rule, FAIL, where, f"values that identify people: {plural(n, IDENTIFIER_KINDS[rule])}"
+        )
+        for rule, n in sorted(hits.items())
     ]
 
 
