@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import json
 import os
 import shutil
@@ -50,11 +49,7 @@ from sde_spawner.checking import manifest as manifest_mod
 from sde_spawner.checking.states import REASON_CODES, Decision, State
 from sde_spawner.checking.storage import BlobError, BlobStore, BlobWriter
 from sde_spawner.services.identity import WorkspaceIdentity, identify_workspace
-from sde_spawner.services.pages import (
-    DEFAULT_PAGE_NETWORKS,
-    BrowserPage,
-    parse_networks,
-)
+from sde_spawner.services.pages import BrowserPage
 
 MAX_JSON_BODY = 1024 * 1024
 IN_MEMORY_DOWNLOAD = 32 * 1024 * 1024
@@ -75,7 +70,6 @@ class Checking:
     store: BlobStore
     export_rules: ExportRules = logic.DEFAULT_RULES
     preview_rows: int = render.MAX_ROWS
-    page_networks: tuple = DEFAULT_PAGE_NETWORKS
     sdc_rules: sdc.Rules = field(default_factory=sdc.Rules)
     _key: object = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -91,24 +85,12 @@ class Checking:
             store=BlobStore.for_state_dir(state_dir),
             export_rules=ExportRules.from_env(os.environ),
             preview_rows=int(os.environ.get("SDE_CHECKING_PREVIEW_ROWS", render.MAX_ROWS)),
-            page_networks=parse_networks(
-                os.environ.get("SDE_CHECKING_PAGE_NETWORKS", ",".join(DEFAULT_PAGE_NETWORKS))
-            ),
             sdc_rules=sdc.Rules.from_env(os.environ),
         )
 
     @property
     def max_file_bytes(self) -> int:
         return self.export_rules.max_file_bytes
-
-    def page_allowed_from(self, remote_ip: str | None) -> bool:
-        """People's pages come through the proxy (loopback by default); workspaces reach the
-        service port directly from their network's gateway and never get a page."""
-        try:
-            address = ipaddress.ip_address(remote_ip or "")
-        except ValueError:
-            return False
-        return any(address in ipaddress.ip_network(net) for net in self.page_networks)
 
     def signing_key(self):
         with self._lock:

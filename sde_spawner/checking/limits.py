@@ -388,10 +388,10 @@ def for_app(app_settings: dict) -> Limits:
     addresses are ``SDE_CHECKING_PAGE_NETWORKS``, as for the pages)."""
     limits = app_settings.get("sde_limits")
     if limits is None:
-        nets = os.environ.get("SDE_CHECKING_PAGE_NETWORKS", "127.0.0.0/8,::1/128")
+        from sde_spawner.services.pages import page_networks_from_env  # the pages' one parse
+
         limits = app_settings["sde_limits"] = Limits(
-            LimitSettings.from_env(),
-            proxy_networks=[n.strip() for n in nets.split(",") if n.strip()],
+            LimitSettings.from_env(), proxy_networks=list(page_networks_from_env())
         )
     return limits
 
