@@ -68,19 +68,7 @@ class BlobStore:
         Raises :class:`BlobError` if the blob is missing or its bytes no longer hash to
         ``sha256`` (never serve bytes that were not the approved ones).
         """
-        try:
-            fh = self.path(key).open("rb")
-        except FileNotFoundError:
-            raise BlobError(f"blob {key[:12]}… is missing from the store") from None
-        with fh:
-            h = hashlib.sha256()
-            while chunk := fh.read(CHUNK):
-                h.update(chunk)
-            if h.hexdigest() != sha256:
-                raise BlobError(
-                    f"blob {key[:12]}… no longer matches its approved sha256 (store tampered)"
-                )
-            fh.seek(0)
+        with self.open_verified_handle(key, sha256) as fh:
             yield fh
 
     def open_verified_handle(self, key: str, sha256: str) -> BinaryIO:
