@@ -11,8 +11,10 @@ What this does not do: a file whose bytes really are a PNG or PDF can still carr
 residual risk stated in ``docs/threat-model.md``; this check stops a renamed file from
 travelling whole as a "picture".
 
-Pure functions, no I/O. (The hub-side checking service has its own sniffer; the two are kept
-separate on purpose: the workspace side does not import hub code.)
+Pure functions, no I/O. (The airlock's byte inspector, :mod:`sde_airlock.filetypes`, judges
+files that leave through an export; this module answers a narrower question on the viewing
+path, for the image types JupyterLab's viewers open, GIF, BMP and WebP among them, which
+exports do not allow.)
 """
 
 from __future__ import annotations
