@@ -11,6 +11,7 @@ audit trail stamped with alice and her project, whatever the container says.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
@@ -177,7 +178,30 @@ def test_a_raw_binary_download_through_the_contents_api_is_refused(hub, alice, a
     assert "content" not in r.json()
 
 
-async def _execute_through_proxy(hub, token: str, kernel_id: str, code: str) -> dict:
+def kernel_message(msg_type: str, content: dict, msg_id: str, channel: str = "shell") -> dict:
+    """One Jupyter kernel protocol message, as a browser's websocket sends it."""
+    header = {
+        "msg_id": msg_id,
+        "msg_type": msg_type,
+        "username": "alice",
+        "session": uuid.uuid4().hex,
+        "version": "5.3",
+        "date": "",
+    }
+    return {
+        "header": header,
+        "parent_header": {},
+        "metadata": {},
+        "content": content,
+        "channel": channel,
+        "buffers": [],
+    }
+
+
+async def kernel_exchange(hub, token: str, kernel_id: str, text: str, msg_id: str, last: str):
+    """Send ``text`` over the kernel websocket through the hub's proxy; collect the replies to
+    ``msg_id`` up to the first of type ``last``. The close handshake is awaited, so no socket is
+    left for the garbage collector to report inside some later test."""
     from tornado.httpclient import HTTPRequest
     from tornado.websocket import websocket_connect
 
@@ -185,41 +209,36 @@ async def _execute_through_proxy(hub, token: str, kernel_id: str, code: str) -> 
     ws = await websocket_connect(
         HTTPRequest(url, headers={"Authorization": f"token {token}"}, connect_timeout=30)
     )
-    msg_id = uuid.uuid4().hex
-    ws.write_message(
-        json.dumps(
-            {
-                "header": {
-                    "msg_id": msg_id,
-                    "msg_type": "execute_request",
-                    "username": "alice",
-                    "session": uuid.uuid4().hex,
-                    "version": "5.3",
-                    "date": "",
-                },
-                "parent_header": {},
-                "metadata": {},
-                "content": {
-                    "code": code,
-                    "silent": False,
-                    "store_history": True,
-                    "user_expressions": {},
-                    "allow_stdin": False,
-                },
-                "channel": "shell",
-                "buffers": [],
-            }
-        )
-    )
+    ws.write_message(text)
+    out = []
     try:
         while True:
             raw = await asyncio.wait_for(ws.read_message(), 60)
             assert raw is not None, "kernel websocket closed"
             msg = json.loads(raw)
-            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "execute_reply":
-                return {"msg_id": msg_id, "reply": msg["content"]}
+            if msg["parent_header"].get("msg_id") == msg_id:
+                out.append(msg)
+                if msg["msg_type"] == last:
+                    return out
     finally:
         ws.close()
+        with contextlib.suppress(asyncio.TimeoutError):  # let the close handshake finish
+            while await asyncio.wait_for(ws.read_message(), 5) is not None:
+                pass
+
+
+async def _execute_through_proxy(hub, token: str, kernel_id: str, code: str) -> dict:
+    msg_id = uuid.uuid4().hex
+    content = {
+        "code": code,
+        "silent": False,
+        "store_history": True,
+        "user_expressions": {},
+        "allow_stdin": False,
+    }
+    text = json.dumps(kernel_message("execute_request", content, msg_id))
+    replies = await kernel_exchange(hub, token, kernel_id, text, msg_id, "execute_reply")
+    return {"msg_id": msg_id, "reply": replies[-1]["content"]}
 
 
 def test_kernel_start_and_code_sent_through_the_websocket_are_audited(hub, alice, alice_ws):

@@ -13,7 +13,6 @@ file.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import uuid
@@ -26,55 +25,12 @@ from tests.docker.test_egress_workspace import (
     alice,  # noqa: F401  (module fixture)
     details,
     events_where,
+    kernel_exchange,
     workspace_url,
 )
+from tests.docker.test_egress_workspace import kernel_message as message
 
 pytestmark = pytest.mark.docker
-
-
-def message(msg_type: str, content: dict, msg_id: str, channel: str = "shell") -> dict:
-    header = {
-        "msg_id": msg_id,
-        "msg_type": msg_type,
-        "username": "alice",
-        "session": uuid.uuid4().hex,
-        "version": "5.3",
-        "date": "",
-    }
-    return {
-        "header": header,
-        "parent_header": {},
-        "metadata": {},
-        "content": content,
-        "channel": channel,
-        "buffers": [],
-    }
-
-
-async def _exchange(hub, token: str, kernel_id: str, text: str, msg_id: str, last: str):
-    from tornado.httpclient import HTTPRequest
-    from tornado.websocket import websocket_connect
-
-    url = workspace_url(hub, f"api/kernels/{kernel_id}/channels").replace("http://", "ws://")
-    ws = await websocket_connect(
-        HTTPRequest(url, headers={"Authorization": f"token {token}"}, connect_timeout=30)
-    )
-    ws.write_message(text)
-    out = []
-    try:
-        while True:
-            raw = await asyncio.wait_for(ws.read_message(), 60)
-            assert raw is not None, "kernel websocket closed"
-            msg = json.loads(raw)
-            if msg["parent_header"].get("msg_id") == msg_id:
-                out.append(msg)
-                if msg["msg_type"] == last:
-                    return out
-    finally:
-        ws.close()
-        with contextlib.suppress(asyncio.TimeoutError):  # let the close handshake finish
-            while await asyncio.wait_for(ws.read_message(), 5) is not None:
-                pass
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +46,7 @@ def kernel(hub, alice):  # noqa: F811
 
 
 def send(hub, alice, kernel, text: str, msg_id: str, last: str = "execute_reply"):  # noqa: F811
-    return asyncio.run(_exchange(hub, alice.token, kernel, text, msg_id, last))
+    return asyncio.run(kernel_exchange(hub, alice.token, kernel, text, msg_id, last))
 
 
 def test_user_expressions_are_recorded_as_code(hub, alice, kernel):  # noqa: F811
