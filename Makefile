@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+RESULTS := var/test-results
 export SDE_TEST_POSTGRES_URL ?= postgresql+psycopg2://sde:sde@127.0.0.1:5432/sde_test
 
-.PHONY: demo test test-unit test-docker test-security lint images system venv bench clean-demo
+.PHONY: evidence demo test test-unit test-docker test-security lint images system venv bench clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,9 +35,25 @@ test: venv
 	bash scripts/ensure-system.sh --test
 	IMAGES="notebook hub postgres" PYTHON=$(CURDIR)/$(PY) bash scripts/build-images.sh
 	$(VENV)/bin/ruff check .
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -p no:cacheprovider tests/unit
+	rm -rf $(RESULTS) && mkdir -p $(RESULTS)
+	rc=0; \
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -p no:cacheprovider \
-		tests/docker tests/security tests/browser
+		--junitxml=$(RESULTS)/unit.xml tests/unit || rc=$$?; \
+	if [ $$rc -eq 0 ]; then PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -p no:cacheprovider \
+		--junitxml=$(RESULTS)/system.xml tests/docker tests/security tests/browser || rc=$$?; fi; \
+	$(MAKE) --no-print-directory evidence || echo "evidence report not written"; \
+	exit $$rc
+
+## make evidence: the Five Safes / SATRE report (var/evidence/index.html) from the last make test.
+## Its live facts come from a demo registry seeded for the purpose; on a deployment run
+## `sde-admin --db URL evidence --junit FILE... --out DIR` against the real registry.
+evidence: venv
+	rm -rf var/evidence-registry && mkdir -p var/evidence-registry
+	$(VENV)/bin/sde-admin --db sqlite:///$(CURDIR)/var/evidence-registry/registry.sqlite \
+		demo-seed var/evidence-registry/data > /dev/null
+	SDE_STATE_DIR=var/evidence-registry $(VENV)/bin/sde-admin \
+		--db sqlite:///$(CURDIR)/var/evidence-registry/registry.sqlite \
+		evidence $(patsubst %,--junit %,$(wildcard $(RESULTS)/*.xml)) --out var/evidence
 
 test-unit: venv
 	$(PY) -m pytest -q tests/unit

@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sde_spawner.checking.cli import outputs_group
 from sde_spawner.datasets.cli import attach as attach_data_commands
 from sde_spawner.db import DEFAULT_DB_URL, open_db
+from sde_spawner.evidence.cli import evidence_cmd
 from sde_spawner.registry import ops
 from sde_spawner.registry.models import (
     Dataset,
@@ -797,6 +798,7 @@ def _attach_audit() -> None:
 
 _attach_audit()
 main.add_command(outputs_group)
+main.add_command(evidence_cmd)
 attach_data_commands(main)
 
 

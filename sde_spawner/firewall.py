@@ -180,3 +180,10 @@ def installed_rules(*, ipv6: bool = False) -> list[str]:
         return []
     proc = (_ip6tables if ipv6 else _iptables)("-S", CHAIN, check=False)
     return proc.stdout.splitlines() if proc.returncode == 0 else []
+
+
+def jumped_to() -> bool:
+    """Whether INPUT sends traffic through the chain (without the jump the chain does nothing)."""
+    if shutil.which("iptables") is None:
+        return False
+    return _iptables("-C", "INPUT", "-j", CHAIN, check=False).returncode == 0
