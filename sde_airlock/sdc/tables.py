@@ -11,6 +11,7 @@ over **every** row, streamed, so a large file is checked whole. Rule ids are tho
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import re
 from collections.abc import Callable, Iterable
@@ -390,6 +391,7 @@ def _table_level(table, rules, names, magnitude, shares, counts, kinds) -> list[
 # --- secondary suppression -------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_total(text: str) -> bool:
     words = tokens(text)
     return bool(words) and words <= (_TOTAL_WORDS | {"grand", "row", "column", "col"})
@@ -416,6 +418,8 @@ def secondary_suppression(
     ]
     if len(cols) < 2 and not table.rows:
         return []
+    if not any(is_suppressed(row[c]) for row in table.rows for c in cols if c < len(row)):
+        return []  # nothing held back: nothing to work back (and no need to look for totals)
     total_col = next((i for i in cols if _is_total(names[i])), None)
     label_cols = [i for i in range(len(kinds)) if i not in cols]
     total_row = next(

@@ -229,6 +229,28 @@ def sweep(
     return done
 
 
+def clear_interrupted_uploads(sessionmaker, store: BlobStore) -> SweepPlan:
+    """Remove every upload temporary at service start: a fresh process has no upload in
+    flight, so each one is what a killed process left half-written. Never a blob (those are
+    only renamed into place whole); audited like a sweep."""
+    _, temps = scan_store(store)
+    removed = []
+    for t in temps:
+        with contextlib.suppress(FileNotFoundError):
+            (store.root / t.key).unlink()
+            removed.append(t)
+    done = SweepPlan(delete_temps=tuple(removed))
+    if removed:
+        audit.append_committed(
+            sessionmaker,
+            "export.store.swept",
+            actor="system",
+            reason=f"{len(removed)} upload(s) interrupted when the service last stopped: removed",
+            details=done.summary(),
+        )
+    return done
+
+
 def write_aggregates(sessionmaker, limits: Limits, *, everything: bool = False) -> int:
     """One ``rate.limited`` row per key and closed window; returns how many were written."""
     closed = limits.closed(everything=everything)

@@ -49,8 +49,9 @@ async def enforce_loop(sessionmaker) -> None:
 
 
 async def housekeeping_loop(app) -> None:
-    """Write the aggregated ``rate.limited`` rows of closed windows every few seconds, and
-    sweep abandoned drafts and unreferenced blobs every ``SDE_LIMIT_SWEEP_SECONDS``."""
+    """Remove the uploads a killed process left half-written; then write the aggregated
+    ``rate.limited`` rows of closed windows every few seconds, and sweep abandoned drafts and
+    unreferenced blobs every ``SDE_LIMIT_SWEEP_SECONDS``."""
     from sde_spawner.checking import limits, sweep
     from sde_spawner.checking.storage import BlobStore
 
@@ -61,6 +62,9 @@ async def housekeeping_loop(app) -> None:
     tick = max(1.0, min(10.0, lim.settings.window_seconds / 4))
     every = lim.settings.sweep_seconds
     next_sweep = loop_time = asyncio.get_running_loop().time()
+    cleared = await asyncio.to_thread(sweep.clear_interrupted_uploads, sessionmaker, store)
+    if cleared.delete_temps:
+        log.warning("removed %d interrupted upload(s)", len(cleared.delete_temps))
     try:
         while True:
             try:

@@ -482,6 +482,29 @@ async def test_a_large_download_serves_the_descriptor_it_verified(
     assert r.code == 200 and r.body == CSV
 
 
+def test_a_fresh_service_removes_the_uploads_a_killed_one_left_half_written(db, tmp_path):
+    store = store_of(tmp_path)
+    kept = store.put(CSV)
+    # what a process killed in the middle of an upload leaves: a temporary, never renamed
+    (store.root / ".upload-killed").write_bytes(b"x" * 4_000)
+    (temp,) = sweep.scan_store(store)[1]
+    assert temp.size == 4_000
+    done = sweep.clear_interrupted_uploads(db, store)
+    assert done.summary() == {
+        "expired_drafts": [],
+        "deleted_blobs": 0,
+        "deleted_uploads": 1,
+        "freed_bytes": 4_000,
+    }
+    blobs, temps = sweep.scan_store(store)
+    assert [b.key for b in blobs] == [kept] and temps == []
+    assert store.read_verified(kept, sha256(CSV)) == CSV  # whole blobs are never touched
+    (row,) = events(db, action="export.store.swept")
+    assert row["actor"] == "system" and "interrupted" in row["reason"]
+    assert sweep.clear_interrupted_uploads(db, store).summary()["deleted_uploads"] == 0
+    assert len(events(db, action="export.store.swept")) == 1  # nothing to do: no row
+
+
 async def test_the_service_loop_writes_aggregates_and_sweeps(env, make_svc, db, tmp_path):
     """The periodic loop of ``python -m sde_spawner.services`` writes the ``rate.limited``
     rows of closed windows by itself, sweeps, and writes what is still open when it stops."""
