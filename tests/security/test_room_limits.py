@@ -20,7 +20,7 @@ import uuid
 import pytest
 
 from sde_spawner.containers import workspace_names
-from tests.support import User, wait_for
+from tests.support import User
 
 pytestmark = pytest.mark.docker
 
@@ -190,9 +190,7 @@ def test_a_fork_bomb_stops_at_the_pids_limit(hub, rita, rita_ws, alice):
     assert_room_answers(alice, NEIGHBOUR_PROJECT)
 
 
-def test_control_without_the_pids_limit_the_same_bomb_gets_all_its_processes(
-    rita_ws, plain_box
-):
+def test_control_without_the_pids_limit_the_same_bomb_gets_all_its_processes(rita_ws, plain_box):
     limit = rita_ws.attrs["HostConfig"]["PidsLimit"]
     box = plain_box()
     assert not box.attrs["HostConfig"].get("PidsLimit")
