@@ -108,6 +108,10 @@ NO_IPV6_SYSCTLS = {
     "net.ipv6.conf.all.disable_ipv6": "1",
     "net.ipv6.conf.default.disable_ipv6": "1",
 }
+#: Docker (since 20.10) lets every group of a container open ICMP "ping" sockets without
+#: CAP_NET_RAW (``ping_group_range 0 2147483647``); the empty range "1 0" takes that back, so
+#: a workspace opens no ICMP socket at all (tests/security/test_room_limits.py).
+NO_PING_SYSCTLS = {"net.ipv4.ping_group_range": "1 0"}
 
 
 def container_spec(
@@ -144,7 +148,8 @@ def container_spec(
             "security_opt": ["no-new-privileges:true"],
             # No IPv6 in the room: a link-local address would reach every host service bound
             # to [::] past the IPv4 chain (the host's ip6tables chain rejects it as well).
-            "sysctls": dict(NO_IPV6_SYSCTLS),
+            # No ICMP sockets either: cap_drop takes raw sockets, the sysctl ping sockets.
+            "sysctls": {**NO_IPV6_SYSCTLS, **NO_PING_SYSCTLS},
             "privileged": False,
             "ipc_mode": "private",
             "pids_limit": limits.pids_limit,

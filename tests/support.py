@@ -97,6 +97,40 @@ class Hub:
         res = self.admin("demo-seed", str(self.data_dir))
         assert res.returncode == 0, res.stderr + res.stdout
 
+    def add_project(
+        self,
+        slug: str,
+        researchers: list[str],
+        *,
+        memory: str | None = None,
+        agreement: str = "DSA-T1",
+    ) -> None:
+        """An approved project of the test's own (``sde-admin apply``), its agreement in force
+        until 2030, each researcher granted three columns of the demo dataset."""
+        members = "".join(
+            f'[[members]]\nusername = "{u}"\nname = "{u.title()}"\nrole = "researcher"\n'
+            f"training_expires = 2030-06-30\n\n"
+            for u in researchers
+        )
+        grants = "".join(
+            f'[[datasets.grants]]\nmember = "{u}"\ncolumns = ["pseudonym", "age", "diagnosis"]\n\n'
+            for u in researchers
+        )
+        limits = f'[limits]\nmemory = "{memory}"\n' if memory else ""
+        path = self.state_dir / f"{slug}.toml"
+        path.write_text(
+            f'slug = "{slug}"\ntitle = "Test project {slug}"\npurpose = "research"\n'
+            f'ethics_reference = "IRAS 900001"\nlay_summary = "A test."\n'
+            f'public_benefit = "Tests."\n\n[organisation]\nname = "Test Trust"\nkind = "nhs"\n\n'
+            f'[approval]\ndac_reference = "DAC-T-{slug}"\ndac_date = 2026-10-15\n'
+            f'lay_member = "Pat Lewis"\nlay_member_signed = 2026-10-12\n\n'
+            f'[[agreements]]\nreference = "{agreement}"\nsigned = 2026-10-20\n'
+            f"start = 2026-11-01\nend = 2030-10-31\ndelete_by = 2031-01-31\n\n"
+            f'{members}[[datasets]]\nslug = "patients"\n\n{grants}{limits}'
+        )
+        res = self.admin("apply", str(path))
+        assert res.returncode == 0, res.stderr + res.stdout
+
     def start(self) -> None:
         self._log = log = self.log_path.open("ab")
         self.proc = subprocess.Popen(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import threading
 import uuid
 
@@ -270,6 +271,54 @@ def test_another_users_workspace_is_unreachable(alice_ws, bob_ws):
         pass
 
 
+# ---- no neighbours on other projects -------------------------------------------------------
+OTHER_PROJECT = "attack-other"
+
+
+@pytest.fixture(scope="module")
+def gina_ws(hub, docker_client):
+    """The room of gina, a researcher on another project (its own network and extract)."""
+    hub.add_project(OTHER_PROJECT, ["gina"], agreement="DSA-T-OTHER")
+    gina = User(hub, "gina")
+    assert gina.logged_in, hub.log_tail()
+    gina.ensure_running(OTHER_PROJECT)
+    yield docker_client.containers.get(workspace_names("gina", OTHER_PROJECT, hub.prefix).container)
+    gina.ensure_stopped(OTHER_PROJECT)
+
+
+def test_a_workspace_of_another_project_is_unreachable(
+    hub, alice_ws, gina_ws, docker_client, notebook_image
+):
+    gina_ip, alice_ip = ip_of(gina_ws), ip_of(alice_ws)
+    assert gateway_of(gina_ws) != gateway_of(alice_ws)  # a network of its own
+    out = probe(alice_ws, gina=["tcp", gina_ip, 8888], gina_gw=["tcp", gateway_of(gina_ws), 8888])
+    assert out["gina"].startswith("OSError:101"), out  # ENETUNREACH: no route to that network
+    assert out["gina_gw"].startswith("OSError:101"), out
+    back = probe(gina_ws, alice=["tcp", alice_ip, 8888])
+    assert back["alice"].startswith("OSError:101"), back
+
+    # Layer by layer: a box on alice's network that keeps its default route (workspaces have
+    # none) sends to gina through the host, which does not forward between workspace networks
+    # (internal networks: Docker's isolation rules drop it).
+    box = docker_client.containers.run(
+        notebook_image,
+        ["sleep", "120"],
+        name=f"sdetest-cross-{uuid.uuid4().hex[:6]}",
+        network=workspace_names("alice", PROJECT, hub.prefix).network,
+        detach=True,
+        user="1000:1000",
+    )
+    try:
+        routed = probe(box, gina=["tcp", gina_ip, 8888], route=["default_route"])
+    finally:
+        box.remove(force=True)
+    assert routed["route"] is True and not routed["gina"].startswith("open"), routed
+
+    # control: from the host side gina's server does answer on that address and port
+    with socket.create_connection((gina_ip, 8888), timeout=5):
+        pass
+
+
 # ---- of the host, only the hub API --------------------------------------------------------
 def test_only_the_hub_api_is_reachable_on_the_host(hub, alice_ws, host_listener):
     gw = gateway_of(alice_ws)
@@ -295,6 +344,50 @@ def test_only_the_hub_api_is_reachable_on_the_host(hub, alice_ws, host_listener)
         ]
     )
     assert text.decode().strip() == "200", text
+
+
+def reject_counter() -> int:
+    """Packets the host chain's TCP reject rule has answered (shared by every workspace)."""
+    out = subprocess.run(
+        ["iptables", "-w", "-L", firewall.CHAIN, "-v", "-x", "-n"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    row = next(ln for ln in out.splitlines() if "REJECT" in ln and "tcp-reset" in ln)
+    return int(row.split()[0])
+
+
+def docker0_address() -> str | None:
+    out = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "dev", "docker0"], capture_output=True, text=True
+    ).stdout
+    return out.split()[3].split("/")[0] if out.strip() else None
+
+
+def test_the_docker_api_is_out_of_reach(hub, alice_ws):
+    """The engine's TCP ports (2375 plain, 2376 TLS) on the gateway are rejected by the host
+    chain, whether or not the daemon listens there; other host addresses have no route; the
+    engine's socket is not in the room. (The probe sees an open port when one is reachable:
+    test_control_without_the_firewall_the_host_listener_is_reached.)"""
+    gw = gateway_of(alice_ws)
+    ops = {"gw2375": ["tcp", gw, 2375], "gw2376": ["tcp", gw, 2376]}
+    if (bridge := docker0_address()) is not None:
+        ops.update(docker0_2375=["tcp", bridge, 2375], docker0_2376=["tcp", bridge, 2376])
+    rejected = reject_counter()
+    out = probe(alice_ws, **ops)
+    assert out["gw2375"].startswith("ConnectionRefusedError") and out["gw2376"].startswith(
+        "ConnectionRefusedError"
+    ), out
+    assert reject_counter() >= rejected + 2  # the firewall answered, not (only) a closed port
+    for key in ("docker0_2375", "docker0_2376"):
+        if key in out:
+            assert out[key].startswith("OSError:101"), out  # ENETUNREACH
+    res = alice_ws.exec_run(
+        ["sh", "-c", "ls -l /var/run/docker.sock /run/docker.sock; printenv DOCKER_HOST"]
+    )
+    assert res.exit_code != 0 and b"docker.sock" in res.output, res.output
+    assert b"No such file" in res.output and b"tcp://" not in res.output, res.output
 
 
 def test_control_without_the_firewall_the_host_listener_is_reached(hub, alice_ws, host_listener):

@@ -96,6 +96,7 @@ def test_container_spec_whole():
             "sysctls": {
                 "net.ipv6.conf.all.disable_ipv6": "1",
                 "net.ipv6.conf.default.disable_ipv6": "1",
+                "net.ipv4.ping_group_range": "1 0",
             },
             "privileged": False,
             "ipc_mode": "private",
