@@ -18,7 +18,9 @@ import base64
 import contextlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -27,7 +29,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from sde_spawner.audit.canonical import canonical_json
+from sde_spawner.audit.canonical import canonical_json, format_timestamp
+
+if TYPE_CHECKING:
+    from sde_spawner.checking.models import ExportRequest
 
 FORMAT = "sde-release-manifest/1"
 KEY_FILE = "release-signing.key"
@@ -36,6 +41,58 @@ KEY_FILE = "release-signing.key"
 def canonical(manifest: dict) -> str:
     """The canonical text of a manifest (what is signed and served)."""
     return canonical_json(manifest)
+
+
+def build_manifest(
+    req: ExportRequest, required: int, failed_checks: Mapping[str, str] | None = None
+) -> dict:
+    """The release manifest of an approved request (pure: built from its rows).
+
+    A file that failed automated disclosure rules carries them (``failed_checks``); the
+    checkers' comments saying why it was approved anyway are in their decisions.
+    """
+    failed_checks = failed_checks or {}
+    version = req.version
+    reviews = [r for r in version.reviews if r.submitted_at is not None]
+    by_id = {f.id: f for f in version.files}
+    return {
+        "format": FORMAT,
+        "request": req.number,  # the requester's number, not the global id (a channel)
+        "project": req.project_slug,
+        "requester": req.requester,
+        "version": version.number,
+        "justification": version.justification,
+        "submitted_at": format_timestamp(version.submitted_at) if version.submitted_at else None,
+        "approved_at": format_timestamp(req.decided_at) if req.decided_at else None,
+        "required_approvals": required,
+        "files": [
+            {
+                "path": f.path,
+                "description": f.description,
+                "size": f.size,
+                "sha256": f.sha256,
+                **({"failed_checks": failed_checks[f.sha256]} if f.sha256 in failed_checks else {}),
+            }
+            for f in version.files
+        ],
+        "reviews": [
+            {
+                "checker": r.checker,
+                "submitted_at": format_timestamp(r.submitted_at),
+                "decisions": [
+                    {
+                        "path": by_id[d.file_id].path,
+                        "sha256": by_id[d.file_id].sha256,
+                        "decision": d.decision,
+                        "reason_code": d.reason_code,
+                        "comment": d.comment,
+                    }
+                    for d in sorted(r.decisions, key=lambda d: by_id[d.file_id].position)
+                ],
+            }
+            for r in sorted(reviews, key=lambda r: r.checker)
+        ],
+    }
 
 
 def load_or_create_key(state_dir: str | os.PathLike) -> Ed25519PrivateKey:
