@@ -29,7 +29,7 @@ from sde_airlock import sdc
 from sde_airlock.rules import ExportRules
 from sde_spawner.checking import errors, flood, policies, queries, render
 from sde_spawner.checking import manifest as manifest_mod
-from sde_spawner.checking.storage import BlobStore
+from sde_spawner.checking.storage import BlobError, BlobStore
 
 # --- per-application context ----------------------------------------------------------------
 
@@ -100,13 +100,68 @@ class Checking:
         )
 
     def checks(self, path: str, sha256: str, blob_key: str) -> sdc.Report:
-        """The automated disclosure checks of a verified blob."""
+        """The automated disclosure checks of one verified blob on its own."""
         return self._cached(
             self._checks,
             (sha256, path),
             256,
             lambda: sdc.check(path, self.store.read_verified(blob_key, sha256), self.sdc_rules),
         )
+
+    def request_checks(
+        self,
+        files: list[tuple[str, str, str | None]],
+        earlier: list[queries.ReleasedFile],
+    ) -> list[sdc.Report]:
+        """The automated checks of a request's files (``(path, sha256, blob key)``, as
+        :func:`~sde_spawner.checking.queries.check_inputs` gives them), in order: each file's
+        own checks, plus ``differencing`` of its tables against the other files and against
+        the project's ``earlier`` releases (read from the blob store, verified). A file whose
+        bytes cannot be read gets one ``manual`` finding saying why; an earlier release that
+        cannot be read a ``differencing`` finding to review saying it was not compared."""
+        key = (
+            "request",
+            tuple((p, s) for p, s, _ in files),
+            tuple((e.label, e.sha256) for e in earlier),
+        )
+        return self._cached(self._checks, key, 64, lambda: self._request_checks(files, earlier))
+
+    def _request_checks(self, files, earlier) -> list[sdc.Report]:
+        reports, readable, against, unread = [], [], [], []
+        for path, sha, blob_key in files:
+            try:
+                if blob_key is None:
+                    raise BlobError(f"{path} was never uploaded")
+                data = self.store.read_verified(blob_key, sha)
+                own = self.checks(path, sha, blob_key)
+            except BlobError as exc:  # the preview says the same; the page still opens
+                reports.append(
+                    sdc.Report(
+                        "other", ["nothing"], [sdc.Finding("manual", sdc.REVIEW, "file", str(exc))]
+                    )
+                )
+                continue
+            reports.append(sdc.Report(own.kind, list(own.checked), list(own.findings)))
+            readable.append((path, data))
+        for release in earlier:
+            try:
+                data = self.store.read_verified(release.blob_key, release.sha256)
+            except BlobError as exc:
+                unread.append(
+                    sdc.Finding(
+                        "differencing",
+                        sdc.REVIEW,
+                        "file",
+                        f"{release.label} could not be read ({exc}): not compared with it",
+                    )
+                )
+                continue
+            against.append((release.label, release.path, data))
+        extra = sdc.differencing_findings(readable, against, self.sdc_rules)
+        for (path, _sha, _key), report in zip(files, reports, strict=True):
+            if path in extra:
+                report.findings.extend(extra[path] + unread)
+        return reports
 
 
 def checking(handler: web.RequestHandler) -> Checking:

@@ -52,6 +52,19 @@ class PageHandler(BrowserPage, BaseHandler):
     def username(self) -> str:
         return self.current_user["name"]
 
+    async def request_checks(self, request_id: int) -> dict[str, sdc.Report]:
+        """sha256 -> the automated checks of each file of the request's current version,
+        differenced against the other files and the project's earlier releases (run after a
+        guarded operation: this reads no rows a checker could not see)."""
+
+        def inputs():
+            with self.settings["sessionmaker"]() as s:
+                return queries.check_inputs(s, request_id)
+
+        files, earlier = await asyncio.to_thread(inputs)
+        reports = await asyncio.to_thread(self.checking.request_checks, files, earlier)
+        return {sha: report for (_path, sha, _key), report in zip(files, reports, strict=True)}
+
     def render_page(self, template: str, **ctx):
         prefix = self.settings["sde"].prefix
         if self.current_user:
@@ -131,18 +144,11 @@ class RequestPageHandler(PageHandler):
 
     async def get(self, request_id):
         data = await self.run(queries.review_page, self.username, int(request_id))
-        checks = {}
-        for f in data["files"]:
-            try:
-                checks[f["id"]] = await asyncio.to_thread(
-                    self.checking.checks, f["path"], f["sha256"], f["blob_key"]
-                )
-            except BlobError as exc:  # the preview says the same; the page still opens
-                checks[f["id"]] = sdc.Report(
-                    "other",
-                    ["nothing"],
-                    [sdc.Finding("manual", sdc.REVIEW, "file", str(exc))],
-                )
+        reports = await self.request_checks(int(request_id))
+        unchecked = sdc.Report(
+            "other", ["nothing"], [sdc.Finding("manual", sdc.REVIEW, "file", "reload the page")]
+        )
+        checks = {f["id"]: reports.get(f["sha256"], unchecked) for f in data["files"]}
         flash = self.get_query_argument("done", "")
         self.render_page("request.html", flash=flash, checks=checks, sdc_labels=SDC_LABELS, **data)
 
@@ -188,19 +194,8 @@ class ReviewHandler(PageHandler):
 
     async def _failed_checks(self, request_id: int) -> dict[str, str]:
         """sha256 -> the automated rules each file of the current version fails."""
-
-        def files():
-            with self.settings["sessionmaker"]() as s:
-                return queries.current_files(s, request_id)
-
         failed = {}
-        for path, sha, key in await asyncio.to_thread(files):
-            if key is None:
-                continue
-            try:
-                report = await asyncio.to_thread(self.checking.checks, path, sha, key)
-            except BlobError:
-                continue  # the preview and the release re-check the blob and refuse
+        for sha, report in (await self.request_checks(request_id)).items():
             # A rule failed, or part of the file could not be checked: approving needs a comment.
             rules = sorted(
                 {f.rule for f in report.findings if f.status in (sdc.FAIL, sdc.NOT_FULLY_CHECKED)}

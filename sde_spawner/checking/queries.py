@@ -361,6 +361,57 @@ def current_files(session: Session, request_id: int) -> list[tuple[str, str, str
     return [(f.path, f.sha256, f.blob_key) for f in req.version.files]
 
 
+@dataclass(frozen=True)
+class ReleasedFile:
+    """One file of an earlier approved (or released) request of a project."""
+
+    request_id: int
+    path: str
+    sha256: str
+    blob_key: str
+
+    @property
+    def label(self) -> str:
+        """How a ``differencing`` finding names it."""
+        return f"export request {self.request_id}'s released file {self.path}"
+
+
+def released_files(
+    session: Session, project: str, *, excluding: int | None = None
+) -> list[ReleasedFile]:
+    """The approved files of the project's approved or released requests (other than
+    ``excluding``), oldest first: what each request's tables are compared with for
+    differencing. No access check and no audit, like :func:`current_files`."""
+    stmt = (
+        select(ExportRequest.id, ExportFile.path, ExportFile.sha256, ExportFile.blob_key)
+        .join(ExportVersion, ExportVersion.request_id == ExportRequest.id)
+        .join(ExportFile, ExportFile.version_id == ExportVersion.id)
+        .where(
+            ExportRequest.project_slug == project,
+            ExportRequest.state.in_([str(s) for s in RELEASABLE]),
+            ExportVersion.number == ExportRequest.current_version,
+            ExportFile.blob_key.is_not(None),
+        )
+        .order_by(ExportRequest.id, ExportFile.position)
+    )
+    if excluding is not None:
+        stmt = stmt.where(ExportRequest.id != excluding)
+    return [ReleasedFile(*row) for row in session.execute(stmt)]
+
+
+def check_inputs(
+    session: Session, request_id: int
+) -> tuple[list[tuple[str, str, str | None]], list[ReleasedFile]]:
+    """What the automated checks of a request's current version read: its files
+    (:func:`current_files`) and its project's earlier releases (:func:`released_files`)."""
+    req = session.get(ExportRequest, request_id)
+    if req is None:
+        return [], []
+    return current_files(session, request_id), released_files(
+        session, req.project_slug, excluding=req.id
+    )
+
+
 def file_for_checker(session: Session, username: str, file_id: int) -> BlobRef:
     """A file a checker may preview (any version of a request on a project they check)."""
     action = "export.file.viewed"
