@@ -35,6 +35,7 @@ from sde_spawner.checking.models import (
 from sde_spawner.checking.permissions import SYSTEM, active_person, check_can_review_export
 from sde_spawner.checking.policies import (
     DEFAULT_RULES,
+    AutomatedChecks,
     FileSpec,
     FileVerdict,
     check_verdicts,
@@ -474,19 +475,20 @@ def submit_review(
     request_id: int,
     version: int,
     verdicts: Mapping[int, FileVerdict],
-    failed_checks: Mapping[str, str] | None = None,
+    checks: AutomatedChecks | None = None,
 ) -> dict:
     """A checker's whole review of one version: a decision for every file.
 
-    ``failed_checks`` maps a file's sha256 to the automated disclosure rules it fails
-    (:mod:`sde_airlock.sdc`); approving such a file needs a comment saying why it is
-    safe, and the override is recorded with the decision.
+    ``checks`` are the automated disclosure checks of the version's files
+    (:class:`~sde_spawner.checking.policies.AutomatedChecks`); approving a file that fails a
+    rule (or could not be checked whole) needs a comment saying why it is safe, and the
+    override is recorded with the decision (audit row, then the manifest).
 
     Once ``required_approvals`` distinct checkers have submitted, the outcome is computed and
     the system moves the request to approved, rejected or returned (with the manifest fixed
     on approval).
     """
-    failed_checks = failed_checks or {}
+    failed_checks = checks.failed() if checks is not None else {}
     action = "export.reviewed"
     req = load(session, request_id, action, username, lock=True)
     mine = _may_review(session, username, req, action, claimed_ok=True)
@@ -569,9 +571,28 @@ def submit_review(
         )
         if outcome == State.approved:
             req.manifest = manifest_mod.canonical(
-                manifest_mod.build_manifest(req, required, failed_checks)
+                manifest_mod.build_manifest(req, required, checks, _overrides(session, req))
             )
     return {"id": req.id, "state": req.state, "outcome": str(outcome) if outcome else None}
+
+
+def _overrides(session: Session, req: ExportRequest) -> dict[tuple[str, str], list[str]]:
+    """(checker, sha256) -> the automated rules that checker overrode by approving the file,
+    as their ``export.reviewed`` audit row of the current version recorded them (what each
+    checker saw when they decided; the checks can change between two reviews, e.g. when an
+    earlier release of the project appears)."""
+    out = {}
+    for event in audit.query(session, project=req.project_slug, action="export.reviewed"):
+        row = event.to_dict()
+        details = row["details"] or {}
+        if row["outcome"] != "allowed" or details.get("request") != req.id:
+            continue
+        if details.get("version") != req.current_version:
+            continue
+        for d in details.get("decisions", []):
+            if d.get("decision") == Decision.approve and d.get("failed_checks"):
+                out[(row["actor"], d["sha256"])] = list(d["failed_checks"])
+    return out
 
 
 # --- release --------------------------------------------------------------------------------

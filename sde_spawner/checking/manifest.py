@@ -1,4 +1,6 @@
-"""Signed release manifests: what was released, to whom, approved by whom (Ed25519).
+"""Signed release manifests: what was released, to whom, approved by whom (Ed25519), and the
+checks applied to each file (:func:`build_manifest`: the rule set and its thresholds, the
+automated findings, every override with the checker who made it and their comment).
 
 A manifest is a JSON object serialised canonically (sorted keys, compact, ASCII; see
 :func:`sde_spawner.audit.canonical_json`), so its bytes are a function of its content and a
@@ -33,8 +35,10 @@ from sde_spawner.audit.canonical import canonical_json, format_timestamp
 
 if TYPE_CHECKING:
     from sde_spawner.checking.models import ExportRequest
+    from sde_spawner.checking.policies import AutomatedChecks
 
-FORMAT = "sde-release-manifest/1"
+#: /2: each file carries the record of its checks (rule set, findings, overrides).
+FORMAT = "sde-release-manifest/2"
 KEY_FILE = "release-signing.key"
 
 
@@ -44,16 +48,25 @@ def canonical(manifest: dict) -> str:
 
 
 def build_manifest(
-    req: ExportRequest, required: int, failed_checks: Mapping[str, str] | None = None
+    req: ExportRequest,
+    required: int,
+    checks: AutomatedChecks | None = None,
+    overrides: Mapping[tuple[str, str], list[str]] | None = None,
 ) -> dict:
     """The release manifest of an approved request (pure: built from its rows).
 
-    A file that failed automated disclosure rules carries them (``failed_checks``); the
-    checkers' comments saying why it was approved anyway are in their decisions.
+    Beside what was released and who approved it, a machine-readable record of the checks
+    applied: the rule set and its settings (``checks``: thresholds, zeros, rounding), and for
+    each file the automated findings, the status they add up to, and every override — a
+    checker who approved the file although rules failed, the rules (``overrides`` maps
+    (checker, sha256) to them, as each checker's audited review recorded them) and the comment
+    they gave. Without ``checks`` (no automated checks were run) the status is ``not_run``.
     """
-    failed_checks = failed_checks or {}
+    overrides = overrides or {}
     version = req.version
-    reviews = [r for r in version.reviews if r.submitted_at is not None]
+    reviews = sorted(
+        (r for r in version.reviews if r.submitted_at is not None), key=lambda r: r.checker
+    )
     by_id = {f.id: f for f in version.files}
     return {
         "format": FORMAT,
@@ -65,13 +78,17 @@ def build_manifest(
         "submitted_at": format_timestamp(version.submitted_at) if version.submitted_at else None,
         "approved_at": format_timestamp(req.decided_at) if req.decided_at else None,
         "required_approvals": required,
+        "checks": {
+            "rule_set": checks.rule_set if checks else None,
+            "rules": dict(checks.rules) if checks else None,
+        },
         "files": [
             {
                 "path": f.path,
                 "description": f.description,
                 "size": f.size,
                 "sha256": f.sha256,
-                **({"failed_checks": failed_checks[f.sha256]} if f.sha256 in failed_checks else {}),
+                "checks": _file_checks(f, checks, reviews, overrides),
             }
             for f in version.files
         ],
@@ -90,7 +107,26 @@ def build_manifest(
                     for d in sorted(r.decisions, key=lambda d: by_id[d.file_id].position)
                 ],
             }
-            for r in sorted(reviews, key=lambda r: r.checker)
+            for r in reviews
+        ],
+    }
+
+
+def _file_checks(f, checks, reviews, overrides) -> dict:
+    record = (checks.files.get(f.sha256) if checks else None) or {}
+    return {
+        "status": record.get("status", "not_run"),
+        "findings": [dict(x) for x in record.get("findings", [])],
+        "overrides": [
+            {
+                "checker": r.checker,
+                "rules": list(overrides[(r.checker, f.sha256)]),
+                "comment": d.comment,
+                "at": format_timestamp(r.submitted_at),
+            }
+            for r in reviews
+            for d in r.decisions
+            if d.file_id == f.id and (r.checker, f.sha256) in overrides
         ],
     }
 

@@ -182,27 +182,16 @@ class ReviewHandler(PageHandler):
                 reason_code=self.get_body_argument(f"reason-{file_id}", "") or None,
                 comment=self.get_body_argument(f"comment-{file_id}", ""),
             )
-        failed = await self._failed_checks(int(request_id))
+        reports = await self.request_checks(int(request_id))
+        checks = policies.AutomatedChecks.of(reports, self.checking.sdc_rules)
         result = await self.run(
-            actions.submit_review, self.username, int(request_id), version, verdicts, failed
+            actions.submit_review, self.username, int(request_id), version, verdicts, checks
         )
         done = result["outcome"] or "reviewed"
         self.redirect(
             url_path_join(self.settings["sde"].prefix, f"checking/requests/{request_id}")
             + f"?done={done}"
         )
-
-    async def _failed_checks(self, request_id: int) -> dict[str, str]:
-        """sha256 -> the automated rules each file of the current version fails."""
-        failed = {}
-        for sha, report in (await self.request_checks(request_id)).items():
-            # A rule failed, or part of the file could not be checked: approving needs a comment.
-            rules = sorted(
-                {f.rule for f in report.findings if f.status in (sdc.FAIL, sdc.NOT_FULLY_CHECKED)}
-            )
-            if rules:
-                failed[sha] = ", ".join(rules)
-        return failed
 
 
 class PreviewHandler(PageHandler):

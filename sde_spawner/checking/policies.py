@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sde_airlock import sdc
 from sde_airlock.rules import ExportRules
 from sde_spawner.checking import uploads
 from sde_spawner.checking.errors import Invalid
@@ -121,7 +122,7 @@ class FileVerdict:
 def check_verdicts(
     files: list[ExportFile],
     verdicts: Mapping[int, FileVerdict],
-    failed_checks: Mapping[str, str],
+    failed_checks: Mapping[str, list[str]],
 ) -> list[str]:
     problems = []
     ids = {f.id for f in files}
@@ -143,9 +144,54 @@ def check_verdicts(
         failed = failed_checks.get(f.sha256)
         if v.decision == Decision.approve and failed and not (v.comment or "").strip():
             problems.append(
-                f"{f.path} fails automated disclosure rules ({failed}): approving it needs a "
+                f"{f.path} fails automated disclosure rules ({', '.join(failed)}): approving it "
+                "needs a "
                 "comment saying why it is safe to release"
             )
         if len(v.comment or "") > MAX_COMMENT:
             problems.append(f"{f.path}: comment longer than {MAX_COMMENT} characters")
     return problems
+
+
+#: Findings with these statuses make approving a file an override that needs a comment.
+OVERRIDDEN = (sdc.FAIL, sdc.NOT_FULLY_CHECKED)
+
+
+@dataclass(frozen=True)
+class AutomatedChecks:
+    """What the automated disclosure checks (:mod:`sde_airlock.sdc`) found in the files of
+    the version under review, with the rule set and settings they ran with: the basis of the
+    override rule (:func:`check_verdicts`) and of the record in the release manifest."""
+
+    rule_set: str
+    rules: Mapping[str, Any]
+    #: sha256 -> {"status": ..., "findings": [{"rule", "severity", "location", "message"}]}
+    files: Mapping[str, Mapping[str, Any]]
+
+    @classmethod
+    def of(cls, reports: Mapping[str, sdc.Report], rules: sdc.Rules) -> AutomatedChecks:
+        """From the reports of each file (by sha256) and the rules they were run with."""
+        return cls(
+            rule_set=sdc.RULE_SET_VERSION,
+            rules=rules.to_dict(),
+            files={
+                sha: {
+                    "status": report.status,
+                    "findings": [
+                        {k: f.to_dict()[k] for k in ("rule", "severity", "location", "message")}
+                        for f in report.findings
+                    ],
+                }
+                for sha, report in reports.items()
+            },
+        )
+
+    def failed(self) -> dict[str, list[str]]:
+        """sha256 -> the rules a file fails (or could not be checked for), for the files
+        whose approval is an override."""
+        out = {}
+        for sha, record in self.files.items():
+            rules = sorted({f["rule"] for f in record["findings"] if f["severity"] in OVERRIDDEN})
+            if rules:
+                out[sha] = rules
+        return out

@@ -7,12 +7,13 @@ import json
 
 import pytest
 
+from sde_airlock import sdc
 from sde_airlock.filetypes import check_bytes
 from sde_spawner import audit
 from sde_spawner.checking import actions, errors, policies, queries
 from sde_spawner.checking import manifest as manifest_mod
 from sde_spawner.checking.errors import perform
-from sde_spawner.checking.policies import FileVerdict, review_outcome
+from sde_spawner.checking.policies import AutomatedChecks, FileVerdict, review_outcome
 from sde_spawner.checking.states import State
 from sde_spawner.checking.storage import BlobStore
 from sde_spawner.checking.testing import PROJECT, make_db, sha256
@@ -288,6 +289,7 @@ def test_returned_then_resubmitted_as_version_2_where_old_reviews_do_not_count(d
             "description": "about out/summary.csv",
             "size": len(fixed),
             "sha256": sha256(fixed),
+            "checks": {"status": "not_run", "findings": [], "overrides": []},
         }
     ]
 
@@ -474,31 +476,95 @@ def test_simultaneous_reviews_complete_the_round(db, store):
         assert state(db, rid) == "approved"
 
 
+def summary_checks(sha: str) -> AutomatedChecks:
+    """The automated checks as the service passes them: summary.csv fails two rules."""
+    report = sdc.Report(
+        "table",
+        ["3 rows"],
+        [
+            sdc.Finding("threshold", sdc.FAIL, "column 'n'", "1 cell under the threshold"),
+            sdc.Finding("zero", sdc.FAIL, "column 'n'", "1 zero count"),
+            sdc.Finding("manual", sdc.REVIEW, "file", "look by eye"),
+        ],
+    )
+    return AutomatedChecks.of({sha: report}, sdc.Rules(threshold=7, rounding="5"))
+
+
 def test_approving_a_file_that_fails_automated_rules_needs_a_comment_and_is_recorded(db, store):
     rid = make_request(db, store)
     page = perform(db, queries.review_page, "chris", rid)
     by_path = {f["path"]: f for f in page["files"]}
-    failed = {by_path["out/summary.csv"]["sha256"]: "threshold, zeros"}
+    summary = by_path["out/summary.csv"]
+    checks = summary_checks(summary["sha256"])
     bare = {f["id"]: FileVerdict("approve") for f in page["files"]}
     with pytest.raises(
-        errors.Refused, match=r"fails automated disclosure rules \(threshold, zeros\)"
+        errors.Refused, match=r"fails automated disclosure rules \(threshold, zero\)"
     ):
-        perform(db, actions.submit_review, "chris", rid, 1, bare, failed)
+        perform(db, actions.submit_review, "chris", rid, 1, bare, checks)
     assert events(db, action="export.reviewed", outcome="allowed") == []
-    explained = {
-        **bare,
-        by_path["out/summary.csv"]["id"]: FileVerdict(
-            "approve", None, "The 0 is structural (no men in the maternity cohort)"
-        ),
-    }
-    perform(db, actions.submit_review, "chris", rid, 1, explained, failed)
+    why = "The 0 is structural (no men in the maternity cohort)"
+    explained = {**bare, summary["id"]: FileVerdict("approve", None, why)}
+    perform(db, actions.submit_review, "chris", rid, 1, explained, checks)
     (reviewed,) = events(db, action="export.reviewed", outcome="allowed")
     decisions = {d["path"]: d for d in reviewed["details"]["decisions"]}
-    assert decisions["out/summary.csv"]["failed_checks"] == "threshold, zeros"
+    assert decisions["out/summary.csv"]["failed_checks"] == ["threshold", "zero"]
     assert "failed_checks" not in decisions["analysis.ipynb"]
-    second = {**explained, by_path["out/summary.csv"]["id"]: FileVerdict("approve", None, "ok")}
-    perform(db, actions.submit_review, "dana", rid, 1, second, failed)
-    manifest = json.loads(perform(db, queries.release_manifest, "alice", rid)[2])
-    files = {f["path"]: f for f in manifest["files"]}
-    assert files["out/summary.csv"]["failed_checks"] == "threshold, zeros"
-    assert "failed_checks" not in files["analysis.ipynb"]
+    second = {**explained, summary["id"]: FileVerdict("approve", None, "ok")}
+    perform(db, actions.submit_review, "dana", rid, 1, second, checks)
+
+    m = json.loads(perform(db, queries.release_manifest, "alice", rid)[2])
+    at = {r["checker"]: r["submitted_at"] for r in m["reviews"]}
+    assert m["format"] == "sde-release-manifest/2"
+    assert m["checks"] == {
+        "rule_set": sdc.RULE_SET_VERSION,
+        "rules": {
+            "threshold": 7,
+            "dof_threshold": 10,
+            "zeros_are_disclosive": True,
+            "rounding": "5",
+        },
+    }
+    assert [(f["path"], f["checks"]) for f in m["files"]] == [
+        (
+            "out/summary.csv",
+            {
+                "status": "fail",
+                "findings": [
+                    {
+                        "rule": "threshold",
+                        "severity": "fail",
+                        "location": "column 'n'",
+                        "message": "1 cell under the threshold",
+                    },
+                    {
+                        "rule": "zero",
+                        "severity": "fail",
+                        "location": "column 'n'",
+                        "message": "1 zero count",
+                    },
+                    {
+                        "rule": "manual",
+                        "severity": "review",
+                        "location": "file",
+                        "message": "look by eye",
+                    },
+                ],
+                "overrides": [
+                    {
+                        "checker": "chris",
+                        "rules": ["threshold", "zero"],
+                        "comment": why,
+                        "at": at["chris"],
+                    },
+                    {
+                        "checker": "dana",
+                        "rules": ["threshold", "zero"],
+                        "comment": "ok",
+                        "at": at["dana"],
+                    },
+                ],
+            },
+        ),
+        # no automated checks were given for the notebook: the record says so
+        ("analysis.ipynb", {"status": "not_run", "findings": [], "overrides": []}),
+    ]
