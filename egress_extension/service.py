@@ -1,6 +1,6 @@
 """Client of the hub-side ``sde`` service's export API, authenticated with the server's token.
 
-The service (``sde_spawner.checking.handlers``) stamps the requester and project from the
+The service (``sde_spawner.checking.api``) stamps the requester and project from the
 token; nothing here sends them. JSON calls go through tornado's async client; the bytes of a
 file are streamed from its open descriptor by :func:`put_file` in a worker thread with
 ``socket.sendfile`` (no copy through Python, no blocking of the server's event loop), with an

@@ -2,18 +2,23 @@
 
 Owns the declarative ``Base`` every table hangs off, engine creation (SQLite by default,
 PostgreSQL by URL) and schema upgrades through Alembic, so the hub, the CLI and the tests
-all reach one schema the same way.
+all reach one schema the same way, and :func:`perform_audited`, the one transaction runner
+of the layers that change state and audit their refusals (:mod:`sde_spawner.registry.ops`,
+:mod:`sde_spawner.checking.errors`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import MetaData, create_engine, event, make_url
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 DEFAULT_DB_URL = "sqlite:///sde-registry.sqlite"
+T = TypeVar("T")
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -79,3 +84,35 @@ def open_db(url: str = DEFAULT_DB_URL, *, migrate: bool = True) -> sessionmaker[
     if migrate:
         upgrade(url)
     return make_sessionmaker(make_engine(url))
+
+
+def perform_audited(
+    sessionmaker,
+    operation: Callable[..., T],
+    args: tuple,
+    kwargs: dict,
+    *,
+    refusal: type[Exception],
+    record_denial: Callable[[Session, Exception], None],
+    audit_denial: Callable[[Exception], bool] | None = None,
+) -> T:
+    """Run ``operation(session, *args, **kwargs)`` in one transaction and commit it.
+
+    On a ``refusal`` exception the change is rolled back, then (unless ``audit_denial(exc)``
+    says not to) ``record_denial(session, exc)`` writes the denied audit event, committed in a
+    transaction of its own; the refusal is re-raised. Anything else rolls back and propagates.
+    """
+    with sessionmaker() as session:
+        try:
+            result = operation(session, *args, **kwargs)
+            session.commit()
+            return result
+        except refusal as exc:
+            session.rollback()
+            if audit_denial is None or audit_denial(exc):
+                record_denial(session, exc)
+                session.commit()
+            raise
+        except BaseException:
+            session.rollback()
+            raise

@@ -39,6 +39,7 @@ from sde_airlock.sdc.core import (
     NOT_FULLY_CHECKED,
     PASS,
     REVIEW,
+    RULE_SET_VERSION,
     RULES,
     Finding,
     Report,
@@ -58,12 +59,14 @@ __all__ = [
     "PASS",
     "REVIEW",
     "RULES",
+    "RULE_SET_VERSION",
     "Finding",
     "Report",
     "Rules",
     "check",
     "check_many",
     "decode_text",
+    "differencing_findings",
     "open_text",
     "read_parquet",
     "valid_nhs_number",
@@ -372,6 +375,37 @@ def _tables_of(path: str, data: bytes, rules: Rules) -> list[Table]:
     return []
 
 
+def differencing_findings(
+    files: Iterable[tuple[str, bytes]],
+    against: Iterable[tuple[str, str, bytes]],
+    rules: Rules,
+) -> dict[str, list[Finding]]:
+    """The ``differencing`` findings of each of ``files`` (``(path, data)``, the files of one
+    request): each of its tables compared with the tables of the other files and with those
+    of ``against`` (``(label, path, data)``, earlier releases; ``label`` names the release in
+    the finding, e.g. "export request 7's released file table.csv"). One finding per table and
+    other output it can be differenced against."""
+    files = list(files)
+    tables = {path: _tables_of(path, data, rules) for path, data in files}
+    earlier = [(label, _tables_of(p, d, rules)) for label, p, d in against]
+    found: dict[str, list[Finding]] = {path: [] for path, _ in files}
+    for path, own in tables.items():
+        others = [(f"{p} in this request", t) for p, t in tables.items() if p != path] + earlier
+        for table in own:
+            for label, theirs in others:
+                finding = next(
+                    (
+                        f
+                        for other in theirs
+                        if (f := sdc_tables.differencing(table, other, label, rules)) is not None
+                    ),
+                    None,
+                )
+                if finding is not None:
+                    found[path].append(finding)
+    return found
+
+
 def check_many(
     files: Iterable[tuple[str, bytes]],
     rules: Rules | None = None,
@@ -382,15 +416,7 @@ def check_many(
     rules = rules or Rules()
     files = list(files)
     reports = {path: check(path, data, rules) for path, data in files}
-    tables = {path: _tables_of(path, data, rules) for path, data in files}
-    earlier = [(f"the earlier release {p}", _tables_of(p, d, rules)) for p, d in against]
-    for path, own in tables.items():
-        others = [(f"{p} in this request", t) for p, t in tables.items() if p != path] + earlier
-        for table in own:
-            for label, theirs in others:
-                for other in theirs:
-                    finding = sdc_tables.differencing(table, other, label, rules)
-                    if finding is not None:
-                        reports[path].findings.append(finding)
-                        break
+    earlier = [(f"the earlier release {p}", p, d) for p, d in against]
+    for path, found in differencing_findings(files, earlier, rules).items():
+        reports[path].findings.extend(found)
     return reports

@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 FAIL, NOT_FULLY_CHECKED, REVIEW, INFO, PASS = "fail", "not_fully_checked", "review", "info", "pass"
 _RANK = {PASS: 0, INFO: 1, REVIEW: 2, NOT_FULLY_CHECKED: 3, FAIL: 4}
 
+#: The version of the rule set (the rules below and how they are applied): recorded in every
+#: signed release manifest with the thresholds used, so a release says which checks it passed.
+#: Raise it when a rule is added or changes what it flags.
+RULE_SET_VERSION = "sde-sdc/1"
+
 #: Every rule id a finding may carry, with what it means.
 RULES = {
     "threshold": "a count under the threshold (ACRO safe_threshold)",
@@ -71,6 +76,15 @@ class Rules:
             ),
             rounding=valid_rounding(env.get("SDE_SDC_ROUNDING", "")),
         )
+
+    def to_dict(self) -> dict:
+        """The settings the checks ran with (the CLI's ``--json``, release manifests)."""
+        return {
+            "threshold": self.threshold,
+            "dof_threshold": self.dof_threshold,
+            "zeros_are_disclosive": self.zeros_are_disclosive,
+            "rounding": self.rounding or None,
+        }
 
 
 def valid_rounding(value: str) -> str:

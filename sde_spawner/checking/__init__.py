@@ -13,8 +13,13 @@ The flow (states and who may move them are data in :mod:`.states`)::
                                                                       -> released (+ signed
                                                                       manifest)
 
-Modules: :mod:`.states` (transition table), :mod:`.models` (tables), :mod:`.logic` (the one
-layer that changes state and writes the audit row with it), :mod:`.storage` (content-addressed
-blobs), :mod:`.render` (safe previews), :mod:`.manifest` (signed release manifests),
-:mod:`.handlers` (thin tornado handlers mounted by :mod:`sde_spawner.services.app`).
+Modules: :mod:`.states` (the transition table, as data) and :mod:`.transitions` (the one
+function that moves a request and writes its audit row), :mod:`.models` (tables),
+:mod:`.permissions` (who may act: the one checker guard ``check_can_review``), :mod:`.policies`
+(pure rules), :mod:`.queries` (what may be read), :mod:`.actions` (every change, with its audit
+row), :mod:`.errors` (refusals, and the transaction that audits them), :mod:`.storage`
+(content-addressed blobs), :mod:`.render` (safe previews), :mod:`.manifest` (signed release
+manifests), and the thin tornado handlers mounted by :mod:`sde_spawner.services.app`:
+:mod:`.base` (what they share), :mod:`.api` (the workspaces' export API) and :mod:`.pages`
+(checkers' and requesters' pages).
 """

@@ -96,12 +96,7 @@ def outputs_check(
                 {
                     "status": worst,
                     "files": {path: reports[path].to_dict() for path, _ in inputs},
-                    "rules": {
-                        "threshold": rules.threshold,
-                        "dof_threshold": rules.dof_threshold,
-                        "zeros_are_disclosive": rules.zeros_are_disclosive,
-                        "rounding": rules.rounding or None,
-                    },
+                    "rules": rules.to_dict(),
                 },
                 indent=2,
             )

@@ -9,7 +9,7 @@ import asyncio
 
 from tornado import web
 
-from sde_spawner.checking import limits, logic, sweep
+from sde_spawner.checking import errors, limits, sweep
 
 
 def client_ip(handler: web.RequestHandler) -> str:
@@ -19,7 +19,7 @@ def client_ip(handler: web.RequestHandler) -> str:
     )
 
 
-def admit_denial(handler: web.RequestHandler, exc: logic.Refused) -> bool:
+def admit_denial(handler: web.RequestHandler, exc: errors.Refused) -> bool:
     """True if this refusal gets its own audit row; False once the caller's refusal budget
     is used up (it is then counted into the caller's ``rate.limited`` row)."""
     return limits.for_app(handler.settings).audit_refusal(
@@ -58,21 +58,21 @@ class Limited:
     async def write_aggregates(self) -> None:
         await asyncio.to_thread(sweep.write_aggregates, self.settings["sessionmaker"], self.limits)
 
-    def audit_denial(self, exc: logic.Refused) -> bool:
+    def audit_denial(self, exc: errors.Refused) -> bool:
         return admit_denial(self, exc)
 
     async def run(self, operation, /, *args, **kwargs):
         """:meth:`_Base.run`, with refusals audited within the client's refusal budget."""
         try:
             return await asyncio.to_thread(
-                logic.perform_gated,
+                errors.perform_gated,
                 self.settings["sessionmaker"],
                 self.audit_denial,
                 operation,
                 *args,
                 **kwargs,
             )
-        except logic.Refused as exc:
+        except errors.Refused as exc:
             self._refused = exc  # its code and problems go into the error body
             raise web.HTTPError(exc.status, exc.reason.replace("%", "%%")) from None
 

@@ -1,4 +1,6 @@
-"""Signed release manifests: what was released, to whom, approved by whom (Ed25519).
+"""Signed release manifests: what was released, to whom, approved by whom (Ed25519), and the
+checks applied to each file (:func:`build_manifest`: the rule set and its thresholds, the
+automated findings, every override with the checker who made it and their comment).
 
 A manifest is a JSON object serialised canonically (sorted keys, compact, ASCII; see
 :func:`sde_spawner.audit.canonical_json`), so its bytes are a function of its content and a
@@ -18,7 +20,9 @@ import base64
 import contextlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -27,15 +31,104 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from sde_spawner.audit.canonical import canonical_json
+from sde_spawner.audit.canonical import canonical_json, format_timestamp
 
-FORMAT = "sde-release-manifest/1"
+if TYPE_CHECKING:
+    from sde_spawner.checking.models import ExportRequest
+    from sde_spawner.checking.policies import AutomatedChecks
+
+#: /2: each file carries the record of its checks (rule set, findings, overrides).
+FORMAT = "sde-release-manifest/2"
 KEY_FILE = "release-signing.key"
 
 
 def canonical(manifest: dict) -> str:
     """The canonical text of a manifest (what is signed and served)."""
     return canonical_json(manifest)
+
+
+def build_manifest(
+    req: ExportRequest,
+    required: int,
+    checks: AutomatedChecks | None = None,
+    overrides: Mapping[tuple[str, str], list[str]] | None = None,
+) -> dict:
+    """The release manifest of an approved request (pure: built from its rows).
+
+    Beside what was released and who approved it, a machine-readable record of the checks
+    applied: the rule set and its settings (``checks``: thresholds, zeros, rounding), and for
+    each file the automated findings, the status they add up to, and every override — a
+    checker who approved the file although rules failed, the rules (``overrides`` maps
+    (checker, sha256) to them, as each checker's audited review recorded them) and the comment
+    they gave. Without ``checks`` (no automated checks were run) the status is ``not_run``.
+    """
+    overrides = overrides or {}
+    version = req.version
+    reviews = sorted(
+        (r for r in version.reviews if r.submitted_at is not None), key=lambda r: r.checker
+    )
+    by_id = {f.id: f for f in version.files}
+    return {
+        "format": FORMAT,
+        "request": req.number,  # the requester's number, not the global id (a channel)
+        "project": req.project_slug,
+        "requester": req.requester,
+        "version": version.number,
+        "justification": version.justification,
+        "submitted_at": format_timestamp(version.submitted_at) if version.submitted_at else None,
+        "approved_at": format_timestamp(req.decided_at) if req.decided_at else None,
+        "required_approvals": required,
+        "checks": {
+            "rule_set": checks.rule_set if checks else None,
+            "rules": dict(checks.rules) if checks else None,
+        },
+        "files": [
+            {
+                "path": f.path,
+                "description": f.description,
+                "size": f.size,
+                "sha256": f.sha256,
+                "checks": _file_checks(f, checks, reviews, overrides),
+            }
+            for f in version.files
+        ],
+        "reviews": [
+            {
+                "checker": r.checker,
+                "submitted_at": format_timestamp(r.submitted_at),
+                "decisions": [
+                    {
+                        "path": by_id[d.file_id].path,
+                        "sha256": by_id[d.file_id].sha256,
+                        "decision": d.decision,
+                        "reason_code": d.reason_code,
+                        "comment": d.comment,
+                    }
+                    for d in sorted(r.decisions, key=lambda d: by_id[d.file_id].position)
+                ],
+            }
+            for r in reviews
+        ],
+    }
+
+
+def _file_checks(f, checks, reviews, overrides) -> dict:
+    record = (checks.files.get(f.sha256) if checks else None) or {}
+    return {
+        "status": record.get("status", "not_run"),
+        "findings": [dict(x) for x in record.get("findings", [])],
+        "overrides": [
+            {
+                "checker": r.checker,
+                "rules": list(overrides[(r.checker, f.sha256)]),
+                "comment": d.comment,
+                "at": format_timestamp(r.submitted_at),
+            }
+            for r in reviews
+            for d in r.decisions
+            if d.file_id == f.id and (r.checker, f.sha256) in overrides
+        ],
+    }
 
 
 def load_or_create_key(state_dir: str | os.PathLike) -> Ed25519PrivateKey:

@@ -10,7 +10,7 @@ This module is the single statement of the export state machine::
 Every edge names the one kind of actor allowed to take it: the *requester* (the person who
 made the request, from their workspace or browser), a *checker* (an output checker of the
 request's project who is not the requester) or the *system* (the service itself, when the
-reviews add up to an outcome). :func:`sde_spawner.checking.logic.transition` is the only code
+reviews add up to an outcome). :func:`sde_spawner.checking.transitions.transition` is the only code
 that changes a request's state, and it checks this table.
 """
 

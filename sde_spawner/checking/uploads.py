@@ -15,7 +15,7 @@ the same rules itself (:mod:`sde_airlock.rules`, one source of defaults for both
   declared digest, the whole is judged (JSON and notebooks are parsed from the temporary
   file) *before* the blob is kept: refused bytes never enter the store.
 
-:func:`~sde_spawner.checking.logic.accept_upload` turns a failed :class:`TypeCheck` into an
+:func:`~sde_spawner.checking.actions.accept_upload` turns a failed :class:`TypeCheck` into an
 audited refusal.
 """
 

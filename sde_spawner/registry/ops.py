@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sde_spawner import audit
+from sde_spawner.db import perform_audited
 from sde_spawner.registry.models import (
     WORKSPACE_ROLES,
     Agreement,
@@ -102,21 +103,17 @@ def perform(sessionmaker, operation: Callable[..., T], /, *args, **kwargs) -> T:
     """Run ``operation(session, *args, **kwargs)`` in one transaction and commit it.
 
     On :class:`RegistryError` the change is rolled back and the refusal is audited (outcome
-    ``denied``) and committed in a transaction of its own, then re-raised.
+    ``denied``) and committed in a transaction of its own, then re-raised
+    (:func:`sde_spawner.db.perform_audited`).
     """
-    with sessionmaker() as session:
-        try:
-            result = operation(session, *args, **kwargs)
-            session.commit()
-            return result
-        except RegistryError as exc:
-            session.rollback()
-            record_denial(session, exc)
-            session.commit()
-            raise
-        except BaseException:
-            session.rollback()
-            raise
+    return perform_audited(
+        sessionmaker,
+        operation,
+        args,
+        kwargs,
+        refusal=RegistryError,
+        record_denial=record_denial,
+    )
 
 
 def record_denial(session: Session, exc: RegistryError) -> None:

@@ -59,7 +59,8 @@ class HealthHandler(web.RequestHandler):
 
 def make_app(settings: ServiceSettings, *, hub_auth: HubOAuth | None = None) -> web.Application:
     from sde_spawner.audit import api as audit_api
-    from sde_spawner.checking import handlers as checking
+    from sde_spawner.checking import api as checking_api
+    from sde_spawner.checking import pages as checking_pages
     from sde_spawner.services import admin_pages, audit_pages
 
     hub_auth = hub_auth or HubOAuth(
@@ -74,7 +75,7 @@ def make_app(settings: ServiceSettings, *, hub_auth: HubOAuth | None = None) -> 
         *audit_pages.routes(p),
         *admin_pages.routes(p),
     ]
-    routes += checking.routes(p)
+    routes += checking_api.routes(p) + checking_pages.routes(p)
     return web.Application(
         routes,
         hub_auth=hub_auth,

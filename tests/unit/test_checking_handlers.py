@@ -448,7 +448,10 @@ async def test_preview_is_sanitised_and_sandboxed(svc, db):
     bob_rid = await submit_request(svc, workspace="ws-bob")
     bob_page = await svc.fetch("GET", f"checking/requests/{bob_rid}", user="chris")
     bob_src = re.findall(rb'src="/services/sde/(checking/files/\d+/render)"', bob_page.body)[0]
-    for user, reason in [("bob", b"requesters do not review"), ("olga", b"not an output checker")]:
+    for user, reason in [
+        ("bob", b"can never review their own request"),
+        ("olga", b"not an output checker"),
+    ]:
         r = await svc.fetch("GET", bob_src.decode(), user=user)
         assert r.code == 403 and reason in r.body, r.body
 
@@ -456,7 +459,7 @@ async def test_preview_is_sanitised_and_sandboxed(svc, db):
 async def test_self_review_and_second_review_are_refused_with_a_page(svc, db):
     rid = await submit_request(svc, workspace="ws-bob")
     r = await svc.fetch("GET", f"checking/requests/{rid}", user="bob")
-    assert r.code == 403 and b"a requester cannot open it for review" in r.body
+    assert r.code == 403 and b"a requester can never review their own request" in r.body
     await svc.fetch("GET", "checking/", user="bob")  # a page visit sets the xsrf cookie
     r = await svc.form_post("bob", f"checking/requests/{rid}/claim", {})
     assert r.code == 403 and b"can never review their own request" in r.body
@@ -686,7 +689,7 @@ async def test_a_checker_sees_what_the_preview_leaves_out_and_the_raw_bytes(svc,
     assert len(denied) == 4
     # the requester and other projects' checkers get no raw view either
     for user, reason in [
-        ("alice", b"requesters do not review"),
+        ("alice", b"can never review their own request"),
         ("olga", b"not an output checker"),
     ]:
         r = await svc.fetch("GET", txt_raw, user=user)

@@ -7,11 +7,13 @@ import json
 
 import pytest
 
+from sde_airlock import sdc
 from sde_airlock.filetypes import check_bytes
 from sde_spawner import audit
-from sde_spawner.checking import logic
+from sde_spawner.checking import actions, errors, policies, queries
 from sde_spawner.checking import manifest as manifest_mod
-from sde_spawner.checking.logic import FileVerdict, perform, review_outcome
+from sde_spawner.checking.errors import perform
+from sde_spawner.checking.policies import AutomatedChecks, FileVerdict, review_outcome
 from sde_spawner.checking.states import State
 from sde_spawner.checking.storage import BlobStore
 from sde_spawner.checking.testing import PROJECT, make_db, sha256
@@ -42,22 +44,22 @@ def body(files: dict[str, bytes], justification="Aggregate counts for the paper"
 
 def upload_all(db, store, user, rid, files: dict[str, bytes]):
     for i, data in enumerate(files.values()):
-        target = perform(db, logic.upload_target, user, PROJECT, rid, i)
+        target = perform(db, actions.upload_target, user, PROJECT, rid, i)
         content = check_bytes(target.path, data)  # what the service's upload path inspects
-        perform(db, logic.accept_upload, user, PROJECT, target, store.put(data), content=content)
+        perform(db, actions.accept_upload, user, PROJECT, target, store.put(data), content=content)
 
 
 def make_request(db, store, user="alice", files=None, *, submit=True) -> int:
     files = files or {"out/summary.csv": CSV, "analysis.ipynb": NOTEBOOK}
-    res = perform(db, logic.create_request, user, PROJECT, PROJECT, body(files))
+    res = perform(db, actions.create_request, user, PROJECT, PROJECT, body(files))
     upload_all(db, store, user, res["id"], files)
     if submit:
-        perform(db, logic.submit, user, PROJECT, res["id"])
+        perform(db, actions.submit, user, PROJECT, res["id"])
     return res["id"]
 
 
 def review(db, checker, rid, decisions: dict[str, str] | str, reason="small-cell-count"):
-    page = perform(db, logic.review_page, checker, rid)
+    page = perform(db, queries.review_page, checker, rid)
     verdicts = {}
     for f in page["files"]:
         d = decisions if isinstance(decisions, str) else decisions[f["path"]]
@@ -66,11 +68,11 @@ def review(db, checker, rid, decisions: dict[str, str] | str, reason="small-cell
             if d == "approve"
             else FileVerdict(d, reason, f"{checker} on {f['path']}")
         )
-    return perform(db, logic.submit_review, checker, rid, page["req"]["version"], verdicts)
+    return perform(db, actions.submit_review, checker, rid, page["req"]["version"], verdicts)
 
 
 def state(db, rid) -> str:
-    return perform(db, logic.get_own, "alice", PROJECT, rid)["state"]
+    return perform(db, queries.get_own, "alice", PROJECT, rid)["state"]
 
 
 def events(db, **filters):
@@ -101,10 +103,10 @@ def test_review_outcome(reviews, required, expected):
 
 
 def test_file_outcome():
-    assert logic.file_outcome(["approve", "approve"]) == "approved"
-    assert logic.file_outcome(["approve", "changes"]) == "changes requested"
-    assert logic.file_outcome(["changes", "reject"]) == "rejected"
-    assert logic.file_outcome([]) == "not reviewed"
+    assert policies.file_outcome(["approve", "approve"]) == "approved"
+    assert policies.file_outcome(["approve", "changes"]) == "changes requested"
+    assert policies.file_outcome(["changes", "reject"]) == "rejected"
+    assert policies.file_outcome([]) == "not reviewed"
 
 
 # --- the whole flow -------------------------------------------------------------------------
@@ -113,7 +115,7 @@ def test_file_outcome():
 def test_two_independent_approvals_release_exactly_the_snapshot(db, store):
     rid = make_request(db, store)
     assert state(db, rid) == "submitted"
-    perform(db, logic.claim, "chris", rid)
+    perform(db, actions.claim, "chris", rid)
     assert state(db, rid) == "in_review"
     assert review(db, "chris", rid, "approve") == {
         "id": rid,
@@ -124,7 +126,7 @@ def test_two_independent_approvals_release_exactly_the_snapshot(db, store):
     assert state(db, rid) == "approved"
 
     # the manifest was fixed at approval: files, hashes, both reviewers
-    _rid, project, text = perform(db, logic.release_manifest, "alice", rid)
+    _rid, project, text = perform(db, queries.release_manifest, "alice", rid)
     m = json.loads(text)
     assert text == manifest_mod.canonical(m) and project == PROJECT
     assert m["requester"] == "alice" and m["project"] == PROJECT and m["version"] == 1
@@ -136,19 +138,19 @@ def test_two_independent_approvals_release_exactly_the_snapshot(db, store):
     assert all(d["decision"] == "approve" for r in m["reviews"] for d in r["decisions"])
     assert m["approved_at"] and m["required_approvals"] == 2
 
-    view = perform(db, logic.get_own, "alice", PROJECT, rid)
+    view = perform(db, queries.get_own, "alice", PROJECT, rid)
     ids = [f["file_id"] for f in view["files"]]
-    ref = perform(db, logic.release_file, "alice", rid, ids[0])
+    ref = perform(db, queries.release_file, "alice", rid, ids[0])
     assert store.read_verified(ref.blob_key, ref.sha256) == CSV
-    perform(db, logic.record_download, "alice", ref, "127.0.0.1")
+    perform(db, actions.record_download, "alice", ref, "127.0.0.1")
     assert state(db, rid) == "released"
-    ref2 = perform(db, logic.release_file, "alice", rid, ids[1])
-    perform(db, logic.record_download, "alice", ref2, "127.0.0.1")
+    ref2 = perform(db, queries.release_file, "alice", rid, ids[1])
+    perform(db, actions.record_download, "alice", ref2, "127.0.0.1")
     assert state(db, rid) == "released"
     downloads = events(db, action="export.release.downloaded", outcome="allowed")
     assert [e["details"]["sha256"] for e in downloads] == [sha256(CSV), sha256(NOTEBOOK)]
     assert len(events(db, action="export.released")) == 1  # on the first download only
-    actions = [e["action"] for e in events(db, outcome="allowed")]
+    allowed = [e["action"] for e in events(db, outcome="allowed")]
     for action in (
         "export.created",
         "export.file.uploaded",
@@ -159,7 +161,7 @@ def test_two_independent_approvals_release_exactly_the_snapshot(db, store):
         "export.approved",
         "export.released",
     ):
-        assert action in actions
+        assert action in allowed
     approved = events(db, action="export.approved")[0]
     assert approved["actor"] == "system" and approved["details"]["checkers"] == ["chris", "dana"]
 
@@ -167,11 +169,11 @@ def test_two_independent_approvals_release_exactly_the_snapshot(db, store):
 def test_requester_can_never_review_own_request_even_as_a_checker(db, store):
     rid = make_request(db, store, user="bob")  # bob is researcher *and* checker on PROJECT
     for op, args in [
-        (logic.claim, ()),
-        (logic.review_page, ()),
-        (logic.submit_review, (1, {})),
+        (actions.claim, ()),
+        (queries.review_page, ()),
+        (actions.submit_review, (1, {})),
     ]:
-        with pytest.raises(logic.Refused, match="bob made export request") as err:
+        with pytest.raises(errors.Refused, match="bob made export request") as err:
             perform(db, op, "bob", rid, *args)
         assert err.value.status == 403
     denied = events(db, actor="bob", outcome="denied")
@@ -182,21 +184,21 @@ def test_requester_can_never_review_own_request_even_as_a_checker(db, store):
     }
     assert all("never review" in e["reason"] or "cannot open" in e["reason"] for e in denied)
     # previews of bob's own files are refused too
-    page = perform(db, logic.review_page, "chris", rid)
-    with pytest.raises(logic.Refused, match="requesters do not review"):
-        perform(db, logic.file_for_checker, "bob", page["files"][0]["id"])
+    page = perform(db, queries.review_page, "chris", rid)
+    with pytest.raises(errors.Refused, match="can never review their own request"):
+        perform(db, queries.file_for_checker, "bob", page["files"][0]["id"])
 
 
 def test_one_checker_cannot_count_twice(db, store):
     rid = make_request(db, store)
     review(db, "chris", rid, "approve")
-    with pytest.raises(logic.Refused, match="one checker counts once") as err:
+    with pytest.raises(errors.Refused, match="one checker counts once") as err:
         review(db, "chris", rid, "approve")
     assert err.value.status == 409
-    with pytest.raises(logic.Refused, match="already reviewed"):
-        perform(db, logic.claim, "chris", rid)
+    with pytest.raises(errors.Refused, match="already reviewed"):
+        perform(db, actions.claim, "chris", rid)
     assert state(db, rid) == "in_review"
-    page = perform(db, logic.review_page, "dana", rid)
+    page = perform(db, queries.review_page, "dana", rid)
     assert page["reviews_done"] == 1
     assert events(db, action="export.reviewed", actor="chris", outcome="denied")
 
@@ -212,11 +214,11 @@ def test_one_checker_cannot_count_twice(db, store):
 )
 def test_only_active_checkers_of_that_project_review(db, store, who, message):
     rid = make_request(db, store)
-    with pytest.raises(logic.Refused, match=message):
-        perform(db, logic.claim, who, rid)
-    with pytest.raises(logic.Refused, match=message):
+    with pytest.raises(errors.Refused, match=message):
+        perform(db, actions.claim, who, rid)
+    with pytest.raises(errors.Refused, match=message):
         review(db, who, rid, "approve") if who != "alice" else perform(
-            db, logic.submit_review, who, rid, 1, {}
+            db, actions.submit_review, who, rid, 1, {}
         )
     assert state(db, rid) == "submitted"
     assert len(events(db, actor=who, outcome="denied")) >= 2
@@ -224,16 +226,16 @@ def test_only_active_checkers_of_that_project_review(db, store, who, message):
 
 def test_checkers_do_not_see_each_others_decisions_before_their_own(db, store):
     rid = make_request(db, store)
-    perform(db, logic.claim, "dana", rid)
+    perform(db, actions.claim, "dana", rid)
     review(db, "chris", rid, {"out/summary.csv": "changes", "analysis.ipynb": "approve"})
-    page = perform(db, logic.review_page, "dana", rid)
+    page = perform(db, queries.review_page, "dana", rid)
     assert page["others"] == [] and page["others_hidden"] is True
     assert page["can_review"] is True and page["reviews_done"] == 1
     # the requester sees nothing of an undecided round either
-    own = perform(db, logic.get_own, "alice", PROJECT, rid)
+    own = perform(db, queries.get_own, "alice", PROJECT, rid)
     assert all(f["outcome"] is None and f["comments"] == [] for f in own["files"])
     review(db, "dana", rid, "approve")
-    page = perform(db, logic.review_page, "dana", rid)
+    page = perform(db, queries.review_page, "dana", rid)
     assert [o["checker"] for o in page["others"]] == ["chris"]
     assert page["others_hidden"] is False
 
@@ -243,7 +245,7 @@ def test_returned_then_resubmitted_as_version_2_where_old_reviews_do_not_count(d
     review(db, "chris", rid, {"out/summary.csv": "changes", "analysis.ipynb": "approve"})
     assert review(db, "dana", rid, "approve")["outcome"] == "returned"
 
-    own = perform(db, logic.get_own, "alice", PROJECT, rid)
+    own = perform(db, queries.get_own, "alice", PROJECT, rid)
     assert own["state"] == "returned"
     csv_file = own["files"][0]
     assert csv_file["outcome"] == "changes requested"
@@ -258,28 +260,28 @@ def test_returned_then_resubmitted_as_version_2_where_old_reviews_do_not_count(d
     assert own["files"][1]["outcome"] == "approved"
 
     # resubmitting the same version is refused: a resubmission is a new snapshot
-    with pytest.raises(logic.IllegalTransition, match="create a new version"):
-        perform(db, logic.submit, "alice", PROJECT, rid)
+    with pytest.raises(errors.IllegalTransition, match="create a new version"):
+        perform(db, actions.submit, "alice", PROJECT, rid)
 
     fixed = b"region,n\nnorth,120\nsouth+east,98\n"
     res = perform(
-        db, logic.new_version, "alice", PROJECT, rid, body({"out/summary.csv": fixed}, "v2")
+        db, actions.new_version, "alice", PROJECT, rid, body({"out/summary.csv": fixed}, "v2")
     )
     assert res["version"] == 2 and res["state"] == "returned"
-    with pytest.raises(logic.Refused, match="not uploaded"):
-        perform(db, logic.submit, "alice", PROJECT, rid)
+    with pytest.raises(errors.Refused, match="not uploaded"):
+        perform(db, actions.submit, "alice", PROJECT, rid)
     upload_all(db, store, "alice", rid, {"out/summary.csv": fixed})
-    assert perform(db, logic.submit, "alice", PROJECT, rid)["version"] == 2
+    assert perform(db, actions.submit, "alice", PROJECT, rid)["version"] == 2
     assert state(db, rid) == "submitted"
 
     # chris and dana reviewed version 1; they may review version 2 — one review isn't enough
     assert review(db, "chris", rid, "approve")["outcome"] is None
-    page = perform(db, logic.review_page, "dana", rid)
+    page = perform(db, queries.review_page, "dana", rid)
     assert page["req"]["version"] == 2 and [f["path"] for f in page["files"]] == ["out/summary.csv"]
     assert page["history"][0]["number"] == 1
     assert page["history"][0]["files"][0]["outcome"] == "changes requested"
     assert review(db, "dana", rid, "approve")["outcome"] == "approved"
-    m = json.loads(perform(db, logic.release_manifest, "alice", rid)[2])
+    m = json.loads(perform(db, queries.release_manifest, "alice", rid)[2])
     assert m["version"] == 2 and m["justification"] == "v2"
     assert m["files"] == [
         {
@@ -287,39 +289,40 @@ def test_returned_then_resubmitted_as_version_2_where_old_reviews_do_not_count(d
             "description": "about out/summary.csv",
             "size": len(fixed),
             "sha256": sha256(fixed),
+            "checks": {"status": "not_run", "findings": [], "overrides": []},
         }
     ]
 
 
 def test_stale_review_form_of_an_old_version_is_refused(db, store):
     rid = make_request(db, store)
-    old = perform(db, logic.review_page, "erin", rid)
+    old = perform(db, queries.review_page, "erin", rid)
     review(db, "chris", rid, "changes")
     review(db, "dana", rid, "approve")
     files = {"out/summary.csv": CSV}
-    perform(db, logic.new_version, "alice", PROJECT, rid, body(files))
+    perform(db, actions.new_version, "alice", PROJECT, rid, body(files))
     upload_all(db, store, "alice", rid, files)
-    perform(db, logic.submit, "alice", PROJECT, rid)
+    perform(db, actions.submit, "alice", PROJECT, rid)
     verdicts = {f["id"]: FileVerdict("approve") for f in old["files"]}
-    with pytest.raises(logic.Refused, match="is now at version 2"):
-        perform(db, logic.submit_review, "erin", rid, 1, verdicts)
+    with pytest.raises(errors.Refused, match="is now at version 2"):
+        perform(db, actions.submit_review, "erin", rid, 1, verdicts)
 
 
 def test_any_reject_rejects_and_rejected_is_final(db, store):
     rid = make_request(db, store)
     review(db, "chris", rid, {"out/summary.csv": "reject", "analysis.ipynb": "approve"})
     assert review(db, "dana", rid, "approve")["outcome"] == "rejected"
-    with pytest.raises(logic.Refused, match="only follow a returned review"):
-        perform(db, logic.new_version, "alice", PROJECT, rid, body({"a.csv": CSV}))
-    with pytest.raises(logic.Refused, match="nothing is approved"):
-        perform(db, logic.release_file, "alice", rid, 1)
-    with pytest.raises(logic.Refused, match="not waiting for review"):
+    with pytest.raises(errors.Refused, match="only follow a returned review"):
+        perform(db, actions.new_version, "alice", PROJECT, rid, body({"a.csv": CSV}))
+    with pytest.raises(errors.Refused, match="nothing is approved"):
+        perform(db, queries.release_file, "alice", rid, 1)
+    with pytest.raises(errors.Refused, match="not waiting for review"):
         review(db, "erin", rid, "approve")
 
 
 def test_review_needs_a_decision_and_reason_for_every_file(db, store):
     rid = make_request(db, store)
-    page = perform(db, logic.review_page, "chris", rid)
+    page = perform(db, queries.review_page, "chris", rid)
     a, b = (f["id"] for f in page["files"])
     cases = [
         ({a: FileVerdict("approve")}, "no decision for analysis.ipynb"),
@@ -330,46 +333,46 @@ def test_review_needs_a_decision_and_reason_for_every_file(db, store):
          "not in this version"),
     ]  # fmt: skip
     for verdicts, message in cases:
-        with pytest.raises(logic.Invalid, match=message):
-            perform(db, logic.submit_review, "chris", rid, 1, verdicts)
-    assert perform(db, logic.review_page, "chris", rid)["reviews_done"] == 0
+        with pytest.raises(errors.Invalid, match=message):
+            perform(db, actions.submit_review, "chris", rid, 1, verdicts)
+    assert perform(db, queries.review_page, "chris", rid)["reviews_done"] == 0
 
 
 def test_files_are_a_snapshot_once_submitted(db, store):
     rid = make_request(db, store)
-    with pytest.raises(logic.Refused, match="its files are fixed") as err:
-        perform(db, logic.upload_target, "alice", PROJECT, rid, 0)
+    with pytest.raises(errors.Refused, match="its files are fixed") as err:
+        perform(db, actions.upload_target, "alice", PROJECT, rid, 0)
     assert err.value.status == 409
     assert events(db, action="export.file.uploaded", outcome="denied")
 
 
 def test_submit_needs_every_file_uploaded(db, store):
     files = {"a.csv": CSV, "b.csv": CSV + b"x,1\n"}
-    res = perform(db, logic.create_request, "alice", PROJECT, PROJECT, body(files))
-    target = perform(db, logic.upload_target, "alice", PROJECT, res["id"], 0)
+    res = perform(db, actions.create_request, "alice", PROJECT, PROJECT, body(files))
+    target = perform(db, actions.upload_target, "alice", PROJECT, res["id"], 0)
     content = check_bytes("a.csv", CSV)
-    perform(db, logic.accept_upload, "alice", PROJECT, target, store.put(CSV), content=content)
-    with pytest.raises(logic.Refused, match=r"1 file\(s\) not uploaded yet: b.csv"):
-        perform(db, logic.submit, "alice", PROJECT, res["id"])
+    perform(db, actions.accept_upload, "alice", PROJECT, target, store.put(CSV), content=content)
+    with pytest.raises(errors.Refused, match=r"1 file\(s\) not uploaded yet: b.csv"):
+        perform(db, actions.submit, "alice", PROJECT, res["id"])
     assert state(db, res["id"]) == "draft"
     # bytes that are not the declared ones are refused
-    target = perform(db, logic.upload_target, "alice", PROJECT, res["id"], 1)
-    with pytest.raises(logic.Invalid, match="do not match"):
+    target = perform(db, actions.upload_target, "alice", PROJECT, res["id"], 1)
+    with pytest.raises(errors.Invalid, match="do not match"):
         content = check_bytes("b.csv", CSV + b"x,1\n")
         perform(
-            db, logic.accept_upload, "alice", PROJECT, target, sha256(b"other"), content=content
+            db, actions.accept_upload, "alice", PROJECT, target, sha256(b"other"), content=content
         )
 
 
 def test_a_workspace_only_sees_and_touches_its_own_requests(db, store):
     rid = make_request(db, store)
     for user, project in [("bob", PROJECT), ("alice", "p2")]:
-        with pytest.raises(logic.NotFound, match="there is no export request"):
-            perform(db, logic.upload_target, user, project, rid, 0)
-        with pytest.raises(logic.NotFound):
-            perform(db, logic.withdraw, user, project, rid)
-        assert perform(db, logic.list_own, user, project) == []
-    assert [r["id"] for r in perform(db, logic.list_own, "alice", PROJECT)] == [rid]
+        with pytest.raises(errors.NotFound, match="there is no export request"):
+            perform(db, actions.upload_target, user, project, rid, 0)
+        with pytest.raises(errors.NotFound):
+            perform(db, actions.withdraw, user, project, rid)
+        assert perform(db, queries.list_own, user, project) == []
+    assert [r["id"] for r in perform(db, queries.list_own, "alice", PROJECT)] == [rid]
 
 
 @pytest.mark.parametrize(
@@ -392,18 +395,18 @@ def test_a_workspace_only_sees_and_touches_its_own_requests(db, store):
     ],
 )  # fmt: skip
 def test_create_validates_the_body_and_never_takes_identity_from_it(db, payload, message):
-    with pytest.raises(logic.Invalid, match=message):
-        perform(db, logic.create_request, "alice", PROJECT, PROJECT, payload)
+    with pytest.raises(errors.Invalid, match=message):
+        perform(db, actions.create_request, "alice", PROJECT, PROJECT, payload)
     assert events(db, action="export.created", outcome="denied")[-1]["actor"] == "alice"
 
 
 def test_withdraw_by_requester_only(db, store):
     rid = make_request(db, store)
-    with pytest.raises(logic.NotFound):
-        perform(db, logic.withdraw, "chris", PROJECT, rid)
-    assert perform(db, logic.withdraw, "alice", PROJECT, rid)["state"] == "withdrawn"
-    with pytest.raises(logic.IllegalTransition, match="cannot become withdrawn"):
-        perform(db, logic.withdraw, "alice", PROJECT, rid)
+    with pytest.raises(errors.NotFound):
+        perform(db, actions.withdraw, "chris", PROJECT, rid)
+    assert perform(db, actions.withdraw, "alice", PROJECT, rid)["state"] == "withdrawn"
+    with pytest.raises(errors.IllegalTransition, match="cannot become withdrawn"):
+        perform(db, actions.withdraw, "alice", PROJECT, rid)
 
 
 def test_release_only_to_the_requester(db, store):
@@ -411,39 +414,39 @@ def test_release_only_to_the_requester(db, store):
     review(db, "chris", rid, "approve")
     review(db, "dana", rid, "approve")
     for who in ("chris", "bob"):
-        with pytest.raises(logic.Refused, match=r"only the requester \(alice\)"):
-            perform(db, logic.release_file, who, rid, 1)
+        with pytest.raises(errors.Refused, match=r"only the requester \(alice\)"):
+            perform(db, queries.release_file, who, rid, 1)
     assert state(db, rid) == "approved"
     # the checker may read the manifest; someone unrelated may not
-    assert perform(db, logic.release_manifest, "chris", rid)[0] == rid
-    with pytest.raises(logic.Refused, match="neither the requester nor a checker"):
-        perform(db, logic.release_manifest, "olga", rid)
+    assert perform(db, queries.release_manifest, "chris", rid)[0] == rid
+    with pytest.raises(errors.Refused, match="neither the requester nor a checker"):
+        perform(db, queries.release_manifest, "olga", rid)
 
 
 def test_queue_lists_submitted_requests_of_checked_projects(db, store):
     draft = make_request(db, store, submit=False)
     rid = make_request(db, store)
     own = make_request(db, store, user="bob")
-    q = perform(db, logic.queue, "bob")
+    q = perform(db, queries.queue, "bob")
     assert [i["id"] for i in q["items"]] == [rid, own]
     assert [i["own"] for i in q["items"]] == [False, True]
-    assert draft not in [i["id"] for i in perform(db, logic.queue, "chris")["items"]]
-    assert perform(db, logic.queue, "olga")["items"] == []
-    perform(db, logic.claim, "chris", rid)
-    items = perform(db, logic.queue, "chris")["items"]
+    assert draft not in [i["id"] for i in perform(db, queries.queue, "chris")["items"]]
+    assert perform(db, queries.queue, "olga")["items"] == []
+    perform(db, actions.claim, "chris", rid)
+    items = perform(db, queries.queue, "chris")["items"]
     assert items[0]["mine"] == "claimed" and items[0]["state"] == "in_review"
-    flt = logic.QueueFilter(state="in_review")
-    assert [i["id"] for i in perform(db, logic.queue, "chris", flt)["items"]] == [rid]
-    flt = logic.QueueFilter(older_than_days=1)
-    assert perform(db, logic.queue, "chris", flt)["items"] == []
-    flt = logic.QueueFilter(project="p2")
-    assert perform(db, logic.queue, "chris", flt)["items"] == []
+    flt = queries.QueueFilter(state="in_review")
+    assert [i["id"] for i in perform(db, queries.queue, "chris", flt)["items"]] == [rid]
+    flt = queries.QueueFilter(older_than_days=1)
+    assert perform(db, queries.queue, "chris", flt)["items"] == []
+    flt = queries.QueueFilter(project="p2")
+    assert perform(db, queries.queue, "chris", flt)["items"] == []
 
 
 def _submit_at_once(db, rid: int, checkers: tuple[str, ...]) -> tuple[dict, list]:
     import threading
 
-    pages = {c: perform(db, logic.review_page, c, rid) for c in checkers}
+    pages = {c: perform(db, queries.review_page, c, rid) for c in checkers}
     barrier = threading.Barrier(len(checkers))
     results, errors = {}, []
 
@@ -451,7 +454,7 @@ def _submit_at_once(db, rid: int, checkers: tuple[str, ...]) -> tuple[dict, list
         verdicts = {f["id"]: FileVerdict("approve") for f in pages[checker]["files"]}
         barrier.wait()
         try:
-            results[checker] = perform(db, logic.submit_review, checker, rid, 1, verdicts)
+            results[checker] = perform(db, actions.submit_review, checker, rid, 1, verdicts)
         except Exception as exc:  # pragma: no cover - reported by the caller
             errors.append(exc)
 
@@ -473,31 +476,95 @@ def test_simultaneous_reviews_complete_the_round(db, store):
         assert state(db, rid) == "approved"
 
 
+def summary_checks(sha: str) -> AutomatedChecks:
+    """The automated checks as the service passes them: summary.csv fails two rules."""
+    report = sdc.Report(
+        "table",
+        ["3 rows"],
+        [
+            sdc.Finding("threshold", sdc.FAIL, "column 'n'", "1 cell under the threshold"),
+            sdc.Finding("zero", sdc.FAIL, "column 'n'", "1 zero count"),
+            sdc.Finding("manual", sdc.REVIEW, "file", "look by eye"),
+        ],
+    )
+    return AutomatedChecks.of({sha: report}, sdc.Rules(threshold=7, rounding="5"))
+
+
 def test_approving_a_file_that_fails_automated_rules_needs_a_comment_and_is_recorded(db, store):
     rid = make_request(db, store)
-    page = perform(db, logic.review_page, "chris", rid)
+    page = perform(db, queries.review_page, "chris", rid)
     by_path = {f["path"]: f for f in page["files"]}
-    failed = {by_path["out/summary.csv"]["sha256"]: "threshold, zeros"}
+    summary = by_path["out/summary.csv"]
+    checks = summary_checks(summary["sha256"])
     bare = {f["id"]: FileVerdict("approve") for f in page["files"]}
     with pytest.raises(
-        logic.Refused, match=r"fails automated disclosure rules \(threshold, zeros\)"
+        errors.Refused, match=r"fails automated disclosure rules \(threshold, zero\)"
     ):
-        perform(db, logic.submit_review, "chris", rid, 1, bare, failed)
+        perform(db, actions.submit_review, "chris", rid, 1, bare, checks)
     assert events(db, action="export.reviewed", outcome="allowed") == []
-    explained = {
-        **bare,
-        by_path["out/summary.csv"]["id"]: FileVerdict(
-            "approve", None, "The 0 is structural (no men in the maternity cohort)"
-        ),
-    }
-    perform(db, logic.submit_review, "chris", rid, 1, explained, failed)
+    why = "The 0 is structural (no men in the maternity cohort)"
+    explained = {**bare, summary["id"]: FileVerdict("approve", None, why)}
+    perform(db, actions.submit_review, "chris", rid, 1, explained, checks)
     (reviewed,) = events(db, action="export.reviewed", outcome="allowed")
     decisions = {d["path"]: d for d in reviewed["details"]["decisions"]}
-    assert decisions["out/summary.csv"]["failed_checks"] == "threshold, zeros"
+    assert decisions["out/summary.csv"]["failed_checks"] == ["threshold", "zero"]
     assert "failed_checks" not in decisions["analysis.ipynb"]
-    second = {**explained, by_path["out/summary.csv"]["id"]: FileVerdict("approve", None, "ok")}
-    perform(db, logic.submit_review, "dana", rid, 1, second, failed)
-    manifest = json.loads(perform(db, logic.release_manifest, "alice", rid)[2])
-    files = {f["path"]: f for f in manifest["files"]}
-    assert files["out/summary.csv"]["failed_checks"] == "threshold, zeros"
-    assert "failed_checks" not in files["analysis.ipynb"]
+    second = {**explained, summary["id"]: FileVerdict("approve", None, "ok")}
+    perform(db, actions.submit_review, "dana", rid, 1, second, checks)
+
+    m = json.loads(perform(db, queries.release_manifest, "alice", rid)[2])
+    at = {r["checker"]: r["submitted_at"] for r in m["reviews"]}
+    assert m["format"] == "sde-release-manifest/2"
+    assert m["checks"] == {
+        "rule_set": sdc.RULE_SET_VERSION,
+        "rules": {
+            "threshold": 7,
+            "dof_threshold": 10,
+            "zeros_are_disclosive": True,
+            "rounding": "5",
+        },
+    }
+    assert [(f["path"], f["checks"]) for f in m["files"]] == [
+        (
+            "out/summary.csv",
+            {
+                "status": "fail",
+                "findings": [
+                    {
+                        "rule": "threshold",
+                        "severity": "fail",
+                        "location": "column 'n'",
+                        "message": "1 cell under the threshold",
+                    },
+                    {
+                        "rule": "zero",
+                        "severity": "fail",
+                        "location": "column 'n'",
+                        "message": "1 zero count",
+                    },
+                    {
+                        "rule": "manual",
+                        "severity": "review",
+                        "location": "file",
+                        "message": "look by eye",
+                    },
+                ],
+                "overrides": [
+                    {
+                        "checker": "chris",
+                        "rules": ["threshold", "zero"],
+                        "comment": why,
+                        "at": at["chris"],
+                    },
+                    {
+                        "checker": "dana",
+                        "rules": ["threshold", "zero"],
+                        "comment": "ok",
+                        "at": at["dana"],
+                    },
+                ],
+            },
+        ),
+        # no automated checks were given for the notebook: the record says so
+        ("analysis.ipynb", {"status": "not_run", "findings": [], "overrides": []}),
+    ]

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from sde_spawner import audit
-from sde_spawner.checking import logic
+from sde_spawner.checking import errors, permissions, transitions
 from sde_spawner.checking.models import ExportRequest, ExportVersion
 from sde_spawner.checking.states import (
     DECIDED,
@@ -41,7 +41,7 @@ EXPECTED = {
 ACTORS = {
     Actor.requester: "alice",
     Actor.checker: "chris",
-    Actor.system: logic.SYSTEM,
+    Actor.system: permissions.SYSTEM,
 }
 OUTSIDER = "olga"  # a checker, but of another project
 
@@ -93,10 +93,10 @@ def _request_in(Session, state: State) -> int:
 def _move(Session, rid: int, target, actor):
     def op(session):
         req = session.get(ExportRequest, rid)
-        logic.transition(session, req, target, actor, details={"test": True})
+        transitions.transition(session, req, target, actor, details={"test": True})
         return req.state
 
-    return logic.perform(Session, op)
+    return errors.perform(Session, op)
 
 
 def _state(Session, rid: int) -> str:
@@ -115,7 +115,7 @@ def test_transition_checks_table_and_role_and_audits(db, source, target):
     for kind, actor in [*ACTORS.items(), (None, OUTSIDER)]:
         rid = _request_in(db, source)
         allowed = expected is not None and kind is not None and expected == str(kind)
-        name = actor.name if isinstance(actor, logic.Principal) else actor
+        name = actor.name if isinstance(actor, permissions.Principal) else actor
         if allowed:
             assert _move(db, rid, target, actor) == str(target)
             ev = _last_event(db)
@@ -129,7 +129,7 @@ def test_transition_checks_table_and_role_and_audits(db, source, target):
             assert details["from"] == str(source) and details["to"] == str(target)
             assert details["request"] == rid and details["test"] is True
         else:
-            with pytest.raises(logic.IllegalTransition) as err:
+            with pytest.raises(errors.IllegalTransition) as err:
                 _move(db, rid, target, actor)
             assert _state(db, rid) == str(source), "a refused transition changes nothing"
             ev = _last_event(db)
@@ -148,22 +148,22 @@ def test_requester_who_is_also_a_checker_counts_only_as_requester(db):
         )
         s.add(req)
         s.flush()
-        assert logic.roles_for(s, req, "bob") == {Actor.requester}
-        assert logic.roles_for(s, req, "chris") == {Actor.checker}
-        assert logic.roles_for(s, req, "olga") == set()
-        assert logic.roles_for(s, req, "sam") == set()  # suspended checker
-        assert logic.roles_for(s, req, logic.SYSTEM) == {Actor.system}
+        assert permissions.roles_for(s, req, "bob") == {Actor.requester}
+        assert permissions.roles_for(s, req, "chris") == {Actor.checker}
+        assert permissions.roles_for(s, req, "olga") == set()
+        assert permissions.roles_for(s, req, "sam") == set()  # suspended checker
+        assert permissions.roles_for(s, req, permissions.SYSTEM) == {Actor.system}
         # a *person* called "system" is not the system
-        assert logic.roles_for(s, req, "system") == set()
-        with pytest.raises(logic.IllegalTransition, match="only the checker"):
-            logic.transition(s, req, State.in_review, "bob")
+        assert permissions.roles_for(s, req, "system") == set()
+        with pytest.raises(errors.IllegalTransition, match="only the checker"):
+            transitions.transition(s, req, State.in_review, "bob")
         rid = req.id
     assert _state(db, rid) == "submitted"
 
 
 def test_unknown_target_state_is_refused(db):
     rid = _request_in(db, State.draft)
-    with pytest.raises(logic.IllegalTransition, match="not an export request state"):
+    with pytest.raises(errors.IllegalTransition, match="not an export request state"):
         _move(db, rid, "published", "alice")
     with db() as s:
         assert s.scalar(select(ExportRequest.state).where(ExportRequest.id == rid)) == "draft"

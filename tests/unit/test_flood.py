@@ -14,10 +14,16 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from sde_spawner.checking import handlers, limits, logic, sweep
-from sde_spawner.checking.models import ExportFile, ExportRequest, ReleaseDownload, utcnow
+from sde_spawner.checking import base, limits, pages, queries, sweep
+from sde_spawner.checking.models import (
+    ExportFile,
+    ExportRequest,
+    ExportVersion,
+    ReleaseDownload,
+    utcnow,
+)
 from sde_spawner.checking.storage import BlobStore
 from sde_spawner.checking.testing import (
     PROJECT,
@@ -395,7 +401,7 @@ async def approved(svc) -> int:
 async def test_downloads_are_audited_with_the_persons_address(make_svc, db):
     svc = await make_svc()
     rid = await approved(svc)
-    fid = logic_file_id(db, rid)
+    fid = file_id_of(db, rid)
     r = await svc.fetch(
         "GET",
         f"releases/{rid}/files/{fid}",
@@ -410,22 +416,20 @@ async def test_downloads_are_audited_with_the_persons_address(make_svc, db):
     assert row["details"]["remote"] == "198.51.100.7"
 
 
-def logic_file_id(db, rid: int) -> int:
+def file_id_of(db, rid: int) -> int:
     with db() as s:
         return s.scalars(
-            logic.select(ExportFile.id)
-            .join(ExportFile.version)
-            .where(logic.ExportVersion.request_id == rid)
+            select(ExportFile.id).join(ExportFile.version).where(ExportVersion.request_id == rid)
         ).one()
 
 
 async def test_a_large_download_is_verified_before_its_first_byte(
     make_svc, db, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(handlers, "IN_MEMORY_DOWNLOAD", 4)  # stream even this small file
+    monkeypatch.setattr(pages, "IN_MEMORY_DOWNLOAD", 4)  # stream even this small file
     svc = await make_svc()
     rid = await approved(svc)
-    fid = logic_file_id(db, rid)
+    fid = file_id_of(db, rid)
     path = store_of(tmp_path).path(sha256(CSV))
     os.chmod(path, 0o644)
     path.write_bytes(CSV.replace(b"120", b"121"))  # the store tampered with after approval
@@ -450,10 +454,10 @@ def test_a_verified_handle_serves_the_bytes_it_hashed(tmp_path):
 
 
 def test_the_preview_cache_names_each_projects_own_file(tmp_path):
-    ctx = handlers.Checking(state_dir=str(tmp_path), store=store_of(tmp_path))
+    ctx = base.Checking(state_dir=str(tmp_path), store=store_of(tmp_path))
     key = ctx.store.put(CSV)
-    one = logic.BlobRef(1, 1, "p1", "p1-secret-name.csv", len(CSV), key, key)
-    two = logic.BlobRef(2, 2, "p2", "table.csv", len(CSV), key, key)
+    one = queries.BlobRef(1, 1, "p1", "p1-secret-name.csv", len(CSV), key, key)
+    two = queries.BlobRef(2, 2, "p2", "table.csv", len(CSV), key, key)
     assert "p1-secret-name.csv" in ctx.preview(one).html
     assert "p1-secret-name.csv" not in ctx.preview(two).html
     assert "table.csv" in ctx.preview(two).html
@@ -464,10 +468,10 @@ async def test_a_large_download_serves_the_descriptor_it_verified(
 ):
     """The blob is replaced on disk right after it was verified: the download still serves
     the verified (approved) bytes, because it never opens the path a second time."""
-    monkeypatch.setattr(handlers, "IN_MEMORY_DOWNLOAD", 4)
+    monkeypatch.setattr(pages, "IN_MEMORY_DOWNLOAD", 4)
     svc = await make_svc()
     rid = await approved(svc)
-    fid = logic_file_id(db, rid)
+    fid = file_id_of(db, rid)
     verified = BlobStore.open_verified_handle
 
     def verify_then_swap(self, key, sha):
