@@ -189,7 +189,11 @@ def arrived(events, run, action: str, n: int = 1) -> list[dict]:
     return events(action)
 
 
-def replies(sock, run, msg_id: str, last: str, v1_protocol: bool = False) -> list[dict]:
+def replies(
+    sock, run, msg_id: str, last: str, v1_protocol: bool = False, *, idle: bool = False
+) -> list[dict]:
+    """The messages answering ``msg_id`` up to the first of type ``last``; with ``idle``, on
+    until the kernel's idle status too (shell replies and iopub output are not ordered)."""
     out = []
     while True:
         raw = run(asyncio.wait_for(sock.read_message(), 60))
@@ -210,7 +214,8 @@ def replies(sock, run, msg_id: str, last: str, v1_protocol: bool = False) -> lis
             msg = json.loads(raw)
         if msg.get("parent_header", {}).get("msg_id") == msg_id:
             out.append(msg)
-            if msg["msg_type"] == last:
+            types = [(m["msg_type"], m["content"].get("execution_state")) for m in out]
+            if any(t == last for t, _ in types) and (not idle or ("status", "idle") in types):
                 return out
 
 
@@ -237,7 +242,7 @@ def test_an_escaped_execute_request_that_runs_is_recorded(ws, run, events, files
     code = f"print('{marker}')"
     msg = legacy("execute_request", {"code": code}, msg_id)
     sock.write_message(msg.replace('"execute_request"', '"execute\\u005frequest"'))
-    out = replies(sock, run, msg_id, "execute_reply")
+    out = replies(sock, run, msg_id, "execute_reply", idle=True)
     assert any(marker in m["content"].get("text", "") for m in out)  # the kernel ran it
     assert [e["details"]["code"] for e in events("code.executed")] == [code]
 
