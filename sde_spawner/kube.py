@@ -275,7 +275,7 @@ def _check_container(c: dict, psc: dict, volumes: dict) -> list[str]:
         problems.append(f"{name}: seccomp is not RuntimeDefault")
     uid = sc.get("runAsUser", psc.get("runAsUser"))
     if not uid:
-        problems.append(f"{name}: may run as root (no runAsUser)")
+        problems.append(f"{name}: may run as root (runAsUser unset or 0)")
     limits = (c.get("resources") or {}).get("limits") or {}
     for resource in ("cpu", "memory"):
         if resource not in limits:
@@ -302,6 +302,17 @@ def check_network_policy(policy: dict, pod_labels: dict[str, str], peers: HubPee
         problems.append("policy does not govern ingress")
     allowed_ports = {peers.hub_port, peers.service_port}
     hub = dict(peers.hub_labels)
+    callers = [hub, dict(peers.proxy_labels)]
+    for i, rule in enumerate(spec.get("ingress") or []):
+        sources = rule.get("from") or []
+        if not sources:
+            problems.append(f"ingress rule {i}: admits every source")
+        for peer in sources:
+            if (
+                set(peer) != {"podSelector"}
+                or (peer["podSelector"] or {}).get("matchLabels") not in callers
+            ):
+                problems.append(f"ingress rule {i}: admits a source other than the hub and proxy")
     for i, rule in enumerate(spec.get("egress") or []):
         peers_to = rule.get("to") or []
         if not peers_to:
