@@ -7,6 +7,9 @@ one readable reason on the hub's page):
    (:func:`sde_spawner.policy.decide`); ``user_options`` are validated here, hub side, so the
    REST API cannot choose another project, image or mount;
 2. *extract* — the member's minimum dataset is built read-only on the host;
+
+   (steps 1 and 2, the progress events and the registry rows are
+   :class:`sde_spawner.rooms.LockedRoomMixin`, shared with the Kubernetes spawner)
 3. *network* — a Docker ``internal`` network of the workspace's own, behind the host firewall;
 4. *container* — the hardened spec from :func:`sde_spawner.containers.container_spec`.
 
