@@ -544,3 +544,21 @@ def test_resources_from_registry_limits():
         "mem_guarantee": "4G",
     }
     assert kube_resources(Limits(mem_limit=2**30, cpu_limit=0.05))["cpu_guarantee"] == 0.05
+
+
+async def test_operator_pod_config_cannot_reopen_dns_or_host_namespaces(make_spawner):
+    """The room's pod fields are applied over extra_pod_config, so a chart setting cannot
+    bring back cluster DNS or a host namespace."""
+    spawner = make_spawner(extra_pod_config={"dnsPolicy": "ClusterFirst", "hostNetwork": True})
+    pod = manifest_dict(await (await admitted(spawner)).get_pod_manifest())
+    assert (pod["spec"]["dnsPolicy"], pod["spec"]["hostNetwork"]) == ("None", False)
+
+
+async def test_state_keeps_the_project_so_stop_finds_the_policy(make_spawner):
+    spawner = await admitted(make_spawner())
+    state = spawner.get_state()
+    assert (state["project"], state["pod_name"]) == ("diabetes-outcomes", POD_NAME)
+    again = make_spawner()
+    again.load_state(state)
+    assert again.project == "diabetes-outcomes"
+    assert again.network_policy_manifest()["metadata"]["name"] == f"{POD_NAME}-egress"
