@@ -5,7 +5,8 @@ SDE_STATE_DIR (hub state, default ./var), SDE_DB_URL (registry + audit database)
 SDE_EXTRACTS_DIR, SDE_WORKSPACE_IMAGE, SDE_PUBLIC_BIND (default http://127.0.0.1:8000),
 SDE_HUB_PORT (hub API port workspaces reach through their gateway, default 8081),
 SDE_PROXY_API_PORT (default 8001, loopback only), SDE_SERVICE_PORT (the sde service, 9100),
-SDE_OBJECT_PREFIX (Docker object names and labels, default sde), SDE_SUBDOMAIN_HOST (e.g.
+SDE_OBJECT_PREFIX (Docker object names and labels, default sde), SDE_SPAWNER (docker, the
+default, or kubernetes), SDE_SUBDOMAIN_HOST (e.g.
 https://tre.example.org: each user's servers on their own subdomain, the `sde` service on
 sde--service.tre.example.org, the hub on the bare host; the production setting, see README).
 Login (sde_spawner.auth.choose_login): SDE_AUTHENTICATOR names the authenticator class of a
@@ -30,13 +31,14 @@ from sde_airlock.rules import EXPORT_SETTINGS, ExportRules
 from sde_spawner.auth import LoginRefused, choose_login
 from sde_spawner.db import upgrade
 from sde_spawner.hub_events import make_log_function
-from sde_spawner.spawner import SDC_SETTINGS
+from sde_spawner.rooms import SDC_SETTINGS, choose_spawner
 
 c = get_config()  # noqa: F821 - provided by JupyterHub
 
 # Who may log in is decided first: nothing else is set up for a hub that must not start.
 try:
     login = choose_login(os.environ)
+    spawner_class = choose_spawner(os.environ)
     ExportRules.from_env(os.environ)  # a bad SDE_EXPORT_* setting stops the hub, naming it
 except (LoginRefused, ValueError) as exc:
     raise SystemExit(f"sde: the hub refuses to start: {exc}") from None
@@ -66,11 +68,18 @@ c.JupyterHub.cleanup_servers = False  # a hub restart leaves running workspaces 
 c.JupyterHub.allow_named_servers = True
 c.JupyterHub.named_server_limit_per_user = 5
 
-c.JupyterHub.spawner_class = "sde"
-c.SDESpawner.registry_url = db_url
-c.SDESpawner.extracts_dir = os.environ.get("SDE_EXTRACTS_DIR", str(state / "extracts"))
-c.SDESpawner.prefix = os.environ.get("SDE_OBJECT_PREFIX", "sde")
-c.SDESpawner.image = os.environ.get("SDE_WORKSPACE_IMAGE", "sde-notebook:latest")
+# SDE_SPAWNER: docker (default, SDESpawner) or kubernetes (SDEKubeSpawner, for a hub run
+# with a kubeconfig; a Zero to JupyterHub deployment uses deploy/kubernetes/values.yaml).
+c.JupyterHub.spawner_class = spawner_class
+kubernetes = spawner_class.endswith("SDEKubeSpawner")
+room = c.SDEKubeSpawner if kubernetes else c.SDESpawner
+room.registry_url = db_url
+room.extracts_dir = os.environ.get("SDE_EXTRACTS_DIR", str(state / "extracts"))
+room.image = os.environ.get("SDE_WORKSPACE_IMAGE", "sde-notebook:latest")
+if kubernetes:
+    c.SDEKubeSpawner.object_prefix = os.environ.get("SDE_OBJECT_PREFIX", "sde")
+else:
+    c.SDESpawner.prefix = os.environ.get("SDE_OBJECT_PREFIX", "sde")
 c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 60
@@ -107,7 +116,7 @@ c.JupyterHub.load_roles = [
     # servers: the lifecycle sweep stops workspaces whose eligibility lapsed.
     {"name": "sde-service", "services": ["sde"], "scopes": ["read:users", "list:users", "servers"]},
 ]
-c.SDESpawner.service_port = service_port
+room.service_port = service_port
 
 # Token creation, spawn/stop requests, admin API calls and logouts go to the audit trail.
 c.JupyterHub.tornado_settings = {"log_function": make_log_function(db_url)}

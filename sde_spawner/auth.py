@@ -29,7 +29,7 @@ from sde_spawner.hub_events import AuditedLogoutMixin
 from sde_spawner.hub_gate import WorkspaceGateMixin
 from sde_spawner.registry.models import PersonStatus
 from sde_spawner.registry.store import get_person
-from sde_spawner.spawner import _sessionmaker
+from sde_spawner.rooms import _sessionmaker
 
 DEMO_CLASS = "sde_spawner.auth.DemoAuthenticator"
 DEFAULT_PUBLIC_BIND = "http://127.0.0.1:8000"

@@ -16,7 +16,8 @@ LABEL_PREFIX = "org.sde-tre"
 BRIDGE_PREFIX = "sde"  # host interface names of workspace networks: sde + 12 hex (<= 15 chars)
 WORKSPACE_HOME = "/home/researcher"
 DATA_MOUNT = "/data"
-WORKSPACE_UID = "1000:1000"
+UID = GID = 1000  # the researcher's account in images/notebook
+WORKSPACE_UID = f"{UID}:{GID}"
 # The embedded DNS server of user-defined networks forwards names it does not know to the
 # container's upstream servers. A workspace gets an upstream that can never answer: the
 # unspecified address, i.e. its own (empty) loopback, so no query leaves the container.
@@ -104,6 +105,25 @@ class Limits:
     tmp_size: str = "256m"
 
 
+@dataclass(frozen=True)
+class Mount:
+    """One filesystem a workspace sees, engine-neutral (Docker mount or pod volume)."""
+
+    target: str
+    source: str  # Docker: volume name or host path; Kubernetes: claim name
+    kind: str  # "home" (the person's writable home) or "data" (the extract)
+    read_only: bool
+
+
+def workspace_mounts(home: str, data: str) -> tuple[Mount, ...]:
+    """The only two filesystems of a locked room besides its tmpfs: a writable home and the
+    read-only minimum-dataset extract at ``/data``."""
+    return (
+        Mount(WORKSPACE_HOME, home, "home", read_only=False),
+        Mount(DATA_MOUNT, data, "data", read_only=True),
+    )
+
+
 NO_IPV6_SYSCTLS = {
     "net.ipv6.conf.all.disable_ipv6": "1",
     "net.ipv6.conf.default.disable_ipv6": "1",
@@ -158,17 +178,12 @@ def container_spec(
             "nano_cpus": int(limits.cpu_limit * 1e9),
             "mounts": [
                 {
-                    "Target": WORKSPACE_HOME,
-                    "Source": names.home_volume,
-                    "Type": "volume",
-                    "ReadOnly": False,
-                },
-                {
-                    "Target": DATA_MOUNT,
-                    "Source": extract_dir,
-                    "Type": "bind",
-                    "ReadOnly": True,
-                },
+                    "Target": m.target,
+                    "Source": m.source,
+                    "Type": "volume" if m.kind == "home" else "bind",
+                    "ReadOnly": m.read_only,
+                }
+                for m in workspace_mounts(names.home_volume, extract_dir)
             ],
             "auto_remove": False,
         },

@@ -192,3 +192,64 @@ def test_the_demo_authenticator_refuses_every_login_without_a_password(tmp_path)
     assert auth._check("alice", "") == (False, "no demo password configured")
     auth.demo_password = "pw"
     assert auth._check("alice", "pw") == (True, "")
+
+
+LOAD_SPAWNER = """
+import json, sys
+from traitlets.config.loader import PyFileConfigLoader
+from jupyterhub.spawner import Spawner
+from traitlets import import_item
+cfg = PyFileConfigLoader(sys.argv[1]).load_config()
+name = cfg.JupyterHub.spawner_class
+cls = import_item(name) if "." in name else None
+section = cfg.SDEKubeSpawner if name.endswith("SDEKubeSpawner") else cfg.SDESpawner
+print(json.dumps({
+    "spawner_class": name,
+    "is_spawner": cls is None or issubclass(cls, Spawner),
+    "registry_url": section.get("registry_url"),
+    "image": section.get("image"),
+    "service_port": section.get("service_port"),
+}))
+"""
+
+
+def load_spawner(tmp_path: Path, **settings: str) -> dict:
+    res = subprocess.run(
+        [sys.executable, "-c", LOAD_SPAWNER, str(CONFIG)],
+        cwd=tmp_path,
+        env=env_for(tmp_path, SDE_DEMO="1", SDE_DEMO_PASSWORD="d", **settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.splitlines()[-1])
+
+
+def test_sde_spawner_picks_docker_by_default_or_kubernetes(tmp_path):
+    docker = load_spawner(tmp_path)
+    assert docker["spawner_class"] == "sde"
+    assert docker["registry_url"].startswith("sqlite:///")
+    kube = load_spawner(tmp_path, SDE_SPAWNER="kubernetes", SDE_WORKSPACE_IMAGE="nb:1")
+    assert kube == {
+        "spawner_class": "sde_spawner.kube_spawner.SDEKubeSpawner",
+        "is_spawner": True,
+        "registry_url": docker["registry_url"],
+        "image": "nb:1",
+        "service_port": 9100,
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("swarm", "SDE_SPAWNER=swarm: the Docker Swarm path is not built yet"),
+        ("podman", "SDE_SPAWNER='podman' is not one of docker, kubernetes"),
+    ],
+)
+def test_an_unknown_spawner_stops_the_hub_with_one_message(tmp_path, value, message):
+    res = start_hub(tmp_path, SDE_DEMO="1", SDE_DEMO_PASSWORD="d", SDE_SPAWNER=value)
+    assert res.returncode != 0
+    assert res.stderr.strip().splitlines()[-1] == f"sde: the hub refuses to start: {message}"
+    assert not (tmp_path / "state").exists()
