@@ -69,7 +69,8 @@ def idp_subject_problems(value) -> list[Problem]:
     if not isinstance(value, str) or not (0 < len(value) <= 255):
         return [("idp_subject", "idp_subject must be 1-255 characters (the provider's 'sub')")]
     if value != value.strip() or not value.isprintable():
-        return [("idp_subject", f"idp_subject {value!r} has spaces around it or control characters")]
+        problem = f"idp_subject {value!r} has spaces around it or control characters"
+        return [("idp_subject", problem)]
     return []
 
 
