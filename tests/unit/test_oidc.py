@@ -8,6 +8,7 @@ login through a real provider in Chromium is tests/browser/test_oidc_login.py.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import jwt
@@ -298,3 +299,88 @@ def test_one_subject_belongs_to_one_person_and_the_refusal_is_audited(registry):
         ("person.add", "denied"),
         ("person.updated", "allowed"),
     ]
+
+
+def test_a_person_suspended_after_logging_in_must_log_in_again(registry, tmp_path):
+    from types import SimpleNamespace
+
+    from sde_spawner.oidc import SDEOAuthenticator
+
+    ops.perform(registry, ops.add_person, "admin", "alice", idp_subject="idp-alice")
+    auth = SDEOAuthenticator(
+        registry_url=f"sqlite:///{tmp_path / 'registry.sqlite'}", issuer=ISSUER, client_id=CLIENT
+    )
+    alice, nobody = SimpleNamespace(name="alice"), SimpleNamespace(name="nobody")
+    assert asyncio.run(auth.refresh_user(alice)) is True
+    assert asyncio.run(auth.refresh_user(nobody)) is False
+    ops.perform(registry, ops.suspend_person, "admin", "alice", "breach")
+    assert asyncio.run(auth.refresh_user(alice)) is False
+
+
+def test_the_hub_routes_the_gate_then_audited_logout_then_the_nonce_login():
+    from types import SimpleNamespace
+
+    from oauthenticator.oauth2 import OAuthCallbackHandler
+
+    from sde_spawner.hub_events import AuditedLogoutHandler
+    from sde_spawner.hub_gate import WorkspaceGate
+    from sde_spawner.oidc import NonceLoginHandler, SDEOAuthenticator
+
+    auth = SDEOAuthenticator(issuer=ISSUER, client_id=CLIENT)
+    handlers = auth.get_handlers(SimpleNamespace(hub_prefix="/hub/"))
+    assert isinstance(handlers[0][1], WorkspaceGate)
+    assert [(p, h) for p, h in handlers[1:4]] == [
+        ("/logout", AuditedLogoutHandler),
+        (r"/oauth_login", NonceLoginHandler),
+        (r"/oauth_callback", OAuthCallbackHandler),
+    ]
+    with pytest.raises(Exception, match="must be https"):
+        SDEOAuthenticator(issuer="http://idp.example.org", client_id=CLIENT)
+
+
+LOAD_OIDC = """
+import json, sys
+from traitlets.config.loader import PyFileConfigLoader
+cfg = PyFileConfigLoader(sys.argv[1]).load_config()
+print(json.dumps({"class": cfg.JupyterHub.authenticator_class, **cfg.SDEOAuthenticator}))
+"""
+
+
+def test_jupyterhub_config_wires_the_oidc_login_from_its_settings(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    (tmp_path / "secret").write_text("s3cret\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SDE_")}
+    env.update(
+        PYTHONPATH=str(repo),
+        SDE_STATE_DIR=str(tmp_path / "state"),
+        SDE_AUTHENTICATOR="oidc",
+        SDE_OIDC_ISSUER="https://idp.example.org",
+        SDE_OIDC_CLIENT_ID="tre-hub",
+        SDE_OIDC_CLIENT_SECRET_FILE=str(tmp_path / "secret"),
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", LOAD_OIDC, str(repo / "jupyterhub_config.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.splitlines()[-1]) == {
+        "class": OIDC_CLASS,
+        "issuer": "https://idp.example.org",
+        "client_id": "tre-hub",
+        "client_secret": "s3cret",
+        "mfa_amr_values": ["mfa"],
+        "mfa_acr_values": [],
+        "match_email": True,
+        "registry_url": f"sqlite:///{tmp_path / 'state'}/registry.sqlite",
+    }
