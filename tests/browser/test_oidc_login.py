@@ -178,3 +178,33 @@ def test_unknown_suspended_and_password_only_logins_are_refused_with_a_page_and_
         (actor, "denied", reason, refusal.value)
     ]
     assert logins() == before
+
+
+def test_an_id_token_issued_for_another_browsers_login_is_refused(oidc_hub, chromium):
+    """The nonce binds the ID token to the browser that started the login: with another
+    browser's (validly signed) nonce cookie, alice's own login is refused and audited."""
+    other = chromium.new_context()
+    other.new_page().goto(oidc_hub.url + "/hub/oauth_login")
+    (foreign,) = [c for c in other.cookies() if c["name"] == "sde-oidc-nonce"]
+    other.close()
+    context = chromium.new_context()
+    page = context.new_page()
+    try:
+        page.goto(oidc_hub.url + "/hub/oauth_login")
+        page.wait_for_selector("#login")
+        context.add_cookies([foreign])
+        page.fill("#login", "alice")
+        with page.expect_response(lambda r: "/hub/oauth_callback" in r.url) as callback:
+            page.click("#submit")
+        page.wait_for_load_state()
+        assert callback.value.status == 403
+        assert PAGES[Refusal.id_token_invalid] in page.inner_text("body")
+    finally:
+        context.close()
+    (event,) = [
+        e
+        for e in oidc_hub.events(action="login.refused")
+        if e["details"]["code"] == Refusal.id_token_invalid.value
+    ]
+    assert event["reason"] == "ID token nonce does not match this browser's login"
+    assert event["actor"] == "(unknown)"
