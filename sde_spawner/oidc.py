@@ -37,6 +37,7 @@ from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthLoginHandler
 from sqlalchemy import func, select
 from tornado import web
+from tornado.httpclient import HTTPClientError
 from traitlets import Bool, Float, List, Unicode, default, validate
 
 from sde_spawner import audit
@@ -55,6 +56,7 @@ FALSY = {"0", "false", "no", "off"}
 class Refusal(enum.StrEnum):
     """Why a login was refused (``details.code`` of its ``login.refused`` event)."""
 
+    code_exchange_failed = "code_exchange_failed"
     id_token_invalid = "id_token_invalid"  # noqa: S105 - a reason code, not a secret
     no_second_factor = "no_second_factor"
     unknown_person = "unknown_person"
@@ -65,6 +67,9 @@ class Refusal(enum.StrEnum):
 
 #: What the refusal page says (the audit reason adds the facts: amr, acr, subject...).
 PAGES = {
+    Refusal.code_exchange_failed: "The identity provider did not accept this login's code "
+    "(it may have been used already, or have expired), so you are not logged in. Start the "
+    "login again.",
     Refusal.id_token_invalid: "The identity provider's answer could not be verified, so you "
     "are not logged in. Try again; if it keeps happening, tell the environment's "
     "administrators.",
@@ -439,11 +444,13 @@ class SDEOAuthenticator(WorkspaceGateMixin, AuditedLogoutMixin, GenericOAuthenti
         handler.clear_cookie(NONCE_COOKIE)
         return value.decode() if value else None
 
-    def _decide_and_record(self, claims: dict | None, error: str | None) -> LoginDecision:
-        """The registry decision for verified claims (or the token error), audited."""
+    def _decide_and_record(
+        self, claims: dict | None, error: tuple[Refusal, str] | None
+    ) -> LoginDecision:
+        """The registry decision for verified claims (or the protocol error), audited."""
         with self._session() as session, session.begin():
             if error is not None:
-                decision = LoginDecision(None, Refusal.id_token_invalid, error)
+                decision = LoginDecision(None, *error)
             else:
                 by_subject, by_email = registry_candidates(session, claims)
                 decision = decide(
@@ -463,28 +470,43 @@ class SDEOAuthenticator(WorkspaceGateMixin, AuditedLogoutMixin, GenericOAuthenti
             )
         return decision
 
+    async def _verified_claims(self, token_info: dict, nonce: str | None) -> dict:
+        """The claims of the token response's ID token, verified; or IdTokenInvalid."""
+        if nonce is None:
+            raise IdTokenInvalid("this browser holds no login nonce (start the login again)")
+        token = token_info.get("id_token")
+        try:
+            kid = jwt.get_unverified_header(token).get("kid") if token else None
+        except jwt.PyJWTError as exc:
+            raise IdTokenInvalid(f"unreadable ID token: {exc}") from None
+        try:
+            keys = await self.signing_keys(kid)
+        except (HTTPClientError, OSError) as exc:
+            raise IdTokenInvalid(
+                f"the provider's signing keys could not be fetched: {exc}"
+            ) from None
+        return verify_id_token(
+            token,
+            keys,
+            issuer=self.issuer,
+            client_id=self.client_id,
+            nonce=nonce,
+            leeway=self.id_token_leeway,
+        )
+
     async def authenticate(self, handler, data=None):
         """The code exchange of oauthenticator, then our checks on the verified ID token."""
         await self.discover()
         nonce = self._take_nonce(handler)
         params = self.build_access_tokens_request_params(handler, data)
-        token_info = await self.get_token_info(handler, params)
-        claims, error = None, None
+        token_info, claims, error = {}, None, None
         try:
-            if nonce is None:
-                raise IdTokenInvalid("this browser holds no login nonce (start the login again)")
-            token = token_info.get("id_token")
-            kid = jwt.get_unverified_header(token).get("kid") if token else None
-            claims = verify_id_token(
-                token,
-                await self.signing_keys(kid),
-                issuer=self.issuer,
-                client_id=self.client_id,
-                nonce=nonce,
-                leeway=self.id_token_leeway,
-            )
-        except (IdTokenInvalid, jwt.PyJWTError) as exc:
-            error = str(exc)
+            token_info = await self.get_token_info(handler, params)
+            claims = await self._verified_claims(token_info, nonce)
+        except (web.HTTPError, HTTPClientError) as exc:
+            error = (Refusal.code_exchange_failed, f"token endpoint: {exc}"[:500])
+        except IdTokenInvalid as exc:
+            error = (Refusal.id_token_invalid, str(exc))
         decision = await asyncio.to_thread(self._decide_and_record, claims, error)
         if not decision.allowed:
             self.log.warning("login refused (%s): %s", decision.refusal, decision.reason)

@@ -208,3 +208,37 @@ def test_an_id_token_issued_for_another_browsers_login_is_refused(oidc_hub, chro
     ]
     assert event["reason"] == "ID token nonce does not match this browser's login"
     assert event["actor"] == "(unknown)"
+
+
+def test_a_replayed_authorisation_code_is_refused_with_a_page_and_an_event(oidc_hub, chromium):
+    """alice's code, once used, brought back inside a fresh login (with that login's own state,
+    so the hub's state check passes): the provider refuses the exchange, and so does the hub."""
+    from urllib.parse import parse_qs, urlparse
+
+    context = chromium.new_context()
+    page = context.new_page()
+    seen: list[str] = []
+    page.on("request", lambda r: seen.append(r.url))
+    try:
+        page.goto(oidc_hub.url + "/hub/oauth_login")
+        page.fill("#login", "alice")
+        page.click("#submit")
+        page.wait_for_url(lambda url: "/hub/" in url and "oauth" not in url)
+        (used,) = [u for u in seen if "/hub/oauth_callback" in u]
+        code = parse_qs(urlparse(used).query)["code"][0]
+        # A new login (new state and nonce cookies in this browser), not followed to the
+        # provider, whose session would answer it at once.
+        started = context.request.get(oidc_hub.url + "/hub/oauth_login", max_redirects=0)
+        assert started.status == 302
+        state = parse_qs(urlparse(started.headers["location"]).query)["state"][0]
+        response = page.goto(f"{oidc_hub.url}/hub/oauth_callback?code={code}&state={state}")
+        assert response.status == 403, page.inner_text("body")
+        assert PAGES[Refusal.code_exchange_failed] in page.inner_text("body")
+    finally:
+        context.close()
+    (event,) = [
+        e
+        for e in oidc_hub.events(action="login.refused")
+        if e["details"]["code"] == Refusal.code_exchange_failed.value
+    ]
+    assert event["reason"].startswith("token endpoint: ") and event["outcome"] == "denied"
