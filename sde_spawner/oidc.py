@@ -407,7 +407,8 @@ class SDEOAuthenticator(WorkspaceGateMixin, AuditedLogoutMixin, GenericOAuthenti
 
     # -- the provider: discovery and keys
     async def discover(self) -> dict:
-        """The provider's discovery document, fetched once; endpoints set from it."""
+        """The provider's discovery document, fetched once; endpoints set from it. Its issuer
+        must be ours (a trailing slash aside: providers differ on it)."""
         if self._discovery is None:
             url = f"{self.issuer}/.well-known/openid-configuration"
             doc = await self.httpfetch(url, "Fetching OpenID Connect discovery", method="GET")
@@ -488,7 +489,7 @@ class SDEOAuthenticator(WorkspaceGateMixin, AuditedLogoutMixin, GenericOAuthenti
         return verify_id_token(
             token,
             keys,
-            issuer=self.issuer,
+            issuer=(await self.discover())["issuer"],  # exactly as the provider spells it
             client_id=self.client_id,
             nonce=nonce,
             leeway=self.id_token_leeway,
