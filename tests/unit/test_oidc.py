@@ -384,3 +384,39 @@ def test_jupyterhub_config_wires_the_oidc_login_from_its_settings(tmp_path):
         "match_email": True,
         "registry_url": f"sqlite:///{tmp_path / 'state'}/registry.sqlite",
     }
+
+
+def test_a_project_file_records_members_subjects_and_refuses_one_subject_for_two(tmp_path):
+    from click.testing import CliRunner
+
+    from sde_spawner.cli import main
+    from sde_spawner.db import open_db
+    from sde_spawner.demo import examples_dir, write_synthetic_patients
+    from sde_spawner.registry.models import Person
+
+    url = f"sqlite:///{tmp_path}/r.sqlite"
+    sm = open_db(url)
+    source = write_synthetic_patients(tmp_path / "patients.csv", rows=20)
+    ops.perform(sm, ops.add_dataset, "t", "patients", str(source), identifier_column="nhs_number")
+    text = (examples_dir() / "diabetes-outcomes.toml").read_text()
+    alice = 'username = "alice"\nname = "Alice"\n'
+    bob = 'username = "bob"\nname = "Bob"\n'
+    assert alice in text and bob in text
+
+    def apply(body: str):
+        path = tmp_path / "project.toml"
+        path.write_text(body)
+        return CliRunner().invoke(main, ["--db", url, "apply", str(path)], env={"SDE_ADMIN": "t"})
+
+    res = apply(text.replace(alice, alice + 'idp_subject = "idp-alice"\n'))
+    assert res.exit_code == 0, res.output
+    twice = text.replace(alice, alice + 'idp_subject = "idp-x"\n').replace(
+        bob, bob + 'idp_subject = "idp-x"\n'
+    )
+    res = apply(twice)
+    assert res.exit_code == 1
+    assert "members[1].idp_subject: already given to alice in this file" in res.output
+    with sm() as s:
+        subjects = {p.username: p.idp_subject for p in s.query(Person)}
+    assert subjects["alice"] == "idp-alice" and subjects["bob"] is None
+    sm.kw["bind"].dispose()
