@@ -10,8 +10,11 @@ default, or kubernetes), SDE_SUBDOMAIN_HOST (e.g.
 https://tre.example.org: each user's servers on their own subdomain, the `sde` service on
 sde--service.tre.example.org, the hub on the bare host; the production setting, see README).
 Login (sde_spawner.auth.choose_login): SDE_AUTHENTICATOR names the authenticator class of a
-deployment; SDE_DEMO=1 with SDE_DEMO_PASSWORD runs the shared-password demo login instead, on a
-loopback SDE_PUBLIC_BIND only. Without either the hub refuses to start.
+deployment (`oidc`: OpenID Connect with MFA, set by SDE_OIDC_ISSUER, SDE_OIDC_CLIENT_ID,
+SDE_OIDC_CLIENT_SECRET_FILE, SDE_OIDC_MFA_AMR, SDE_OIDC_MFA_ACR, SDE_OIDC_MATCH_EMAIL,
+SDE_OIDC_CALLBACK_URL, SDE_OIDC_LOGIN_SERVICE; see README); SDE_DEMO=1 with
+SDE_DEMO_PASSWORD runs the shared-password demo login instead, on a loopback SDE_PUBLIC_BIND
+only. Without either the hub refuses to start.
 Read by the sde service itself: SDE_CHECKING_PREVIEW_ROWS
 (1000), SDE_CHECKING_PAGE_NETWORKS (addresses people's pages are served to: the proxy's,
 default 127.0.0.0/8,::1/128), SDE_ENFORCE_SECONDS, SDE_AUDIT_CHECKPOINT_SECONDS, and the
@@ -28,7 +31,7 @@ import sys
 from pathlib import Path
 
 from sde_airlock.rules import EXPORT_SETTINGS, ExportRules
-from sde_spawner.auth import LoginRefused, choose_login
+from sde_spawner.auth import OIDC_CLASS, LoginRefused, choose_login
 from sde_spawner.db import upgrade
 from sde_spawner.hub_events import make_log_function
 from sde_spawner.rooms import SDC_SETTINGS, choose_spawner
@@ -122,7 +125,10 @@ room.service_port = service_port
 c.JupyterHub.tornado_settings = {"log_function": make_log_function(db_url)}
 
 c.JupyterHub.authenticator_class = login.authenticator_class
+c[login.section].update(login.settings)
 if login.demo_password is not None:
     c.DemoAuthenticator.registry_url = db_url
     c.DemoAuthenticator.demo_password = login.demo_password
+if login.authenticator_class == OIDC_CLASS:
+    c.SDEOAuthenticator.registry_url = db_url
 c.Authenticator.admin_users = {"admin"}

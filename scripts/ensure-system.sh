@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install and start what the TRE needs on this host, idempotently: a Docker engine (dockerd),
 # iptables/iproute2 (workspace isolation and the tests' outside host), configurable-http-proxy,
-# and, with --test, PostgreSQL, Chromium and docker-compose for the test tiers.
+# and, with --test, PostgreSQL, Chromium, docker-compose and the test OIDC provider (npm).
 #
 # Safe on a machine where all of it already runs: it only adds what is missing, and starts
 # dockerd / PostgreSQL only when they do not answer. Processes it starts are left running
@@ -73,6 +73,12 @@ if ((WITH_TEST)); then
         su postgres -c "psql -qc 'create database sde_test owner sde'"
     # --- Chromium for the browser tier ---------------------------------------------------------
     apt_install chromium
+    # --- the OpenID Connect provider of the login tests (oidc-provider, pinned by its lockfile) --
+    command -v npm >/dev/null 2>&1 || apt_install npm
+    if [[ ! -f "$ROOT/tests/oidc/node_modules/oidc-provider/package.json" ]]; then
+        log "installing the test OpenID Connect provider (npm ci in tests/oidc)"
+        (cd "$ROOT/tests/oidc" && npm ci --no-audit --no-fund --silent)
+    fi
     # --- docker-compose for tests/docker/test_compose.py (docker-compose.yml end to end) -------
     command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 ||
         apt_install docker-compose

@@ -2,8 +2,9 @@
 
 :func:`choose_login` is the one place the authenticator is picked (``jupyterhub_config.py``
 calls it with the environment). Production names its authenticator class in
-``SDE_AUTHENTICATOR`` (an OpenID Connect provider through oauthenticator is a later issue);
-the class must carry :class:`~sde_spawner.hub_gate.WorkspaceGateMixin` and
+``SDE_AUTHENTICATOR``: ``oidc`` is :class:`sde_spawner.oidc.SDEOAuthenticator` (OpenID Connect
+with MFA, configured by ``SDE_OIDC_*``, see :func:`sde_spawner.oidc.oidc_settings`). Any class
+must carry :class:`~sde_spawner.hub_gate.WorkspaceGateMixin` and
 :class:`~sde_spawner.hub_events.AuditedLogoutMixin`, e.g.
 ``class SDEOAuthenticator(WorkspaceGateMixin, AuditedLogoutMixin, GenericOAuthenticator)``,
 or the hub refuses to start. :class:`DemoAuthenticator` (one shared password) runs only when
@@ -18,7 +19,7 @@ import asyncio
 import hmac
 import importlib
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from jupyterhub.auth import Authenticator
@@ -32,6 +33,9 @@ from sde_spawner.registry.store import get_person
 from sde_spawner.rooms import _sessionmaker
 
 DEMO_CLASS = "sde_spawner.auth.DemoAuthenticator"
+OIDC_CLASS = "sde_spawner.oidc.SDEOAuthenticator"
+#: Short names for SDE_AUTHENTICATOR.
+ALIASES = {"oidc": OIDC_CLASS}
 DEFAULT_PUBLIC_BIND = "http://127.0.0.1:8000"
 TRUTHY = {"1", "true", "yes", "on"}
 
@@ -44,6 +48,13 @@ class LoginRefused(Exception):
 class LoginChoice:
     authenticator_class: str
     demo_password: str | None = None  # demo mode only
+    #: Traits of the authenticator class read from the environment (its config section).
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def section(self) -> str:
+        """The class's name: its section of the hub's config (``c[section]``)."""
+        return self.authenticator_class.rpartition(".")[2]
 
 
 def is_loopback_bind(url: str) -> bool:
@@ -59,6 +70,7 @@ def choose_login(environ) -> LoginChoice:
     """The authenticator for these settings, or :class:`LoginRefused` saying what to set."""
     demo = environ.get("SDE_DEMO", "").strip().lower() in TRUTHY
     named = environ.get("SDE_AUTHENTICATOR", "").strip()
+    named = ALIASES.get(named, named)
     bind = environ.get("SDE_PUBLIC_BIND", "").strip() or DEFAULT_PUBLIC_BIND
     if demo:
         if named and named != DEMO_CLASS:
@@ -102,6 +114,13 @@ def choose_login(environ) -> LoginChoice:
             f"SDE_AUTHENTICATOR={named} lacks {' and '.join(missing)} (sde_spawner): without "
             "them workspaces reach the whole hub and logouts go unaudited"
         )
+    if named == OIDC_CLASS:
+        from sde_spawner.oidc import oidc_settings
+
+        try:
+            return LoginChoice(named, settings=oidc_settings(environ))
+        except ValueError as exc:
+            raise LoginRefused(str(exc)) from None
     return LoginChoice(named)
 
 

@@ -147,8 +147,13 @@ def person():
 @click.option("--name", "display_name", help="Display name.")
 @click.option("--email")
 @click.option("--training-expires", help="Date the data protection training expires (ISO).")
+@click.option(
+    "--idp-subject",
+    help="Their subject ('sub') at the OpenID Connect provider: a login with it is this "
+    "person. Without it, a login is matched by the provider's verified e-mail.",
+)
 @click.pass_obj
-def person_add(obj: Ctx, username, display_name, email, training_expires):
+def person_add(obj: Ctx, username, display_name, email, training_expires, idp_subject):
     """Create a person, or update the given fields."""
     obj.do(
         ops.add_person,
@@ -156,6 +161,7 @@ def person_add(obj: Ctx, username, display_name, email, training_expires):
         display_name=display_name,
         email=email,
         training_expires=training_expires,
+        idp_subject=idp_subject,
     )
 
 
@@ -189,6 +195,7 @@ def person_list(obj: Ctx, as_json):
                 "name": p.display_name,
                 "status": p.status.value,
                 "training_expires": ops.plain(p.training_expires),
+                "idp_subject": p.idp_subject,
             }
             for p in s.scalars(select(Person).order_by(Person.username))
         ]

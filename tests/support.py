@@ -51,8 +51,10 @@ class Hub:
 
     config = REPO / "jupyterhub_config.py"
 
-    def __init__(self, state_dir: Path, prefix: str):
+    def __init__(self, state_dir: Path, prefix: str, login_env: dict[str, str] | None = None):
         self.state_dir = state_dir
+        #: Login settings instead of the demo login (e.g. SDE_AUTHENTICATOR=oidc, SDE_OIDC_*).
+        self.login_env = login_env
         self.prefix = prefix
         self.port = free_port()
         self.hub_port = free_port()
@@ -82,6 +84,10 @@ class Hub:
             SDE_ENFORCE_SECONDS="600",
             SDE_AUDIT_CHECKPOINT_SECONDS="5",
         )
+        if self.login_env is not None:
+            for key in ("SDE_DEMO", "SDE_DEMO_PASSWORD"):
+                env.pop(key)
+            env.update(self.login_env)
         return env
 
     def admin(self, *args: str) -> subprocess.CompletedProcess:

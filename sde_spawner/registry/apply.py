@@ -54,7 +54,14 @@ APPROVAL_KEYS = {
     "lay_member_signed": date,
 }
 AGREEMENT_KEYS = {"reference": str, "signed": date, "start": date, "end": date, "delete_by": date}
-MEMBER_KEYS = {"username": str, "name": str, "email": str, "role": str, "training_expires": date}
+MEMBER_KEYS = {
+    "username": str,
+    "name": str,
+    "email": str,
+    "idp_subject": str,
+    "role": str,
+    "training_expires": date,
+}
 DATASET_KEYS = {"slug": str, "title": str, "source": str, "grants": list}
 GRANT_KEYS = {"member": str, "role": str, "columns": list, "filter": str}
 POLICY_KEYS = {
@@ -255,6 +262,7 @@ def _validate_members(doc, problems) -> dict[str, list[str]]:
     seen: set[tuple] = set()
     details: dict[str, tuple] = {}
     roles: dict[str, list[str]] = {}
+    subjects: dict[str, str] = {}
     for path, m in _array(doc, "members", MEMBER_KEYS, problems):
         _require(m, path, ("username", "role"), problems)
         user = m.get("username")
@@ -266,10 +274,16 @@ def _validate_members(doc, problems) -> dict[str, list[str]]:
         if (user, role) in seen:
             problems.append(f"{path}: {user} is listed twice as {role}")
         seen.add((user, role))
-        facts = (m.get("name"), m.get("email"), m.get("training_expires"))
+        if "idp_subject" in m:
+            _at(path, rules.idp_subject_problems(m["idp_subject"]), problems)
+            holder = subjects.setdefault(m["idp_subject"], user)
+            if holder != user:
+                problems.append(f"{path}.idp_subject: already given to {holder} in this file")
+        facts = (m.get("name"), m.get("email"), m.get("training_expires"), m.get("idp_subject"))
         if user in details and details[user] != facts:
             problems.append(
-                f"{path}: {user}'s name, email or training differ from an earlier entry"
+                f"{path}: {user}'s name, email, training or idp_subject differ from an earlier "
+                "entry"
             )
         details.setdefault(user, facts)
         if role in WORKSPACE_ROLES:
@@ -422,6 +436,7 @@ def _apply_members(session, actor, slug, project, members) -> list[ops.Outcome]:
                     display_name=m.get("name"),
                     email=m.get("email"),
                     training_expires=m.get("training_expires"),
+                    idp_subject=m.get("idp_subject"),
                 )
             )
     wanted = list(dict.fromkeys((m["username"], m["role"]) for m in members))

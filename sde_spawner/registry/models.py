@@ -83,6 +83,9 @@ class Person(Base):
     username: Mapped[str] = mapped_column(String(64), unique=True)
     display_name: Mapped[str] = mapped_column(String(200), default="")
     email: Mapped[str] = mapped_column(String(200), default="")
+    #: The person's subject (``sub``) at the OpenID Connect provider (revision 0010): a login
+    #: whose verified ID token carries it is this person. None: matched by verified e-mail.
+    idp_subject: Mapped[str | None] = mapped_column(String(255), unique=True, nullable=True)
     status: Mapped[PersonStatus] = mapped_column(_enum(PersonStatus), default=PersonStatus.active)
     training_expires: Mapped[date | None] = mapped_column(Date, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())

@@ -44,6 +44,7 @@ from sde_spawner.registry.rules import (
     approval_problems,
     dataset_columns,
     grant_problems,
+    idp_subject_problems,
     limits_problems,
     output_policy_problems,
     parse_date,
@@ -206,17 +207,39 @@ def _exists(obj, what: str, key: str, problems: list) -> None:
 
 
 # ---- people --------------------------------------------------------------------------------
-def add_person(session, actor, username, *, display_name=None, email=None, training_expires=None):
-    """Create a person, or update the given fields."""
+def add_person(
+    session,
+    actor,
+    username,
+    *,
+    display_name=None,
+    email=None,
+    training_expires=None,
+    idp_subject=None,
+):
+    """Create a person, or update the given fields. ``idp_subject`` binds the person to one
+    account at the OpenID Connect provider (:mod:`sde_spawner.oidc`); ``CLEAR`` unbinds."""
     problems = username_problems(username)
     training = parse_date(training_expires, "training_expires", problems)
+    if idp_subject is not None and idp_subject is not CLEAR:
+        problems += idp_subject_problems(idp_subject)
+        holder = session.scalar(select(Person).where(Person.idp_subject == idp_subject))
+        if holder is not None and holder.username != username:
+            problems.append(
+                ("idp_subject", f"idp_subject {idp_subject!r} already belongs to {holder.username}")
+            )
     _refuse("person.add", problems, actor, target=str(username))
     return _upsert(
         session,
         actor,
         Person,
         {"username": username},
-        {"display_name": display_name, "email": email, "training_expires": training},
+        {
+            "display_name": display_name,
+            "email": email,
+            "training_expires": training,
+            "idp_subject": idp_subject,
+        },
         "person",
         label=f"person {username}",
         target=username,

@@ -64,6 +64,16 @@ def username_problems(username) -> list[Problem]:
     return []
 
 
+def idp_subject_problems(value) -> list[Problem]:
+    """An OpenID Connect subject: 1-255 printable characters, no surrounding spaces."""
+    if not isinstance(value, str) or not (0 < len(value) <= 255):
+        return [("idp_subject", "idp_subject must be 1-255 characters (the provider's 'sub')")]
+    if value != value.strip() or not value.isprintable():
+        problem = f"idp_subject {value!r} has spaces around it or control characters"
+        return [("idp_subject", problem)]
+    return []
+
+
 def slug_problems(value, what: str) -> list[Problem]:
     if not isinstance(value, str) or not SLUG_RE.match(value):
         return [
