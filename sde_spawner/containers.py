@@ -16,6 +16,7 @@ LABEL_PREFIX = "org.sde-tre"
 BRIDGE_PREFIX = "sde"  # host interface names of workspace networks: sde + 12 hex (<= 15 chars)
 WORKSPACE_HOME = "/home/researcher"
 DATA_MOUNT = "/data"
+IMPORTS_MOUNT = "/imports"  # approved imports of the project (sde_spawner.imports), read-only
 WORKSPACE_UID = "1000:1000"
 # The embedded DNS server of user-defined networks forwards names it does not know to the
 # container's upstream servers. A workspace gets an upstream that can never answer: the
@@ -117,6 +118,7 @@ def container_spec(
     command: list[str],
     env: dict[str, str],
     extract_dir: str,
+    imports_dir: str,
     limits: Limits,
     object_labels: dict[str, str],
     port: int = 8888,
@@ -161,6 +163,12 @@ def container_spec(
                 {
                     "Target": DATA_MOUNT,
                     "Source": extract_dir,
+                    "Type": "bind",
+                    "ReadOnly": True,
+                },
+                {
+                    "Target": IMPORTS_MOUNT,
+                    "Source": imports_dir,
                     "Type": "bind",
                     "ReadOnly": True,
                 },

@@ -60,6 +60,7 @@ class HealthHandler(web.RequestHandler):
 def make_app(settings: ServiceSettings, *, hub_auth: HubOAuth | None = None) -> web.Application:
     from sde_spawner.audit import api as audit_api
     from sde_spawner.checking import handlers as checking
+    from sde_spawner.imports import handlers as imports
     from sde_spawner.services import admin_pages, audit_pages
 
     hub_auth = hub_auth or HubOAuth(
@@ -75,6 +76,7 @@ def make_app(settings: ServiceSettings, *, hub_auth: HubOAuth | None = None) -> 
         *admin_pages.routes(p),
     ]
     routes += checking.routes(p)
+    routes += imports.routes(p)
     return web.Application(
         routes,
         hub_auth=hub_auth,
