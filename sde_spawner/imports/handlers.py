@@ -33,6 +33,7 @@ from sde_spawner.checking.storage import BlobError, BlobStore
 from sde_spawner.imports import logic
 from sde_spawner.imports.materialise import blob_store
 from sde_spawner.imports.states import Action, Decision
+from sde_spawner.services.pages import BROWSER_ONLY, TOKEN_ARGUMENTS
 
 #: Room for the form's own fields (project, justification, description, part headers).
 FORM_OVERHEAD = 1024 * 1024
@@ -115,6 +116,11 @@ class UploadHandler(ImportPage):
             self.request.headers.get("Content-Type", ""), b"".join(self._chunks), args, files
         )
         self._chunks = []
+        if any(name in args for name in TOKEN_ARGUMENTS):  # never read, but never taken either
+            await self.refuse(
+                f"{BROWSER_ONLY} (this request carried a 'token' form field)",
+                actor=self.username,
+            )
 
         def text(name: str) -> str:
             return b"".join(args.get(name, [b""])[:1]).decode("utf-8", "replace")

@@ -194,6 +194,19 @@ async def test_pages_take_no_tokens_and_non_members_cannot_import(svc, db):
     )
     assert r.code == 403 and b"browser login" in r.body
     assert events(db, action="import.refused")[-1]["outcome"] == "denied"
+    # a token in the streamed form itself is refused too (HubAuth never reads it, but no page
+    # takes one), after the guard let the browser session in
+    await svc.fetch("GET", "imports/", user="alice")
+    ctype, body = multipart({"project": PROJECT, "justification": "x", "token": "ws-alice"}, [])
+    xsrf = quote(svc.jars["alice"]["_xsrf"])
+    r = await svc.fetch(
+        "POST",
+        f"imports/new?_xsrf={xsrf}",
+        user="alice",
+        body=body,
+        headers={"Content-Type": ctype},
+    )
+    assert r.code == 403 and b"carried a" in r.body, r.body
     # olga is not a member of p1
     r = await upload(svc, "olga", [("codes.csv", LOOKUP)])
     assert r.code == 403 and b"not an active member" in r.body
