@@ -15,7 +15,7 @@ project; an output checker of the project who is not the requester, and active, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import select
@@ -171,6 +171,13 @@ class Upload:
     data: bytes
 
 
+def _inward(problem):
+    """The byte inspector's words for the way in (it speaks of exports)."""
+    text = problem.message.replace("never exported", "never imported")
+    text = text.replace("export the files in it", "upload the files in it one by one")
+    return replace(problem, message=text)
+
+
 def _refuse(username: str, project: str, problems, **extra) -> Refused:
     return Refused(
         Action.refused,
@@ -212,7 +219,7 @@ def submit_import(
     if problems:
         raise _refuse(username, project, problems, files=[f.name[:200] for f in files][:20])
     checks = [rules.check_bytes(f.name, f.data) for f in files]
-    problems = [p for c in checks for p in c.problems]
+    problems = [_inward(p) for c in checks for p in c.problems]
     if problems:
         raise _refuse(
             username,
