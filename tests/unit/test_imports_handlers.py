@@ -227,3 +227,27 @@ async def test_withdrawn_imports_never_mount(svc, db):
     with db() as s:
         assert logic.approved_files(s, PROJECT) == []
     assert json.dumps(events(db, action="import.withdrawn")[-1]["details"])
+
+
+async def test_an_upload_over_the_size_limit_is_refused_before_it_is_read(svc, db, monkeypatch):
+    monkeypatch.setenv("SDE_IMPORT_MAX_REQUEST_BYTES", "1000")
+    monkeypatch.setenv("SDE_IMPORT_MAX_FILE_BYTES", "500")
+    svc.app.settings.pop("sde_imports", None)  # the rules are read again
+    r = await upload(svc, "alice", [("big.csv", b"a,b\n" + b"1,2\n" * 600_000)])
+    assert r.code == 413 and b"over the limit" in r.body, r.body[:300]
+    refused = events(db, action="import.refused")[-1]
+    assert refused["outcome"] == "denied" and refused["actor"] == "alice"
+    # under the request limit but over the per-file one: the rules say which file
+    r = await upload(svc, "alice", [("mid.csv", b"a,b\n" + b"1,2\n" * 150)])
+    assert r.code == 422 and b"mid.csv is" in r.body and b"per file" in r.body
+    # control: a small one passes
+    imported_id(await upload(svc, "alice", [("small.csv", b"a,b\n1,2\n")]))
+
+
+def test_the_policy_key_is_validated():
+    from sde_spawner.registry.rules import output_policy_problems
+
+    assert output_policy_problems({"import_required_approvals": 2}) == []
+    assert [k for k, _ in output_policy_problems({"import_required_approvals": 9})] == [
+        "import_required_approvals"
+    ]
