@@ -25,6 +25,16 @@ HELPER = (
 )
 REJECTED = b"code,label\nZ99,not for this project\n"
 PENDING = b"code,label\nX01,still waiting\n"
+# From inside the room: the workspace's own token and address cannot reach the upload page.
+FROM_INSIDE = r"""
+import os, urllib.error, urllib.request
+req = urllib.request.Request(os.environ["SDE_SERVICE_URL"] + "imports/new", data=b"x=1",
+    method="POST", headers={"Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"]})
+try:
+    print(urllib.request.urlopen(req, timeout=20).status)
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode(errors="replace")[-1500:])
+"""
 ELF = b"\x7fELF\x02\x01\x01" + b"\x00" * 500
 
 
@@ -135,6 +145,8 @@ def test_upload_approve_and_see_it_read_only_under_imports(hub, chromium, docker
             res = ws.exec_run(["sh", "-c", cmd])
             assert res.exit_code != 0 and b"Read-only file system" in res.output, (cmd, res)
         assert ws.exec_run(["cat", f"/imports/{approved}/codes.csv"]).output == CODES
+        attempt = ws.exec_run(["python3", "-c", FROM_INSIDE]).output.decode()
+        assert attempt.startswith("403") and "browser login" in attempt, attempt
         mounts = ws.exec_run(["cat", "/proc/mounts"]).output.decode().splitlines()
         imports = [m for m in mounts if m.split()[1] == "/imports"]
         assert len(imports) == 1 and "ro" in imports[0].split()[3].split(","), imports

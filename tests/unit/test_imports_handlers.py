@@ -251,3 +251,23 @@ def test_the_policy_key_is_validated():
     assert [k for k, _ in output_policy_problems({"import_required_approvals": 9})] == [
         "import_required_approvals"
     ]
+
+
+async def test_a_checker_revokes_an_approval_and_the_files_leave_the_layout(svc, db, tmp_path):
+    iid = imported_id(await upload(svc, "alice", [("codes.csv", LOOKUP)]))
+    await decide(svc, "chris", iid, "approve")
+    root = str(tmp_path / "state" / "imports")
+    before, files = prepare_imports(db, root, PROJECT)
+    assert [f.relpath for f in files] == [f"{iid}/codes.csv"]
+    # the requester cannot revoke (only a checker), a checker must say why
+    r = await svc.form_post("alice", f"imports/requests/{iid}/revoke", {"comment": "oops"})
+    assert r.code == 403 and b"only the checker" in r.body
+    page = await svc.fetch("GET", f"imports/requests/{iid}", user="dana")
+    assert b'id="revoke"' in page.body
+    r = await svc.form_post("dana", f"imports/requests/{iid}/revoke", {"comment": ""})
+    assert r.code == 400 and b"say why" in r.body
+    r = await svc.form_post("dana", f"imports/requests/{iid}/revoke", {"comment": "licence ended"})
+    assert r.code == 302 and r.headers["Location"].endswith("?done=revoked")
+    after, files = prepare_imports(db, root, PROJECT)
+    assert files == [] and after != before and list(after.iterdir()) == []
+    assert events(db, action="import.revoked")[-1]["reason"] == "licence ended"
