@@ -23,13 +23,17 @@ SDE_SDC_ZEROS_ARE_DISCLOSIVE (true), which workspaces get too for researchers' p
 The export rules, given to the service and to every workspace alike (sde_airlock.rules):
 SDE_EXPORT_ALLOWED_TYPES (.csv,.tsv,.txt,.md,.png,.jpg,.jpeg,.ipynb,.html,.json),
 SDE_EXPORT_MAX_FILE_BYTES (200 MiB), SDE_EXPORT_MAX_FILES (20), SDE_EXPORT_MAX_JUSTIFICATION,
-SDE_EXPORT_MAX_DESCRIPTION, SDE_EXPORT_MAX_PATH.
+SDE_EXPORT_MAX_DESCRIPTION, SDE_EXPORT_MAX_PATH. The import rules, for the service only
+(sde_airlock.imports): SDE_IMPORT_ALLOWED_TYPES, SDE_IMPORT_MAX_FILE_BYTES (25 MiB),
+SDE_IMPORT_MAX_FILES (10), SDE_IMPORT_MAX_REQUEST_BYTES (64 MiB), SDE_IMPORT_MAX_JUSTIFICATION,
+SDE_IMPORT_MAX_DESCRIPTION.
 """
 
 import os
 import sys
 from pathlib import Path
 
+from sde_airlock.imports import IMPORT_SETTINGS, ImportRules
 from sde_airlock.rules import EXPORT_SETTINGS, ExportRules
 from sde_spawner.auth import OIDC_CLASS, LoginRefused, choose_login
 from sde_spawner.db import upgrade
@@ -43,6 +47,7 @@ try:
     login = choose_login(os.environ)
     spawner_class = choose_spawner(os.environ)
     ExportRules.from_env(os.environ)  # a bad SDE_EXPORT_* setting stops the hub, naming it
+    ImportRules.from_env(os.environ)  # and so does a bad SDE_IMPORT_* one
 except (LoginRefused, ValueError) as exc:
     raise SystemExit(f"sde: the hub refuses to start: {exc}") from None
 
@@ -83,6 +88,7 @@ if kubernetes:
     c.SDEKubeSpawner.object_prefix = os.environ.get("SDE_OBJECT_PREFIX", "sde")
 else:
     c.SDESpawner.prefix = os.environ.get("SDE_OBJECT_PREFIX", "sde")
+    c.SDESpawner.imports_dir = str(state / "imports")  # the sde service's import store, mounted
 c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 60
@@ -93,6 +99,7 @@ c.Spawner.http_timeout = 60
 service_port = int(os.environ.get("SDE_SERVICE_PORT", "9100"))
 SERVICE_SETTINGS = (
     *EXPORT_SETTINGS,
+    *IMPORT_SETTINGS,
     "SDE_CHECKING_PREVIEW_ROWS",
     "SDE_CHECKING_PAGE_NETWORKS",
     "SDE_AUDIT_CHECKPOINT_SECONDS",

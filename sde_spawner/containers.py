@@ -16,6 +16,7 @@ LABEL_PREFIX = "org.sde-tre"
 BRIDGE_PREFIX = "sde"  # host interface names of workspace networks: sde + 12 hex (<= 15 chars)
 WORKSPACE_HOME = "/home/researcher"
 DATA_MOUNT = "/data"
+IMPORTS_MOUNT = "/imports"  # approved imports of the project (sde_spawner.imports), read-only
 UID = GID = 1000  # the researcher's account in images/notebook
 WORKSPACE_UID = f"{UID}:{GID}"
 # The embedded DNS server of user-defined networks forwards names it does not know to the
@@ -111,17 +112,21 @@ class Mount:
 
     target: str
     source: str  # Docker: volume name or host path; Kubernetes: claim name
-    kind: str  # "home" (the person's writable home) or "data" (the extract)
+    kind: str  # "home" (the person's writable home), "data" (the extract) or "imports"
     read_only: bool
 
 
-def workspace_mounts(home: str, data: str) -> tuple[Mount, ...]:
-    """The only two filesystems of a locked room besides its tmpfs: a writable home and the
-    read-only minimum-dataset extract at ``/data``."""
-    return (
+def workspace_mounts(home: str, data: str, imports: str | None = None) -> tuple[Mount, ...]:
+    """The only filesystems of a locked room besides its tmpfs: a writable home, the
+    read-only minimum-dataset extract at ``/data`` and, where given, the project's approved
+    imports read-only at ``/imports``."""
+    mounts = (
         Mount(WORKSPACE_HOME, home, "home", read_only=False),
         Mount(DATA_MOUNT, data, "data", read_only=True),
     )
+    if imports is not None:
+        mounts += (Mount(IMPORTS_MOUNT, imports, "imports", read_only=True),)
+    return mounts
 
 
 NO_IPV6_SYSCTLS = {
@@ -141,6 +146,7 @@ def container_spec(
     command: list[str],
     env: dict[str, str],
     extract_dir: str,
+    imports_dir: str,
     limits: Limits,
     object_labels: dict[str, str],
     port: int = 8888,
@@ -183,7 +189,7 @@ def container_spec(
                     "Type": "volume" if m.kind == "home" else "bind",
                     "ReadOnly": m.read_only,
                 }
-                for m in workspace_mounts(names.home_volume, extract_dir)
+                for m in workspace_mounts(names.home_volume, extract_dir, imports_dir)
             ],
             "auto_remove": False,
         },

@@ -29,6 +29,7 @@ from dockerspawner import DockerSpawner
 from traitlets import Bool, Float, Integer, List, Unicode, default
 
 from sde_spawner import firewall
+from sde_spawner.checking.storage import BlobError
 from sde_spawner.containers import (
     Limits,
     container_spec,
@@ -37,6 +38,7 @@ from sde_spawner.containers import (
     volume_spec,
     workspace_names,
 )
+from sde_spawner.imports.materialise import prepare_imports
 from sde_spawner.rooms import (  # noqa: F401 - re-exported: the names' old home
     SDC_SETTINGS,
     LockedRoomMixin,
@@ -54,6 +56,19 @@ class SDESpawner(LockedRoomMixin, DockerSpawner):
         "",
         help="The same directory as the Docker engine sees it, when the hub runs in a "
         "container. Empty: same as extracts_dir.",
+    ).tag(config=True)
+
+    imports_dir = Unicode(
+        "",
+        help="Directory (as the hub sees it) of imports: the `sde` service's import blob store "
+        "(blobs/) and the read-only layouts mounted at /imports (mounts/). Empty: imports/ "
+        "beside extracts_dir (SDE_STATE_DIR/imports).",
+    ).tag(config=True)
+
+    imports_host_dir = Unicode(
+        "",
+        help="The same directory as the Docker engine sees it, when the hub runs in a "
+        "container. Empty: same as imports_dir.",
     ).tag(config=True)
 
     pids_limit = Integer(256, help="Maximum number of processes in a workspace.").tag(config=True)
@@ -190,6 +205,9 @@ class SDESpawner(LockedRoomMixin, DockerSpawner):
         self.object_name = names.container
         version = os.path.relpath(built.path, self.extracts_dir)
         self._extract_host_dir = os.path.join(self.extracts_host_dir or self.extracts_dir, version)
+
+        self._event(40, "Preparing your approved imports")
+        await self._prepare_imports(project)
 
         self._event(50, "Isolating your workspace network")
         created_network = created_volume = False
@@ -336,6 +354,35 @@ class SDESpawner(LockedRoomMixin, DockerSpawner):
         extra = [self.service_port] if self.service_port else []
         return [self._hub_port(), *extra, *self.firewall_extra_ports]
 
+    def _imports_root(self) -> str:
+        return self.imports_dir or os.path.join(
+            os.path.dirname(os.path.normpath(self.extracts_dir)), "imports"
+        )
+
+    async def _prepare_imports(self, project: str) -> None:
+        """Lay the project's approved imports out read-only for /imports (new approvals
+        appear at the next start; a running workspace's mount never changes)."""
+        root = self._imports_root()
+        try:
+            path, files = await self._in_thread(
+                prepare_imports, _sessionmaker(self.registry_url), root, project
+            )
+        except (BlobError, OSError) as exc:
+            self.project = ""
+            await self.refuse(
+                f"the project's approved imports could not be prepared ({exc})",
+                project=project,
+                status=500,
+            )
+        self._imports_host_dir = os.path.join(
+            self.imports_host_dir or root, os.path.relpath(path, root)
+        )
+        await self.record(
+            "import.mounted",
+            project=project,
+            details={"layout": path.name, "files": [f.relpath for f in files][:200]},
+        )
+
     def get_env(self):
         service_url = ""
         if self.service_port and self.hub_connect_url:
@@ -350,6 +397,7 @@ class SDESpawner(LockedRoomMixin, DockerSpawner):
             command=await self.get_command(),
             env=self.get_env(),
             extract_dir=self._extract_host_dir,
+            imports_dir=self._imports_host_dir,
             limits=Limits(
                 mem_limit=str(self._project_facts.mem_limit or self.mem_limit),
                 cpu_limit=float(self._project_facts.cpu_limit or self.cpu_limit),

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sde_spawner.audit import models as _audit_models  # noqa: F401  (tables on Base)
 from sde_spawner.checking import models as _checking_models  # noqa: F401
 from sde_spawner.db import Base, make_engine, make_sessionmaker
+from sde_spawner.imports import models as _import_models  # noqa: F401  (the service's pages)
 from sde_spawner.registry.models import (
     Membership,
     Person,

@@ -70,6 +70,7 @@ POLICY_KEYS = {
     "cell_threshold": int,
     "dof_threshold": int,
     "zeros_are_disclosive": bool,
+    "import_required_approvals": int,
 }
 LIMIT_KEYS = {"cpu": (int, float), "memory": str}
 #: Where each approval requirement lives in the file.

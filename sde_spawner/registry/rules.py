@@ -33,6 +33,7 @@ OUTPUT_POLICY_KEYS = (
     "dof_threshold",
     "zeros_are_disclosive",
     "rounding",
+    "import_required_approvals",  # checkers who must approve an import (sde_spawner.imports)
 )
 
 #: A problem found by a check: (field, message).
@@ -196,6 +197,9 @@ def output_policy_problems(policy: dict) -> list[Problem]:
     z = policy.get("zeros_are_disclosive")
     if z is not None and not isinstance(z, bool):
         out.append(("zeros_are_disclosive", "zeros_are_disclosive must be true or false"))
+    ira = policy.get("import_required_approvals")
+    if ira is not None and (not isinstance(ira, int) or isinstance(ira, bool) or not 1 <= ira <= 5):
+        out.append(("import_required_approvals", "import_required_approvals must be 1 to 5"))
     r = policy.get("rounding")
     if r is not None:
         from sde_airlock.sdc.core import valid_rounding

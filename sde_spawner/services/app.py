@@ -61,6 +61,7 @@ def make_app(settings: ServiceSettings, *, hub_auth: HubOAuth | None = None) -> 
     from sde_spawner.audit import api as audit_api
     from sde_spawner.checking import api as checking_api
     from sde_spawner.checking import pages as checking_pages
+    from sde_spawner.imports import handlers as imports
     from sde_spawner.services import admin_pages, audit_pages
 
     hub_auth = hub_auth or HubOAuth(
@@ -76,6 +77,7 @@ def make_app(settings: ServiceSettings, *, hub_auth: HubOAuth | None = None) -> 
         *admin_pages.routes(p),
     ]
     routes += checking_api.routes(p) + checking_pages.routes(p)
+    routes += imports.routes(p)
     return web.Application(
         routes,
         hub_auth=hub_auth,

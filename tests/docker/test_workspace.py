@@ -82,8 +82,9 @@ def test_container_is_hardened_as_inspected(hub, alice_ws):
     assert hc["Dns"] == ["0.0.0.0"]
     assert "/tmp" in hc["Tmpfs"]
     mounts = {m["Destination"]: m for m in alice_ws.attrs["Mounts"]}
-    assert set(mounts) == {"/home/researcher", "/data"}
+    assert set(mounts) == {"/home/researcher", "/data", "/imports"}
     assert mounts["/data"]["RW"] is False and mounts["/data"]["Type"] == "bind"
+    assert mounts["/imports"]["RW"] is False and mounts["/imports"]["Type"] == "bind"
     assert mounts["/home/researcher"]["Name"] == names(hub, "alice").home_volume
     assert not any("docker.sock" in (m.get("Source") or "") for m in alice_ws.attrs["Mounts"])
     nets = alice_ws.attrs["NetworkSettings"]["Networks"]

@@ -73,6 +73,7 @@ def test_container_spec_whole():
         command=["jupyterhub-singleuser"],
         env={"JUPYTERHUB_API_TOKEN": "t"},
         extract_dir="/srv/extracts/proj-a/bob",
+        imports_dir="/srv/imports/mounts/proj-a/0123abcd",
         limits=Limits(mem_limit="1G", cpu_limit=0.5, pids_limit=128, tmp_size="64m"),
         object_labels={"k": "v"},
     )
@@ -117,17 +118,33 @@ def test_container_spec_whole():
                     "Type": "bind",
                     "ReadOnly": True,
                 },
+                {
+                    "Target": "/imports",
+                    "Source": "/srv/imports/mounts/proj-a/0123abcd",
+                    "Type": "bind",
+                    "ReadOnly": True,
+                },
             ],
             "auto_remove": False,
         },
     }
 
 
-def test_no_docker_socket_or_host_paths_besides_the_extract():
+def test_no_docker_socket_or_host_paths_besides_the_extract_and_imports():
     n = workspace_names("bob", "proj-a")
     spec = container_spec(
-        names=n, image="i", command=[], env={}, extract_dir="/x", limits=Limits(), object_labels={}
+        names=n,
+        image="i",
+        command=[],
+        env={},
+        extract_dir="/x",
+        imports_dir="/y",
+        limits=Limits(),
+        object_labels={},
     )
     binds = [m for m in spec["host_config"]["mounts"] if m["Type"] == "bind"]
-    assert binds == [{"Target": "/data", "Source": "/x", "Type": "bind", "ReadOnly": True}]
+    assert binds == [
+        {"Target": "/data", "Source": "/x", "Type": "bind", "ReadOnly": True},
+        {"Target": "/imports", "Source": "/y", "Type": "bind", "ReadOnly": True},
+    ]
     assert "docker.sock" not in repr(spec)
