@@ -36,6 +36,7 @@ from egress_extension.audit import AuditShipper, HTTPSink
 from egress_extension.blocking import (
     DEFAULT_MAX_VIEW_SIZE,
     LAB_PLUGINS,
+    QUIET_PLUGINS,
     VIEWABLE_BINARY_SUFFIXES,
     DownloadBlocker,
     blocked_routes,
@@ -47,6 +48,11 @@ from sde_airlock.rules import ExportRules
 from sde_airlock.sdc import Rules
 
 PR_SET_DUMPABLE = 4
+
+
+def clipboard_rule(value: str | None) -> str:
+    """'allow' only when said so; anything else (unset, a typo) blocks."""
+    return "allow" if (value or "").strip().lower() == "allow" else "block"
 
 
 def make_undumpable() -> bool:
@@ -151,9 +157,29 @@ class EgressApp(ExtensionApp):
 
     disabled_lab_plugins = List(
         Unicode(),
-        default_value=list(LAB_PLUGINS),
+        default_value=[*LAB_PLUGINS, *QUIET_PLUGINS],
         help="JupyterLab plugins added to disabledExtensions (their commands download or "
-        "export files).",
+        "export files, or reach for news, updates and extension listings).",
+    ).tag(config=True)
+
+    clipboard_out = Unicode(
+        help="Copying out of the JupyterLab page: 'block' (copy and cut blocked and recorded "
+        "as clipboard.copy_blocked) or 'allow'. Default: $SDE_CLIPBOARD_OUT, which the hub "
+        "sets from the project's output policy (clipboard_out); anything else blocks.",
+    ).tag(config=True)
+
+    @default("clipboard_out")
+    def _default_clipboard_out(self) -> str:
+        return clipboard_rule(os.environ.get("SDE_CLIPBOARD_OUT"))
+
+    @validate("clipboard_out")
+    def _valid_clipboard_out(self, proposal: Any) -> str:
+        return clipboard_rule(proposal["value"])
+
+    data_dir = Unicode(
+        "/data",
+        help="Where the project's extract is mounted read-only (the spawner mounts it on "
+        "/data); the My data panel shows its data dictionary and file names.",
     ).tag(config=True)
 
     # -- activity ----------------------------------------------------------------------

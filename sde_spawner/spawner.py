@@ -88,6 +88,13 @@ def project_sdc_env(policy: dict) -> dict[str, str]:
     return out
 
 
+def project_clipboard_env(policy: dict) -> dict[str, str]:
+    """The project's copy-out rule for its workspaces' JupyterLab: ``SDE_CLIPBOARD_OUT`` is
+    ``block`` unless the output policy says ``clipboard_out = "allow"`` (the UK TRE standard
+    asks that the clipboard not be a way out, so blocking is the default)."""
+    return {"SDE_CLIPBOARD_OUT": "allow" if policy.get("clipboard_out") == "allow" else "block"}
+
+
 SDC_SETTINGS = (
     "SDE_SDC_THRESHOLD",
     "SDE_SDC_DOF_THRESHOLD",
@@ -597,6 +604,7 @@ class SDESpawner(DockerSpawner):
             if os.environ.get(name):
                 env[name] = os.environ[name]
         env.update(project_sdc_env(self._project_facts.output_policy))
+        env.update(project_clipboard_env(self._project_facts.output_policy))
         return env
 
     async def create_object(self):

@@ -63,6 +63,7 @@ POLICY_KEYS = {
     "cell_threshold": int,
     "dof_threshold": int,
     "zeros_are_disclosive": bool,
+    "clipboard_out": str,
 }
 LIMIT_KEYS = {"cpu": (int, float), "memory": str}
 #: Where each approval requirement lives in the file.

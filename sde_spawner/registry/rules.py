@@ -33,6 +33,7 @@ OUTPUT_POLICY_KEYS = (
     "dof_threshold",
     "zeros_are_disclosive",
     "rounding",
+    "clipboard_out",
 )
 
 #: A problem found by a check: (field, message).
@@ -186,6 +187,9 @@ def output_policy_problems(policy: dict) -> list[Problem]:
     z = policy.get("zeros_are_disclosive")
     if z is not None and not isinstance(z, bool):
         out.append(("zeros_are_disclosive", "zeros_are_disclosive must be true or false"))
+    c = policy.get("clipboard_out")
+    if c is not None and c not in ("block", "allow"):
+        out.append(("clipboard_out", f"clipboard_out must be 'block' or 'allow', not {c!r}"))
     r = policy.get("rounding")
     if r is not None:
         from sde_airlock.sdc.core import valid_rounding
