@@ -176,6 +176,15 @@ class EgressApp(ExtensionApp):
     def _valid_clipboard_out(self, proposal: Any) -> str:
         return clipboard_rule(proposal["value"])
 
+    support_contact = Unicode(
+        help="Whom researchers ask about their data, outputs or access (the welcome page). "
+        "Default: $SDE_SUPPORT_CONTACT.",
+    ).tag(config=True)
+
+    @default("support_contact")
+    def _default_support_contact(self) -> str:
+        return os.environ.get("SDE_SUPPORT_CONTACT", "")
+
     data_dir = Unicode(
         "/data",
         help="Where the project's extract is mounted read-only (the spawner mounts it on "

@@ -254,9 +254,14 @@ class DownloadBlocker:
     def page_config_hook(self, previous: Any = None):
         """A ``page_config_hook`` (chained, outermost) adding our plugins to
         ``disabledExtensions``, keeping the TRE's own extension enabled, and telling the page
-        the project's copy-out rule (``sdeClipboardOut``)."""
+        the project's copy-out rule (``sdeClipboardOut``), the project and whom to ask (the
+        welcome page's ``sdeProject`` and ``sdeSupport``)."""
         plugins = list(self.ext.disabled_lab_plugins)
-        clipboard_out = self.ext.clipboard_out
+        room = {
+            "sdeClipboardOut": self.ext.clipboard_out,
+            "sdeProject": os.environ.get("SDE_PROJECT", ""),
+            "sdeSupport": getattr(self.ext, "support_contact", ""),
+        }
 
         def hook(handler: Any, page_config: dict) -> dict:
             if previous is not None:
@@ -266,7 +271,7 @@ class DownloadBlocker:
                 disabled = [k for k, v in disabled.items() if v]
             disabled = [d for d in disabled if not str(d).startswith(OWN_LAB_EXTENSION)]
             page_config["disabledExtensions"] = list(dict.fromkeys([*disabled, *plugins]))
-            page_config["sdeClipboardOut"] = clipboard_out
+            page_config.update(room)
             return page_config
 
         hook.egress_extension = True  # type: ignore[attr-defined]

@@ -433,6 +433,8 @@ def test_the_page_config_hook_keeps_other_disabled_plugins():
         "disabledExtensions": ["@other/ext", "@x/y:download"],
         "touched": True,
         "sdeClipboardOut": "allow",
+        "sdeProject": "",
+        "sdeSupport": "",
     }
 
 

@@ -145,12 +145,15 @@ def test_the_page_config_carries_the_rule_and_keeps_the_room_quiet(ext):
     class Ext:
         disabled_lab_plugins = (*LAB_PLUGINS, *QUIET_PLUGINS)
         clipboard_out = "block"
+        support_contact = "tre-help@example.org"
 
     hook = DownloadBlocker(Ext()).page_config_hook(None)
     out = hook(None, {"disabledExtensions": ["@other/ext", "@sde-tre/jupyterlab:clipboard"]})
     assert out == {
         "disabledExtensions": ["@other/ext", *LAB_PLUGINS, *QUIET_PLUGINS],
         "sdeClipboardOut": "block",
+        "sdeProject": "",
+        "sdeSupport": "tre-help@example.org",
     }
     assert "@jupyterlab/apputils-extension:announcements" in ext.disabled_lab_plugins
 
@@ -210,3 +213,18 @@ def test_a_projects_policy_sets_the_workspaces_copy_rule():
     assert rules.output_policy_problems({"clipboard_out": "sometimes"}) == [
         ("clipboard_out", "clipboard_out must be 'block' or 'allow', not 'sometimes'")
     ]
+
+
+def test_the_hub_accepts_every_action_the_workspace_records():
+    """A batch is all or nothing: one action the audit API does not know would lose the whole
+    batch, so every action name egress_extension records must be a workspace activity."""
+    import re
+
+    from sde_spawner.audit.api import WORKSPACE_ACTIONS
+    from tests.support import REPO
+
+    source = "".join(p.read_text() for p in (REPO / "egress_extension").glob("*.py"))
+    recorded = set(re.findall(r'record\(\s*"([a-z_]+\.[a-z_.]+)"', source))
+    recorded |= set(re.findall(r'action="([a-z_]+\.[a-z_.]+)"', source))
+    assert {"clipboard.copy_blocked", "export.check.refused", "download.blocked"} <= recorded
+    assert recorded - WORKSPACE_ACTIONS == set()

@@ -4,6 +4,7 @@
  * line of Python that loads each one. From GET egress/api/data (the dictionary the hub wrote
  * into the read-only extract; names and sizes of its files, never their content).
  */
+import { tableRowsIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
 import { call, el } from './api';
@@ -46,7 +47,7 @@ export class DataPanel extends Widget {
     super();
     this.id = 'sde-data';
     this.addClass('sde-panel');
-    this.title.label = 'My data';
+    this.title.icon = tableRowsIcon;
     this.title.caption = "Your project's extract (read-only, in /data)";
   }
 

@@ -8,6 +8,7 @@
 import { JupyterFrontEnd } from '@jupyterlab/application';
 import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { IFileBrowserFactory } from '@jupyterlab/filebrowser';
+import { shareIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
 import { call, el, ICheckReport, IExportRequest, LABELS } from './api';
@@ -96,7 +97,7 @@ export class ExportsPanel extends Widget {
     super();
     this.id = 'sde-exports';
     this.addClass('sde-panel');
-    this.title.label = 'Exports';
+    this.title.icon = shareIcon;
     this.title.caption = 'Your export requests';
     this.node.appendChild(el('h2', {}, 'Export requests'));
     this.node.appendChild(

@@ -1,15 +1,18 @@
 /**
  * The TRE's JupyterLab: export requests from the file browser and the Exports panel
- * (exports.ts), "My data" (data.ts), and copying out blocked when the project's policy says so
- * (clipboard.ts). Prebuilt and shipped in the image; it calls only this workspace's server.
+ * (exports.ts), "My data" (data.ts), copying out blocked when the project's policy says so
+ * (clipboard.ts) and the welcome page (welcome.ts). Prebuilt and shipped in the image; it calls only this workspace's server.
  */
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import { ICommandPalette } from '@jupyterlab/apputils';
 import { IFileBrowserFactory } from '@jupyterlab/filebrowser';
+import { IStateDB } from '@jupyterlab/statedb';
 
 import { roomOption } from './api';
 import { clipboardBlocked, installCopyBlock } from './clipboard';
 import { DataPanel } from './data';
-import { activateExports } from './exports';
+import { activateExports, SHOW_EXPORTS } from './exports';
+import { activateWelcome, SHOW_WELCOME } from './welcome';
 
 const exportsPlugin: JupyterFrontEndPlugin<void> = {
   id: '@sde-tre/jupyterlab:exports',
@@ -46,4 +49,20 @@ const clipboardPlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default [exportsPlugin, dataPlugin, clipboardPlugin];
+const welcomePlugin: JupyterFrontEndPlugin<void> = {
+  id: '@sde-tre/jupyterlab:welcome',
+  description: 'The welcome page: the room, the data, exports and imports, whom to ask.',
+  autoStart: true,
+  optional: [IStateDB, ICommandPalette],
+  activate: (app: JupyterFrontEnd, state: IStateDB | null, palette: ICommandPalette | null) => {
+    activateWelcome(app, state);
+    if (palette) {
+      const category = 'Secure Data Environment';
+      for (const command of [SHOW_WELCOME, SHOW_EXPORTS, 'sde:show-data']) {
+        palette.addItem({ command, category });
+      }
+    }
+  }
+};
+
+export default [exportsPlugin, dataPlugin, clipboardPlugin, welcomePlugin];
