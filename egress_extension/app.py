@@ -191,6 +191,14 @@ class EgressApp(ExtensionApp):
         "/data); the My data panel shows its data dictionary and file names.",
     ).tag(config=True)
 
+    data_link = Unicode(
+        "data",
+        help="Name of a link in the home folder to data_dir, made at start when the extract is "
+        "mounted and nothing of that name exists, so that the file browser shows the data "
+        "(read-only: the mount is). Reads through it are audited like any other; an export "
+        "of a file in it is refused (a link into /data). Empty: no link.",
+    ).tag(config=True)
+
     # -- activity ----------------------------------------------------------------------
 
     code_max_bytes = Int(
@@ -240,11 +248,27 @@ class EgressApp(ExtensionApp):
             backoff_max=self.audit_backoff_max,
         )
         self.blocker = DownloadBlocker(self)
+        self.link_data()
         if not configured:
             self.log.warning(
                 "egress_extension: SDE_SERVICE_URL/JUPYTERHUB_API_TOKEN unset: activity is "
                 "queued but not shipped and export requests are unavailable"
             )
+
+    def link_data(self) -> str | None:
+        """Make the home folder's link to the extract (see ``data_link``); its path, or None
+        when there is no extract, the name is taken or it cannot be made."""
+        if not self.data_link or "/" in self.data_link or not os.path.isdir(self.data_dir):
+            return None
+        link = os.path.join(self.policy.root, self.data_link)
+        if os.path.lexists(link):
+            return None
+        try:
+            os.symlink(self.data_dir, link, target_is_directory=True)
+        except OSError as exc:
+            self.log.warning("egress_extension: no %s link to %s: %s", link, self.data_dir, exc)
+            return None
+        return link
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(handlers())

@@ -258,7 +258,13 @@ class DataHandler(EgressAPIHandler):
 
     @web.authenticated
     async def get(self) -> None:
-        self.reply(await asyncio.to_thread(data_info, self.egress.data_dir))
+        info = await asyncio.to_thread(data_info, self.egress.data_dir)
+        link = os.path.join(self.egress.policy.root, self.egress.data_link or "-")
+        linked = os.path.islink(link) and os.path.realpath(link) == os.path.realpath(
+            self.egress.data_dir
+        )
+        info["browser_path"] = self.egress.data_link if linked else None
+        self.reply(info)
 
 
 DICTIONARY_FILE = "DATA_DICTIONARY.json"

@@ -600,7 +600,8 @@ class SDESpawner(DockerSpawner):
         env.pop("JUPYTERHUB_ACTIVITY_URL", None)
         # Researchers' pre-checks use the checkers' thresholds, and the extension's early
         # feedback the service's export rules (which the service enforces again).
-        for name in (*SDC_SETTINGS, *EXPORT_SETTINGS):
+        # ... and the welcome page says whom to ask (the deployment's SDE_SUPPORT_CONTACT).
+        for name in (*SDC_SETTINGS, *EXPORT_SETTINGS, "SDE_SUPPORT_CONTACT"):
             if os.environ.get(name):
                 env[name] = os.environ[name]
         env.update(project_sdc_env(self._project_facts.output_policy))

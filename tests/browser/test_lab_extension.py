@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 from urllib.parse import urlsplit
 
@@ -142,9 +141,13 @@ def test_request_an_export_from_the_file_browser_and_follow_it(hub, alice_ws, ch
         assert dataset.locator(".sde-columns tr[data-column]").count() >= 2
         assert "rows" in dataset.locator(".sde-rows").inner_text()
         assert page.locator("#sde-data .sde-data-files li").count() >= 1
+        assert "data/" in page.locator("#sde-data .sde-browser-path").inner_text()
 
         # right-click the file: "Request export…"; the dialog runs the automated checks
         page.click('.jp-SideBar li[data-id="filebrowser"]')
+        # ... which shows the extract too, as the (read-only) folder data/
+        data_folder = page.locator('.jp-DirListing-item[data-isdir="true"]', has_text="data")
+        assert data_folder.count() == 1
         item = page.locator(".jp-DirListing-item", has=page.locator(f'text="{name}"'))
         item.click()
         item.click(button="right")
@@ -203,9 +206,19 @@ def test_copying_out_of_a_notebook_is_blocked_and_audited(hub, alice_ws, chromiu
         chromium, hub, "alice", permissions=["clipboard-read", "clipboard-write"]
     )
     try:
-        # the clipboard holds something from before (written on the hub's own login page)
+        # control: on a hub page (no JupyterLab) the same keys do copy, and the probe sees it
+        page.evaluate(
+            "document.body.insertAdjacentHTML('beforeend', '<p id=probe>hub-page-text</p>')"
+        )
+        page.evaluate(
+            "(() => { const r = document.createRange();"
+            " r.selectNodeContents(document.getElementById('probe'));"
+            " getSelection().removeAllRanges(); getSelection().addRange(r); })()"
+        )
+        page.keyboard.press("Control+c")
+        assert page.evaluate("navigator.clipboard.readText()") == "hub-page-text"
+        # the clipboard holds something from before (written on the hub's own page)
         page.evaluate("navigator.clipboard.writeText('from-outside')")
-        started = time.time()
         open_lab(page, hub, name)
         editor = page.locator(".jp-Cell .cm-content").first
         editor.wait_for(timeout=60_000)
@@ -240,4 +253,4 @@ def test_copying_out_of_a_notebook_is_blocked_and_audited(hub, alice_ws, chromiu
     assert ("copy", "editor") in kinds and ("write-text", "script") in kinds, kinds
     assert all(e["outcome"] == "denied" for e in events)
     assert any(details(e)["chars"] >= len("NHS-SECRET-4242") for e in events)
-    assert started > 0 and seen.elsewhere(hub.url) == [], seen.elsewhere(hub.url)
+    assert seen.elsewhere(hub.url) == [], seen.elsewhere(hub.url)

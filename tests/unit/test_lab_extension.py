@@ -228,3 +228,29 @@ def test_the_hub_accepts_every_action_the_workspace_records():
     recorded |= set(re.findall(r'action="([a-z_]+\.[a-z_.]+)"', source))
     assert {"clipboard.copy_blocked", "export.check.refused", "download.blocked"} <= recorded
     assert recorded - WORKSPACE_ACTIONS == set()
+
+
+def test_the_extract_shows_in_the_file_browser_and_cannot_be_exported(fetch, events, jp_root_dir):
+    link = jp_root_dir / "data"
+    assert link.is_symlink()
+    info = json.loads(fetch("egress", "api", "data").body)
+    assert info["browser_path"] == "data"
+    listing = json.loads(fetch("api", "contents", "data").body)
+    assert [c["name"] for c in listing["content"] if c["name"] == "patients.csv"]
+    r = fetch("api", "contents", "data", "patients.csv", params={"content": "1"})
+    assert r.code == 200 and "hba1c" in json.loads(r.body)["content"]
+    assert [e for e in events("file.opened") if e["details"]["path"] == "data/patients.csv"]
+    body = {
+        "files": [{"path": "data/patients.csv", "description": "the extract"}],
+        "justification": "trying to take the extract out",
+    }
+    r = fetch("egress", "api", "requests", method="POST", body=json.dumps(body))
+    assert r.code in (400, 403), r.body
+    assert "link" in json.loads(r.body)["message"]
+
+
+def test_a_folder_of_the_same_name_is_left_alone(ext, jp_root_dir, data_dir, tmp_path):
+    link = jp_root_dir / "data"
+    link.unlink()
+    link.mkdir()
+    assert ext.link_data() is None and link.is_dir() and not link.is_symlink()

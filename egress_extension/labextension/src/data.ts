@@ -32,6 +32,7 @@ interface IDataInfo {
     datasets?: IDataset[];
   } | null;
   message?: string;
+  browser_path?: string | null;
 }
 
 function loader(dir: string, file: string): string {
@@ -73,6 +74,16 @@ export class DataPanel extends Widget {
           '. Open it from a notebook; write results into your home.'
       )
     );
+    if (info.browser_path) {
+      node.appendChild(
+        el(
+          'p',
+          { class: 'sde-browser-path' },
+          `In the file browser it is the folder ${info.browser_path}/ (read-only; files in ` +
+            'it cannot be exported: export your results instead).'
+        )
+      );
+    }
     if (info.message) {
       node.appendChild(el('p', { class: 'sde-error' }, info.message));
     }
