@@ -6,8 +6,9 @@ shows her extract's dictionary; she right-clicks a file, chooses "Request export
 automated checks and submits; the Exports panel shows the request, and its state changes when
 chris, a checker, claims it on the checking pages. Copying from a notebook cell is blocked (the
 browser's clipboard keeps what it had) and lands in the hub's audit trail as
-``clipboard.copy_blocked``; pasting in still works. Every request the page made, HTTP and
-websocket, went to the hub's own origin.
+``clipboard.copy_blocked``; pasting in still works. The rule is the project's: with
+``clipboard_out = "allow"`` in its output policy her next workspace lets the copy through.
+Every request the page made, HTTP and websocket, went to the hub's own origin.
 """
 
 from __future__ import annotations
@@ -254,3 +255,57 @@ def test_copying_out_of_a_notebook_is_blocked_and_audited(hub, alice_ws, chromiu
     assert all(e["outcome"] == "denied" for e in events)
     assert any(details(e)["chars"] >= len("NHS-SECRET-4242") for e in events)
     assert seen.elsewhere(hub.url) == [], seen.elsewhere(hub.url)
+
+
+def test_the_projects_policy_decides_the_copy_rule(hub, alice_ws, chromium, docker_client):
+    """The rule comes from the hub side: the project's output policy says `allow`, alice's
+    next workspace lets a copy through (and records none); put back, it blocks again."""
+    from sde_spawner.db import open_db
+    from sde_spawner.registry import ops
+    from sde_spawner.registry.models import Project
+
+    sm = open_db(hub.db_url)
+    with sm() as s:
+        policy = s.query(Project).filter_by(slug=PROJECT).one().output_policy
+    alice = User(hub, "alice")
+
+    def restart() -> object:
+        alice.stop(PROJECT)
+        alice.ensure_running(PROJECT)
+        names = workspace_names("alice", PROJECT, hub.prefix)
+        return docker_client.containers.get(names.container)
+
+    ops.perform(
+        sm, ops.add_project, "tester", PROJECT, output_policy={**policy, "clipboard_out": "allow"}
+    )
+    try:
+        ws = restart()
+        assert "SDE_CLIPBOARD_OUT=allow" in ws.attrs["Config"]["Env"]
+        name = f"allowed-{uuid.uuid4().hex[:6]}.ipynb"
+        write(ws, name, json.dumps(NOTEBOOK))
+        before = len(hub.events(action="clipboard.copy_blocked"))
+        context, page, seen = login(
+            chromium, hub, "alice", permissions=["clipboard-read", "clipboard-write"]
+        )
+        try:
+            open_lab(page, hub, name)
+            editor = page.locator(".jp-Cell .cm-content").first
+            editor.wait_for(timeout=60_000)
+            assert page.evaluate("document.body.dataset.sdeClipboard") is None
+            editor.click()
+            page.keyboard.press("Control+a")
+            page.keyboard.press("Control+c")
+            wait_for(
+                lambda: "NHS-SECRET-4242" in page.evaluate("navigator.clipboard.readText()"),
+                10,
+                "the copy to reach the clipboard",
+            )
+        finally:
+            context.close()
+        assert len(hub.events(action="clipboard.copy_blocked")) == before
+        assert seen.elsewhere(hub.url) == [], seen.elsewhere(hub.url)
+    finally:
+        ops.perform(sm, ops.add_project, "tester", PROJECT, output_policy=policy)
+        ws = restart()
+        sm.kw["bind"].dispose()
+    assert "SDE_CLIPBOARD_OUT=block" in ws.attrs["Config"]["Env"]
