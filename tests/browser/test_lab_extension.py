@@ -221,7 +221,7 @@ def test_copying_out_of_a_notebook_is_blocked_and_audited(hub, alice_ws, chromiu
         # the clipboard holds something from before (written on the hub's own page)
         page.evaluate("navigator.clipboard.writeText('from-outside')")
         open_lab(page, hub, name)
-        editor = page.locator(".jp-Cell .cm-content").first
+        editor = page.locator(".jp-Cell .cm-content >> visible=true").first
         editor.wait_for(timeout=60_000)
         assert page.evaluate("document.body.dataset.sdeClipboard") == "blocked"
         editor.click()
@@ -289,7 +289,7 @@ def test_the_projects_policy_decides_the_copy_rule(hub, alice_ws, chromium, dock
         )
         try:
             open_lab(page, hub, name)
-            editor = page.locator(".jp-Cell .cm-content").first
+            editor = page.locator(".jp-Cell .cm-content >> visible=true").first
             editor.wait_for(timeout=60_000)
             assert page.evaluate("document.body.dataset.sdeClipboard") is None
             editor.click()
