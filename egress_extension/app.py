@@ -36,6 +36,7 @@ from egress_extension.audit import AuditShipper, HTTPSink
 from egress_extension.blocking import (
     DEFAULT_MAX_VIEW_SIZE,
     LAB_PLUGINS,
+    QUIET_PLUGINS,
     VIEWABLE_BINARY_SUFFIXES,
     DownloadBlocker,
     blocked_routes,
@@ -47,6 +48,11 @@ from sde_airlock.rules import ExportRules
 from sde_airlock.sdc import Rules
 
 PR_SET_DUMPABLE = 4
+
+
+def clipboard_rule(value: str | None) -> str:
+    """'allow' only when said so; anything else (unset, a typo) blocks."""
+    return "allow" if (value or "").strip().lower() == "allow" else "block"
 
 
 def make_undumpable() -> bool:
@@ -151,9 +157,46 @@ class EgressApp(ExtensionApp):
 
     disabled_lab_plugins = List(
         Unicode(),
-        default_value=list(LAB_PLUGINS),
+        default_value=[*LAB_PLUGINS, *QUIET_PLUGINS],
         help="JupyterLab plugins added to disabledExtensions (their commands download or "
-        "export files).",
+        "export files, or reach for news, updates and extension listings).",
+    ).tag(config=True)
+
+    clipboard_out = Unicode(
+        help="Copying out of the JupyterLab page: 'block' (copy and cut blocked and recorded "
+        "as clipboard.copy_blocked) or 'allow'. Default: $SDE_CLIPBOARD_OUT, which the hub "
+        "sets from the project's output policy (clipboard_out); anything else blocks.",
+    ).tag(config=True)
+
+    @default("clipboard_out")
+    def _default_clipboard_out(self) -> str:
+        return clipboard_rule(os.environ.get("SDE_CLIPBOARD_OUT"))
+
+    @validate("clipboard_out")
+    def _valid_clipboard_out(self, proposal: Any) -> str:
+        return clipboard_rule(proposal["value"])
+
+    support_contact = Unicode(
+        help="Whom researchers ask about their data, outputs or access (the welcome page). "
+        "Default: $SDE_SUPPORT_CONTACT.",
+    ).tag(config=True)
+
+    @default("support_contact")
+    def _default_support_contact(self) -> str:
+        return os.environ.get("SDE_SUPPORT_CONTACT", "")
+
+    data_dir = Unicode(
+        "/data",
+        help="Where the project's extract is mounted read-only (the spawner mounts it on "
+        "/data); the My data panel shows its data dictionary and file names.",
+    ).tag(config=True)
+
+    data_link = Unicode(
+        "data",
+        help="Name of a link in the home folder to data_dir, made at start when the extract is "
+        "mounted and nothing of that name exists, so that the file browser shows the data "
+        "(read-only: the mount is). Reads through it are audited like any other; an export "
+        "of a file in it is refused (a link into /data). Empty: no link.",
     ).tag(config=True)
 
     # -- activity ----------------------------------------------------------------------
@@ -205,11 +248,27 @@ class EgressApp(ExtensionApp):
             backoff_max=self.audit_backoff_max,
         )
         self.blocker = DownloadBlocker(self)
+        self.link_data()
         if not configured:
             self.log.warning(
                 "egress_extension: SDE_SERVICE_URL/JUPYTERHUB_API_TOKEN unset: activity is "
                 "queued but not shipped and export requests are unavailable"
             )
+
+    def link_data(self) -> str | None:
+        """Make the home folder's link to the extract (see ``data_link``); its path, or None
+        when there is no extract, the name is taken or it cannot be made."""
+        if not self.data_link or "/" in self.data_link or not os.path.isdir(self.data_dir):
+            return None
+        link = os.path.join(self.policy.root, self.data_link)
+        if os.path.lexists(link):
+            return None
+        try:
+            os.symlink(self.data_dir, link, target_is_directory=True)
+        except OSError as exc:
+            self.log.warning("egress_extension: no %s link to %s: %s", link, self.data_dir, exc)
+            return None
+        return link
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(handlers())

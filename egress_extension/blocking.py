@@ -59,6 +59,17 @@ LAB_PLUGINS = (
     "@jupyterlab/notebook-extension:export",
 )
 
+#: Plugins that would reach for the internet from the page: the news and update-check prompt
+#: ("Would you like to get notified about official Jupyter news?") and the extension manager's
+#: listings. The server routes behind them are closed or inert too (egress_extension.routes).
+QUIET_PLUGINS = (
+    "@jupyterlab/apputils-extension:announcements",
+    "@jupyterlab/extensionmanager-extension:plugin",
+)
+
+#: The TRE's own JupyterLab extension (egress_extension/labextension): never disabled.
+OWN_LAB_EXTENSION = "@sde-tre/jupyterlab"
+
 CHANNEL_REASONS = {
     "files": "Downloading files from the workspace (/files/) is disabled in this Secure Data "
     "Environment.",
@@ -241,8 +252,16 @@ class DownloadBlocker:
     # -- JupyterLab ------------------------------------------------------------------------
 
     def page_config_hook(self, previous: Any = None):
-        """A ``page_config_hook`` adding our plugins to ``disabledExtensions`` (chained)."""
+        """A ``page_config_hook`` (chained, outermost) adding our plugins to
+        ``disabledExtensions``, keeping the TRE's own extension enabled, and telling the page
+        the project's copy-out rule (``sdeClipboardOut``), the project and whom to ask (the
+        welcome page's ``sdeProject`` and ``sdeSupport``)."""
         plugins = list(self.ext.disabled_lab_plugins)
+        room = {
+            "sdeClipboardOut": self.ext.clipboard_out,
+            "sdeProject": os.environ.get("SDE_PROJECT", ""),
+            "sdeSupport": getattr(self.ext, "support_contact", ""),
+        }
 
         def hook(handler: Any, page_config: dict) -> dict:
             if previous is not None:
@@ -250,7 +269,9 @@ class DownloadBlocker:
             disabled = page_config.get("disabledExtensions") or []
             if isinstance(disabled, dict):
                 disabled = [k for k, v in disabled.items() if v]
+            disabled = [d for d in disabled if not str(d).startswith(OWN_LAB_EXTENSION)]
             page_config["disabledExtensions"] = list(dict.fromkeys([*disabled, *plugins]))
+            page_config.update(room)
             return page_config
 
         hook.egress_extension = True  # type: ignore[attr-defined]

@@ -9,6 +9,10 @@
 * ``POST egress/api/requests/<id>/withdraw`` — withdraw a submitted request.
 * ``GET  egress/api/files`` — files under home, each with whether it may be exported and why.
 * ``GET  egress/api/routes`` — every route of the server and how it is classified.
+* ``POST egress/api/clipboard`` — the JupyterLab page reports a copy it blocked
+  (``clipboard.copy_blocked``, denied; the project's rule is ``EgressApp.clipboard_out``).
+* ``GET  egress/api/data`` — the extract's data dictionary and the names and sizes of the
+  files in ``/data`` (the My data panel), never their content.
 * ``GET  egress/`` — the export page (the same API, from a small script).
 
 Every handler is behind jupyter_server's authentication; cookie-authenticated writes need the
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -203,6 +208,96 @@ class ChecksHandler(EgressAPIHandler):
         self.reply(report)
 
 
+CLIPBOARD_ACTIONS = ("copy", "cut", "drag", "write", "write-text")
+CLIPBOARD_PLACES = (
+    "terminal",
+    "output",
+    "editor",
+    "notebook",
+    "file-browser",
+    "dialog",
+    "page",
+    "script",
+)
+CLIPBOARD_REASON = (
+    "Copying out of the workspace is switched off for this project: results leave only "
+    "through an export request."
+)
+
+
+class ClipboardHandler(EgressAPIHandler):
+    """``POST egress/api/clipboard``: ``{action, where, chars}`` from the page's copy block.
+
+    The page blocked the copy itself (it runs in the researcher's browser, so this is a
+    report, not the control); the server records it for the hub side. Bad input gets a 400
+    and nothing is recorded."""
+
+    @web.authenticated
+    def post(self) -> None:
+        body = self.get_json_body()
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "expected a JSON object {action, where, chars}")
+        action, where, chars = body.get("action"), body.get("where"), body.get("chars", 0)
+        if action not in CLIPBOARD_ACTIONS:
+            raise web.HTTPError(400, f"action must be one of {', '.join(CLIPBOARD_ACTIONS)}")
+        if where not in CLIPBOARD_PLACES:
+            raise web.HTTPError(400, f"where must be one of {', '.join(CLIPBOARD_PLACES)}")
+        if isinstance(chars, bool) or not isinstance(chars, int) or not 0 <= chars < 2**31:
+            raise web.HTTPError(400, "chars must be a whole number of characters")
+        self.egress.record(
+            "clipboard.copy_blocked",
+            {"action": action, "where": where, "chars": chars, "rule": self.egress.clipboard_out},
+            outcome="denied",
+            reason=CLIPBOARD_REASON,
+        )
+        self.reply({"recorded": True, "rule": self.egress.clipboard_out})
+
+
+class DataHandler(EgressAPIHandler):
+    """``GET egress/api/data``: what the My data panel shows."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        info = await asyncio.to_thread(data_info, self.egress.data_dir)
+        link = os.path.join(self.egress.policy.root, self.egress.data_link or "-")
+        linked = os.path.islink(link) and os.path.realpath(link) == os.path.realpath(
+            self.egress.data_dir
+        )
+        info["browser_path"] = self.egress.data_link if linked else None
+        self.reply(info)
+
+
+DICTIONARY_FILE = "DATA_DICTIONARY.json"
+MAX_DICTIONARY_BYTES = 1024 * 1024
+
+
+def data_info(data_dir: str) -> dict:
+    """The extract's data dictionary (as the hub wrote it) and its files' names and sizes."""
+    out: dict[str, Any] = {"data_dir": data_dir, "files": [], "dictionary": None}
+    try:
+        entries = sorted(os.scandir(data_dir), key=lambda e: e.name)
+    except OSError:
+        out["message"] = f"No extract is mounted at {data_dir} in this workspace."
+        return out
+    for entry in entries:
+        if entry.is_file(follow_symlinks=False) and not entry.name.startswith("."):
+            name = entry.name
+            if name in (DICTIONARY_FILE, "DATA_DICTIONARY.md", "MANIFEST.json"):
+                continue
+            out["files"].append({"name": name, "size": entry.stat(follow_symlinks=False).st_size})
+    path = os.path.join(data_dir, DICTIONARY_FILE)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_DICTIONARY_BYTES + 1)
+        if len(raw) > MAX_DICTIONARY_BYTES:
+            out["message"] = "The data dictionary is too large to show here."
+        else:
+            out["dictionary"] = json.loads(raw)
+    except (OSError, ValueError):
+        out["message"] = "This extract has no readable data dictionary."
+    return out
+
+
 class RoutesHandler(EgressAPIHandler):
     """``GET egress/api/routes``: every route of this server and what it may return
     (:mod:`egress_extension.routes`)."""
@@ -244,5 +339,7 @@ def handlers() -> list[tuple[str, type[web.RequestHandler]]]:
         (r"/egress/api/files", FilesHandler),
         (r"/egress/api/checks", ChecksHandler),
         (r"/egress/api/routes", RoutesHandler),
+        (r"/egress/api/clipboard", ClipboardHandler),
+        (r"/egress/api/data", DataHandler),
         (r"/egress/?", PageHandler),
     ]

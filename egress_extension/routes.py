@@ -99,6 +99,18 @@ ROUTES: tuple[Route, ...] = (
         "disclosure findings (cell counts, never the table)",
     ),
     Route(r"/egress/api/routes", "egress_extension.handlers.RoutesHandler", API, "this list"),
+    Route(
+        r"/egress/api/clipboard",
+        "egress_extension.handlers.ClipboardHandler",
+        API,
+        "reports of copies the page blocked in (recorded), nothing out",
+    ),
+    Route(
+        r"/egress/api/data",
+        "egress_extension.handlers.DataHandler",
+        API,
+        "the extract's data dictionary, names and sizes of its files (no content)",
+    ),
     Route(r"/egress/?", "egress_extension.handlers.PageHandler", API, "the export page"),
     # -- the download channels -------------------------------------------------------------
     *(

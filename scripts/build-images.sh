@@ -49,7 +49,11 @@ trap cleanup EXIT
 
 sha_of_files() {
     # sha256 over the names and contents of the given files/directories (caches excluded).
-    (cd "$ROOT" && find "$@" -type f -not -path '*/__pycache__/*' -not -name '*.pyc' -print0 \
+    # The JupyterLab extension's node_modules and build outputs are left out: its stamp
+    # (egress_extension/labextension/.stamp, the hash of its sources) stands for them.
+    (cd "$ROOT" && find "$@" -type f -not -path '*/__pycache__/*' -not -name '*.pyc' \
+        -not -path '*/labextension/node_modules/*' -not -path '*/labextension/lib/*' \
+        -not -path '*/labextension/build/*' -not -name tsconfig.tsbuildinfo -not -name .stamp -print0 \
         | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -d' ' -f1
 }
 sha_of_text() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
@@ -188,6 +192,7 @@ PROJECT_WHEEL=""
 ensure_project_wheel() {
     # Build the project's wheel once per run into a temporary dir; sets PROJECT_WHEEL.
     [[ -n "$PROJECT_WHEEL" ]] && return
+    build_labextension
     local out
     out="$(mktemp -d)"
     CLEANUP+=("$out")
@@ -247,6 +252,39 @@ put_project_wheel() {
     cp "$PROJECT_WHEEL" "$dir/project/"
     echo "$want" >"$dir/.project.sha256"
     log "wheelhouse ${dir#"$ROOT"/}: project wheel updated"
+}
+
+# --- the JupyterLab extension ----------------------------------------------------------
+
+build_labextension() {
+    # The workspace's prebuilt JupyterLab extension (egress_extension/labextension): npm
+    # install (the only network use, the npm registry), tsc, `jupyter labextension build`
+    # with the host's JupyterLab, which must be the minor version the notebook wheelhouse
+    # installs. Its built assets (build/, gitignored) go into the project wheel as shared data
+    # (share/jupyter/labextensions/@sde-tre/jupyterlab). Skipped when the stamp matches.
+    local dir="$ROOT/egress_extension/labextension" want host_lab image_lab
+    host_lab="$("$PY" -c 'import jupyterlab; print(jupyterlab.__version__)' 2>/dev/null)" \
+        || die "$PY has no jupyterlab to build the JupyterLab extension with (pip install jupyterlab)"
+    image_lab="$(cd "$IMAGES_DIR/notebook/wheels" 2>/dev/null && compgen -G 'jupyterlab-4*.whl' \
+        | sed -E 's/^jupyterlab-([0-9]+\.[0-9]+)\..*/\1/' | head -n 1)" || true
+    if [[ -n "$image_lab" && "${host_lab%.*}" != "$image_lab" ]]; then
+        die "host JupyterLab $host_lab differs from the image's $image_lab.x: the extension would be built for the wrong version"
+    fi
+    want="$(sha_of_text "$(sha_of_files egress_extension/labextension) $host_lab")"
+    if [[ -f "$dir/.stamp" && "$(cat "$dir/.stamp")" == "$want" \
+        && -f "$dir/build/package.json" ]]; then
+        log "JupyterLab extension: sources unchanged, not building"
+        return
+    fi
+    command -v npm >/dev/null || die "npm is missing (node 20 + npm build the JupyterLab extension)"
+    log "JupyterLab extension: npm install, tsc, labextension build (JupyterLab $host_lab)"
+    rm -rf "$dir/lib" "$dir/build" "$dir/tsconfig.tsbuildinfo" "$dir/.stamp"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2 \
+        && npx --no-install tsc >&2 \
+        && PATH="$(dirname "$PY"):$PATH" "$PY" -m jupyterlab.labextensions build . >&2) \
+        || die "building the JupyterLab extension failed"
+    [[ -f "$dir/build/package.json" ]] || die "the JupyterLab extension build left no build/package.json"
+    sha_of_text "$(sha_of_files egress_extension/labextension) $host_lab" >"$dir/.stamp"
 }
 
 # --- Debian packages and the proxy -----------------------------------------------------

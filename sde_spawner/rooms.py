@@ -84,6 +84,13 @@ SDC_SETTINGS = (
 )
 
 
+def project_clipboard_env(policy: dict) -> dict[str, str]:
+    """The project's copy-out rule for its workspaces' JupyterLab: ``SDE_CLIPBOARD_OUT`` is
+    ``block`` unless the output policy says ``clipboard_out = "allow"`` (the UK TRE standard
+    asks that the clipboard not be a way out, so blocking is the default)."""
+    return {"SDE_CLIPBOARD_OUT": "allow" if policy.get("clipboard_out") == "allow" else "block"}
+
+
 def workspace_env(
     env: dict[str, str],
     *,
@@ -98,7 +105,8 @@ def workspace_env(
     refuses it: its timestamps would be a way out; the hub takes activity from the proxy's
     routes), and passes on the checkers' disclosure thresholds and the export rules from the
     hub's ``environ`` so researchers' pre-checks match the service (which enforces them again),
-    the project's own output policy overriding the deployment's.
+    the project's own output policy overriding the deployment's; the project's copy-out rule;
+    and whom to ask (the deployment's ``SDE_SUPPORT_CONTACT``, for the welcome page).
     """
     out = dict(env)
     if service_url:
@@ -106,10 +114,11 @@ def workspace_env(
     if project:
         out["SDE_PROJECT"] = project
     out.pop("JUPYTERHUB_ACTIVITY_URL", None)
-    for name in (*SDC_SETTINGS, *EXPORT_SETTINGS):
+    for name in (*SDC_SETTINGS, *EXPORT_SETTINGS, "SDE_SUPPORT_CONTACT"):
         if environ.get(name):
             out[name] = environ[name]
     out.update(project_sdc_env(output_policy))
+    out.update(project_clipboard_env(output_policy))
     return out
 
 

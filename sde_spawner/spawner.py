@@ -44,6 +44,7 @@ from sde_spawner.rooms import (  # noqa: F401 - re-exported: the names' old home
     LockedRoomMixin,
     SpawnRefused,
     _sessionmaker,
+    project_clipboard_env,
     project_sdc_env,
     render_project_form,
 )

@@ -71,6 +71,7 @@ POLICY_KEYS = {
     "dof_threshold": int,
     "zeros_are_disclosive": bool,
     "import_required_approvals": int,
+    "clipboard_out": str,
 }
 LIMIT_KEYS = {"cpu": (int, float), "memory": str}
 #: Where each approval requirement lives in the file.

@@ -34,6 +34,7 @@ OUTPUT_POLICY_KEYS = (
     "zeros_are_disclosive",
     "rounding",
     "import_required_approvals",  # checkers who must approve an import (sde_spawner.imports)
+    "clipboard_out",
 )
 
 #: A problem found by a check: (field, message).
@@ -200,6 +201,9 @@ def output_policy_problems(policy: dict) -> list[Problem]:
     ira = policy.get("import_required_approvals")
     if ira is not None and (not isinstance(ira, int) or isinstance(ira, bool) or not 1 <= ira <= 5):
         out.append(("import_required_approvals", "import_required_approvals must be 1 to 5"))
+    c = policy.get("clipboard_out")
+    if c is not None and c not in ("block", "allow"):
+        out.append(("clipboard_out", f"clipboard_out must be 'block' or 'allow', not {c!r}"))
     r = policy.get("rounding")
     if r is not None:
         from sde_airlock.sdc.core import valid_rounding

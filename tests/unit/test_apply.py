@@ -386,3 +386,23 @@ def test_missing_fields_are_each_named(sm, tmp_path):
         "datasets[0].slug: missing",
         "datasets[1].source: must be a .csv or .parquet file",
     ]
+
+
+def test_the_copy_out_rule_is_set_in_the_output_policy(sm, tmp_path):
+    allow = DIABETES.replace(
+        "zeros_are_disclosive = true", 'zeros_are_disclosive = true\nclipboard_out = "allow"'
+    )
+    assert allow != DIABETES
+    assert cli(sm, "apply", str(write(tmp_path, allow))).exit_code == 0
+    with sm() as s:
+        p = s.scalar(select(Project).filter_by(slug="diabetes-outcomes"))
+        assert p.output_policy["clipboard_out"] == "allow"
+    typo = allow.replace('clipboard_out = "allow"', 'clipboard_out = "sometimes"')
+    res = cli(sm, "apply", str(write(tmp_path, typo)))
+    assert res.exit_code == 1
+    assert [line.strip() for line in res.output.splitlines()[1:]] == [
+        "output_policy.clipboard_out: clipboard_out must be 'block' or 'allow', not 'sometimes'"
+    ]
+    with sm() as s:
+        p = s.scalar(select(Project).filter_by(slug="diabetes-outcomes"))
+        assert p.output_policy["clipboard_out"] == "allow"  # nothing changed

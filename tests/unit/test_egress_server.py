@@ -422,13 +422,20 @@ def test_the_page_config_hook_keeps_other_disabled_plugins():
 
     class Ext:
         disabled_lab_plugins = ("@x/y:download",)
+        clipboard_out = "allow"
 
     def previous(handler, page_config):
         return {**page_config, "touched": True}
 
     hook = DownloadBlocker(Ext()).page_config_hook(previous)
     out = hook(None, {"disabledExtensions": ["@other/ext"]})
-    assert out["disabledExtensions"] == ["@other/ext", "@x/y:download"] and out["touched"]
+    assert out == {
+        "disabledExtensions": ["@other/ext", "@x/y:download"],
+        "touched": True,
+        "sdeClipboardOut": "allow",
+        "sdeProject": "",
+        "sdeSupport": "",
+    }
 
 
 # --- activity -------------------------------------------------------------------------------

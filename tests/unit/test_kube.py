@@ -202,6 +202,7 @@ def expected_pod() -> dict:
                             # the project's limits and output policy, from the registry
                             "MEM_GUARANTEE": "2147483648",
                             "MEM_LIMIT": "2147483648",
+                            "SDE_CLIPBOARD_OUT": "block",
                             "SDE_PROJECT": "diabetes-outcomes",
                             "SDE_SDC_DOF_THRESHOLD": "10",
                             "SDE_SDC_THRESHOLD": "10",
