@@ -72,6 +72,7 @@ POLICY_KEYS = {
     "zeros_are_disclosive": bool,
     "import_required_approvals": int,
     "clipboard_out": str,
+    "rounding": (str, int),  # a base such as 5, or "midpoint6"
 }
 LIMIT_KEYS = {"cpu": (int, float), "memory": str}
 #: Where each approval requirement lives in the file.

@@ -406,3 +406,20 @@ def test_the_copy_out_rule_is_set_in_the_output_policy(sm, tmp_path):
     with sm() as s:
         p = s.scalar(select(Project).filter_by(slug="diabetes-outcomes"))
         assert p.output_policy["clipboard_out"] == "allow"  # nothing changed
+
+
+@pytest.mark.parametrize(("value", "stored"), [("5", 5), ('"midpoint6"', "midpoint6")])
+def test_the_rounding_rule_is_set_in_the_output_policy(sm, tmp_path, value, stored):
+    rounded = DIABETES.replace(
+        "zeros_are_disclosive = true", f"zeros_are_disclosive = true\nrounding = {value}"
+    )
+    assert cli(sm, "apply", str(write(tmp_path, rounded))).exit_code == 0
+    with sm() as s:
+        p = s.scalar(select(Project).filter_by(slug="diabetes-outcomes"))
+        assert p.output_policy["rounding"] == stored
+    res = cli(
+        sm,
+        "apply",
+        str(write(tmp_path, rounded.replace(f"rounding = {value}", 'rounding = "tenish"'))),
+    )
+    assert res.exit_code == 1 and "output_policy.rounding" in res.output
