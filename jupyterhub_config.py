@@ -11,11 +11,10 @@ sde--service.tre.example.org, the hub on the bare host; the production setting, 
 Login (sde_spawner.auth.choose_login): SDE_AUTHENTICATOR names the authenticator class of a
 deployment; SDE_DEMO=1 with SDE_DEMO_PASSWORD runs the shared-password demo login instead, on a
 loopback SDE_PUBLIC_BIND only. Without either the hub refuses to start.
-Read by the sde service itself: SDE_CHECKING_PREVIEW_ROWS
-(1000), SDE_CHECKING_PAGE_NETWORKS (addresses people's pages are served to: the proxy's,
-default 127.0.0.0/8,::1/128), SDE_ENFORCE_SECONDS, SDE_AUDIT_CHECKPOINT_SECONDS, and the
-disclosure-control rules SDE_SDC_THRESHOLD (10), SDE_SDC_DOF_THRESHOLD (10),
-SDE_SDC_ZEROS_ARE_DISCLOSIVE (true), which workspaces get too for researchers' pre-checks.
+The sde service's own settings are sde_spawner.services.settings.ServiceSettings (traits with
+help: `python -m sde_spawner.services --help-all`); every variable it names is passed on to
+it. The disclosure-control rules SDE_SDC_THRESHOLD (10), SDE_SDC_DOF_THRESHOLD (10),
+SDE_SDC_ZEROS_ARE_DISCLOSIVE (true) go to workspaces too, for researchers' pre-checks.
 The export rules, given to the service and to every workspace alike (sde_airlock.rules):
 SDE_EXPORT_ALLOWED_TYPES (.csv,.tsv,.txt,.md,.png,.jpg,.jpeg,.ipynb,.html,.json),
 SDE_EXPORT_MAX_FILE_BYTES (200 MiB), SDE_EXPORT_MAX_FILES (20), SDE_EXPORT_MAX_JUSTIFICATION,
@@ -30,6 +29,7 @@ from sde_airlock.rules import EXPORT_SETTINGS, ExportRules
 from sde_spawner.auth import LoginRefused, choose_login
 from sde_spawner.db import upgrade
 from sde_spawner.hub_events import make_log_function
+from sde_spawner.services.settings import ServiceSettings
 from sde_spawner.spawner import SDC_SETTINGS
 
 c = get_config()  # noqa: F821 - provided by JupyterHub
@@ -38,6 +38,7 @@ c = get_config()  # noqa: F821 - provided by JupyterHub
 try:
     login = choose_login(os.environ)
     ExportRules.from_env(os.environ)  # a bad SDE_EXPORT_* setting stops the hub, naming it
+    ServiceSettings.from_env(os.environ)  # so does a bad setting of the sde service
 except (LoginRefused, ValueError) as exc:
     raise SystemExit(f"sde: the hub refuses to start: {exc}") from None
 
@@ -79,24 +80,21 @@ c.Spawner.http_timeout = 60
 # (/services/sde/); workspaces reach it directly on its port, which the host firewall opens
 # to them besides the hub API.
 service_port = int(os.environ.get("SDE_SERVICE_PORT", "9100"))
-SERVICE_SETTINGS = (
-    *EXPORT_SETTINGS,
-    "SDE_CHECKING_PREVIEW_ROWS",
-    "SDE_CHECKING_PAGE_NETWORKS",
-    "SDE_AUDIT_CHECKPOINT_SECONDS",
-    *SDC_SETTINGS,
-)
+SERVICE_SETTINGS = (*EXPORT_SETTINGS, *SDC_SETTINGS, *ServiceSettings.env_names())
 c.JupyterHub.services = [
     {
         "name": "sde",
         "url": f"http://127.0.0.1:{service_port}",
         "command": [sys.executable, "-m", "sde_spawner.services"],
         "environment": {
+            **{
+                k: os.environ[k]
+                for k in SERVICE_SETTINGS
+                if os.environ.get(k) and not k.startswith("JUPYTERHUB_")
+            },
             "SDE_DB_URL": db_url,
             "SDE_STATE_DIR": str(state),
-            "SDE_ENFORCE_SECONDS": os.environ.get("SDE_ENFORCE_SECONDS", "60"),
             "SDE_SERVICE_BIND_IP": "0.0.0.0",  # noqa: S104 - reached via workspace gateways
-            **{k: os.environ[k] for k in SERVICE_SETTINGS if os.environ.get(k)},
         },
         "oauth_no_confirm": True,
         "display": True,

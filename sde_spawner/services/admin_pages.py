@@ -1,6 +1,6 @@
 """The read-only registry overview of the ``sde`` service: ``{prefix}admin/``.
 
-For administrators (``SDE_AUDIT_ADMINS``, the same list as the audit page) only; anyone else
+For administrators (the service's ``admins`` setting, as for the audit page) only; anyone else
 gets 403 and the refusal is audited (``admin.page.refused``). It lists projects with their
 status, agreements with their end and data-deletion dates (coming ones first), members, and
 the recent lifecycle actions (registry changes, breaches, closed workspaces, deletions).
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import os
 from datetime import date
 
 from jupyterhub.utils import url_path_join
@@ -35,10 +34,6 @@ LIFECYCLE_PREFIXES = (
     "deletion.",
 )
 RECENT = 50
-
-
-def admins() -> set[str]:
-    return {a.strip() for a in os.environ.get("SDE_AUDIT_ADMINS", "admin").split(",") if a.strip()}
 
 
 def overview(session, today: date, recent: int = RECENT) -> dict:
@@ -147,7 +142,7 @@ class AdminPageHandler(BrowserPage):
 
     async def get(self):
         name = self.current_user["name"]
-        if name not in admins():
+        if name not in self.settings["sde"].admins:
             await self.refuse("the registry overview is for administrators only", actor=name)
         Session = self.settings["sessionmaker"]
 
