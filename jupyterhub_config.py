@@ -5,7 +5,10 @@ SDE_STATE_DIR (hub state, default ./var), SDE_DB_URL (registry + audit database)
 SDE_EXTRACTS_DIR, SDE_WORKSPACE_IMAGE, SDE_PUBLIC_BIND (default http://127.0.0.1:8000),
 SDE_HUB_PORT (hub API port workspaces reach through their gateway, default 8081),
 SDE_PROXY_API_PORT (default 8001, loopback only), SDE_SERVICE_PORT (the sde service, 9100),
-SDE_OBJECT_PREFIX (Docker object names and labels, default sde), SDE_SUBDOMAIN_HOST (e.g.
+SDE_OBJECT_PREFIX (Docker object names and labels, default sde), SDE_ACTIVITY_INTERVAL
+(seconds between the hub's reads of activity from the proxy, default 300), SDE_IDLE_CULL_SECONDS
+(the hub-wide idle ceiling of the idle-culler service, default 86400; projects' own idle
+timeouts are the sde service's, sde_spawner.culling), SDE_SUBDOMAIN_HOST (e.g.
 https://tre.example.org: each user's servers on their own subdomain, the `sde` service on
 sde--service.tre.example.org, the hub on the bare host; the production setting, see README).
 Login (sde_spawner.auth.choose_login): SDE_AUTHENTICATOR names the authenticator class of a
@@ -81,7 +84,21 @@ c.Spawner.http_timeout = 60
 # to them besides the hub API.
 service_port = int(os.environ.get("SDE_SERVICE_PORT", "9100"))
 SERVICE_SETTINGS = (*EXPORT_SETTINGS, *SDC_SETTINGS, *ServiceSettings.env_names())
+# Activity comes from the proxy's routes only (the servers' own heartbeat is closed).
+c.JupyterHub.last_activity_interval = int(os.environ.get("SDE_ACTIVITY_INTERVAL", "300"))
+cull_every = int(float(os.environ.get("SDE_IDLE_CULL_EVERY", "60")) or 60)
 c.JupyterHub.services = [
+    {
+        # The hub-wide idle ceiling: no workspace idles longer, whatever its project says.
+        "name": "idle-culler",
+        "command": [
+            sys.executable,
+            "-m",
+            "jupyterhub_idle_culler",
+            f"--timeout={int(os.environ.get('SDE_IDLE_CULL_SECONDS', '86400'))}",
+            f"--cull-every={max(1, cull_every)}",
+        ],
+    },
     {
         "name": "sde",
         "url": f"http://127.0.0.1:{service_port}",
@@ -98,12 +115,17 @@ c.JupyterHub.services = [
         },
         "oauth_no_confirm": True,
         "display": True,
-    }
+    },
 ]
 c.JupyterHub.load_roles = [
     {"name": "user", "scopes": ["self", "access:services!service=sde"]},
     # servers: the lifecycle sweep stops workspaces whose eligibility lapsed.
     {"name": "sde-service", "services": ["sde"], "scopes": ["read:users", "list:users", "servers"]},
+    {
+        "name": "idle-culler",
+        "services": ["idle-culler"],
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+    },
 ]
 c.SDESpawner.service_port = service_port
 

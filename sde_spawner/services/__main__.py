@@ -52,6 +52,25 @@ async def enforce_loop(sessionmaker, settings: ServiceSettings) -> None:
             log.exception("lifecycle sweep failed")
 
 
+async def cull_loop(sessionmaker, settings: ServiceSettings) -> None:
+    """Stop workspaces idle past their project's timeout, every ``cull_every_seconds``."""
+    from sde_spawner import culling
+
+    log = logging.getLogger("sde.culling")
+    while True:
+        await asyncio.sleep(settings.cull_every_seconds)
+        try:
+            await asyncio.to_thread(
+                culling.cull,
+                sessionmaker,
+                settings.hub_api_url,
+                settings.api_token,
+                settings.idle_timeout,
+            )
+        except Exception:
+            log.exception("idle culling failed")
+
+
 async def housekeeping_loop(app) -> None:
     """Write the aggregated ``rate.limited`` rows of closed windows every few seconds, and
     sweep abandoned drafts and unreferenced blobs every ``limit_sweep_seconds``."""
@@ -114,6 +133,7 @@ async def main(settings: ServiceSettings) -> None:
         asyncio.create_task(checkpoint_loop(app.settings["sessionmaker"], settings)),
         asyncio.create_task(enforce_loop(app.settings["sessionmaker"], settings)),
         asyncio.create_task(housekeeping_loop(app)),
+        asyncio.create_task(cull_loop(app.settings["sessionmaker"], settings)),
     ]
     await stopping.wait()
     logging.getLogger("sde").info("stopping")

@@ -40,7 +40,7 @@ class HealthHandler(web.RequestHandler):
 def make_app(settings: ServiceSettings, *, hub_auth: HubOAuth | None = None) -> web.Application:
     from sde_spawner.audit import api as audit_api
     from sde_spawner.checking import handlers as checking
-    from sde_spawner.services import admin_pages, audit_pages
+    from sde_spawner.services import admin_pages, audit_pages, metrics
 
     hub_auth = hub_auth or HubOAuth(api_token=settings.api_token, cache_max_age=60)
     sessionmaker = make_sessionmaker(make_engine(settings.db_url))
@@ -51,6 +51,7 @@ def make_app(settings: ServiceSettings, *, hub_auth: HubOAuth | None = None) -> 
         *audit_api.routes(p),
         *audit_pages.routes(p),
         *admin_pages.routes(p),
+        *metrics.routes(p),
     ]
     routes += checking.routes(p)
     return web.Application(

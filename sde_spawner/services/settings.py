@@ -157,6 +157,26 @@ class ServiceSettings(Application):
         "Seconds between looks at the audit trail for registry changes to act on.",
     )
 
+    # --- idle culling and usage (sde_spawner.culling, sde_spawner.usage) --------------------
+    idle_timeout = setting(
+        Integer(3600, min=10),
+        "SDE_IDLE_TIMEOUT",
+        "Seconds a workspace may go without activity through the proxy before it is stopped, "
+        "for projects without their own idle timeout (project file: [limits] idle).",
+    )
+    cull_every_seconds = setting(
+        Float(60.0, min=0.5),
+        "SDE_IDLE_CULL_EVERY",
+        "Seconds between looks for idle workspaces (the hub-wide idle-culler service uses "
+        "the same interval).",
+    )
+    usage_sample_seconds = setting(
+        Float(60.0, min=0.5),
+        "SDE_USAGE_SAMPLE_SECONDS",
+        "Seconds between samples of each running workspace's CPU and memory use (0.5 s or "
+        "more; memory hours are the samples times this interval).",
+    )
+
     # --- checking pages -------------------------------------------------------------------
     page_networks = setting(
         List(Unicode(), list(DEFAULT_PAGE_NETWORKS)),
