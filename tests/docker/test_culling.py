@@ -57,7 +57,7 @@ def containers(docker_client, hub, project):
     return docker_client.containers.list(
         filters={
             "label": [f"org.sde-tre.managed-by={hub.prefix}", f"org.sde-tre.project={project}"]
-        }  # fmt: skip
+        }
     )
 
 
