@@ -71,6 +71,26 @@ async def cull_loop(sessionmaker, settings: ServiceSettings) -> None:
             log.exception("idle culling failed")
 
 
+async def usage_loop(sessionmaker, settings: ServiceSettings) -> None:
+    """Sample running workspaces' CPU and memory every ``usage_sample_seconds`` (Docker's
+    statistics, read in a thread)."""
+    import docker
+
+    from sde_spawner import usage
+
+    log = logging.getLogger("sde.usage")
+    client = None
+    while True:
+        await asyncio.sleep(settings.usage_sample_seconds)
+        try:
+            client = client or await asyncio.to_thread(docker.from_env)
+            await asyncio.to_thread(
+                usage.sample, sessionmaker, client, settings.usage_sample_seconds
+            )
+        except Exception:
+            log.exception("usage sampling failed")
+
+
 async def housekeeping_loop(app) -> None:
     """Write the aggregated ``rate.limited`` rows of closed windows every few seconds, and
     sweep abandoned drafts and unreferenced blobs every ``limit_sweep_seconds``."""
@@ -134,6 +154,7 @@ async def main(settings: ServiceSettings) -> None:
         asyncio.create_task(enforce_loop(app.settings["sessionmaker"], settings)),
         asyncio.create_task(housekeeping_loop(app)),
         asyncio.create_task(cull_loop(app.settings["sessionmaker"], settings)),
+        asyncio.create_task(usage_loop(app.settings["sessionmaker"], settings)),
     ]
     await stopping.wait()
     logging.getLogger("sde").info("stopping")
