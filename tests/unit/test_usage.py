@@ -143,3 +143,33 @@ async def test_others_are_refused_usage_and_the_refusal_audited(tmp_path, db):
     with db() as s:
         refused = audit.query(s, action="usage.page.refused")
     assert [(e.actor, e.outcome) for e in refused] == [("alice", "denied")] * 2
+
+
+def test_revision_0010_builds_the_tables_of_the_model_and_downgrades(tmp_path):
+    from alembic import command
+    from sqlalchemy import create_engine, inspect
+
+    from sde_spawner.db import Base, alembic_config, upgrade
+
+    def columns(engine, tables=("project", "workspace_usage")):
+        insp = inspect(engine)
+        return {
+            t: {c["name"]: (type(c["type"]).__name__.upper(), c["nullable"])
+                for c in insp.get_columns(t)}
+            for t in tables
+            if insp.has_table(t)
+        }  # fmt: skip
+
+    migrated = f"sqlite:///{tmp_path / 'migrated.sqlite'}"
+    upgrade(migrated, "0010")
+    modelled = create_engine(f"sqlite:///{tmp_path / 'modelled.sqlite'}")
+    Base.metadata.create_all(
+        modelled,
+        tables=[Base.metadata.tables[t] for t in ("project", "workspace", "workspace_usage")],
+    )
+    got = columns(create_engine(migrated))
+    assert got == columns(modelled)
+    assert got["project"]["idle_timeout"] == ("INTEGER", True)
+    command.downgrade(alembic_config(migrated), "0009")
+    after = columns(create_engine(migrated))
+    assert set(after) == {"project"} and "idle_timeout" not in after["project"]

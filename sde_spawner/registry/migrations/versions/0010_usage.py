@@ -27,7 +27,12 @@ def upgrade() -> None:
         sa.Column("workspace_id", sa.Integer(), nullable=False),
         sa.Column("cpu_seconds", sa.Float(), nullable=False, server_default="0"),
         sa.Column("memory_byte_seconds", sa.Float(), nullable=False, server_default="0"),
-        sa.Column("memory_peak_bytes", sa.BigInteger(), nullable=False, server_default="0"),
+        sa.Column(
+            "memory_peak_bytes",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            nullable=False,
+            server_default="0",
+        ),
         sa.Column("samples", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("sampled_at", sa.DateTime(), nullable=True),
         sa.ForeignKeyConstraint(
