@@ -36,8 +36,8 @@ end = 2030-10-31
 delete_by = 2031-01-31
 
 [[members]]
-username = "alice"
-name = "Alice"
+username = "ivy"
+name = "Ivy"
 role = "researcher"
 training_expires = 2030-06-30
 
@@ -45,7 +45,7 @@ training_expires = 2030-06-30
 slug = "patients"
 
 [[datasets.grants]]
-member = "alice"
+member = "ivy"
 columns = ["pseudonym", "age"]
 
 [limits]
@@ -67,26 +67,26 @@ def test_an_idle_workspace_is_culled_at_its_projects_timeout(hub, docker_client,
         path.write_text(PROJECT_FILE.format(slug=slug, idle=idle))
         res = hub.admin("apply", str(path))
         assert res.returncode == 0, res.stderr + res.stdout
-    alice = User(hub, "alice")
+    ivy = User(hub, "ivy")  # a person of this test's own (others' spawn forms stay as they are)
     for slug in ("idle-long", "idle-short"):
-        alice.ensure_stopped(slug)
-        assert alice.spawn_with_form(slug, slug).status_code == 302
-        alice.wait_ready(slug)
+        ivy.ensure_stopped(slug)
+        assert ivy.spawn_with_form(slug, slug).status_code == 302
+        ivy.wait_ready(slug)
     assert containers(docker_client, hub, "idle-short")
 
     # Nobody uses either; the hub reads activity from the proxy every 3 s and the service
     # looks for idle rooms every 3 s (tests/support.py).
-    wait_for(lambda: alice.server("idle-short") is None, 120, "the idle room to be culled")
+    wait_for(lambda: ivy.server("idle-short") is None, 120, "the idle room to be culled")
     wait_for(lambda: not containers(docker_client, hub, "idle-short"), 60, "its container")
     (ev,) = [e for e in hub.events(action="workspace.culled") if e["project"] == "idle-short"]
     assert ev["actor"] == "lifecycle" and ev["outcome"] == "allowed"
-    assert ev["details"]["target"] == "alice" and ev["details"]["timeout"] == 20
+    assert ev["details"]["target"] == "ivy" and ev["details"]["timeout"] == 20
     assert ev["reason"].startswith("idle for ") and ev["details"]["idle_seconds"] >= 20
     assert ev["reason"].endswith("project idle-short's idle timeout is 20 s")
 
     # the control: idle as long, on a project with a longer timeout, still running
-    info = alice.server("idle-long")
+    info = ivy.server("idle-long")
     assert info is not None and info["ready"]
     assert containers(docker_client, hub, "idle-long")
     assert not [e for e in hub.events(action="workspace.culled") if e["project"] == "idle-long"]
-    alice.stop("idle-long")
+    ivy.stop("idle-long")
