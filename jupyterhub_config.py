@@ -6,20 +6,22 @@ SDE_EXTRACTS_DIR, SDE_WORKSPACE_IMAGE, SDE_PUBLIC_BIND (default http://127.0.0.1
 SDE_HUB_PORT (hub API port workspaces reach through their gateway, default 8081),
 SDE_PROXY_API_PORT (default 8001, loopback only), SDE_SERVICE_PORT (the sde service, 9100),
 SDE_OBJECT_PREFIX (Docker object names and labels, default sde), SDE_SPAWNER (docker, the
-default, or kubernetes), SDE_SUBDOMAIN_HOST (e.g.
+default, or kubernetes), SDE_ACTIVITY_INTERVAL (seconds between the hub's reads of activity
+from the proxy, default 300), SDE_IDLE_CULL_SECONDS (the hub-wide idle ceiling of the
+idle-culler service, default 86400; projects' own idle timeouts are the sde service's,
+sde_spawner.culling), SDE_SUBDOMAIN_HOST (e.g.
 https://tre.example.org: each user's servers on their own subdomain, the `sde` service on
 sde--service.tre.example.org, the hub on the bare host; the production setting, see README).
 Login (sde_spawner.auth.choose_login): SDE_AUTHENTICATOR names the authenticator class of a
 deployment (`oidc`: OpenID Connect with MFA, set by SDE_OIDC_ISSUER, SDE_OIDC_CLIENT_ID,
 SDE_OIDC_CLIENT_SECRET_FILE, SDE_OIDC_MFA_AMR, SDE_OIDC_MFA_ACR, SDE_OIDC_MATCH_EMAIL,
-SDE_OIDC_CALLBACK_URL, SDE_OIDC_LOGIN_SERVICE; see README); SDE_DEMO=1 with
-SDE_DEMO_PASSWORD runs the shared-password demo login instead, on a loopback SDE_PUBLIC_BIND
-only. Without either the hub refuses to start.
-Read by the sde service itself: SDE_CHECKING_PREVIEW_ROWS
-(1000), SDE_CHECKING_PAGE_NETWORKS (addresses people's pages are served to: the proxy's,
-default 127.0.0.0/8,::1/128), SDE_ENFORCE_SECONDS, SDE_AUDIT_CHECKPOINT_SECONDS, and the
-disclosure-control rules SDE_SDC_THRESHOLD (10), SDE_SDC_DOF_THRESHOLD (10),
-SDE_SDC_ZEROS_ARE_DISCLOSIVE (true), which workspaces get too for researchers' pre-checks.
+SDE_OIDC_CALLBACK_URL, SDE_OIDC_LOGIN_SERVICE; see README); SDE_DEMO=1 with SDE_DEMO_PASSWORD
+runs the shared-password demo login instead, on a loopback SDE_PUBLIC_BIND only. Without
+either the hub refuses to start.
+The sde service's own settings are sde_spawner.services.settings.ServiceSettings (traits with
+help: `python -m sde_spawner.services --help-all`); every variable it names is passed on to
+it. The disclosure-control rules SDE_SDC_THRESHOLD (10), SDE_SDC_DOF_THRESHOLD (10),
+SDE_SDC_ZEROS_ARE_DISCLOSIVE (true) go to workspaces too, for researchers' pre-checks.
 The export rules, given to the service and to every workspace alike (sde_airlock.rules):
 SDE_EXPORT_ALLOWED_TYPES (.csv,.tsv,.txt,.md,.png,.jpg,.jpeg,.ipynb,.html,.json),
 SDE_EXPORT_MAX_FILE_BYTES (200 MiB), SDE_EXPORT_MAX_FILES (20), SDE_EXPORT_MAX_JUSTIFICATION,
@@ -39,6 +41,7 @@ from sde_spawner.auth import OIDC_CLASS, LoginRefused, choose_login
 from sde_spawner.db import upgrade
 from sde_spawner.hub_events import make_log_function
 from sde_spawner.rooms import SDC_SETTINGS, choose_spawner
+from sde_spawner.services.settings import ServiceSettings
 
 c = get_config()  # noqa: F821 - provided by JupyterHub
 
@@ -48,6 +51,7 @@ try:
     spawner_class = choose_spawner(os.environ)
     ExportRules.from_env(os.environ)  # a bad SDE_EXPORT_* setting stops the hub, naming it
     ImportRules.from_env(os.environ)  # and so does a bad SDE_IMPORT_* one
+    ServiceSettings.from_env(os.environ)  # so does a bad setting of the sde service
 except (LoginRefused, ValueError) as exc:
     raise SystemExit(f"sde: the hub refuses to start: {exc}") from None
 
@@ -100,31 +104,51 @@ service_port = int(os.environ.get("SDE_SERVICE_PORT", "9100"))
 SERVICE_SETTINGS = (
     *EXPORT_SETTINGS,
     *IMPORT_SETTINGS,
-    "SDE_CHECKING_PREVIEW_ROWS",
-    "SDE_CHECKING_PAGE_NETWORKS",
-    "SDE_AUDIT_CHECKPOINT_SECONDS",
     *SDC_SETTINGS,
+    *ServiceSettings.env_names(),
 )
+# Activity comes from the proxy's routes only (the servers' own heartbeat is closed).
+c.JupyterHub.last_activity_interval = int(os.environ.get("SDE_ACTIVITY_INTERVAL", "300"))
+cull_every = int(float(os.environ.get("SDE_IDLE_CULL_EVERY", "60")) or 60)
 c.JupyterHub.services = [
+    {
+        # The hub-wide idle ceiling: no workspace idles longer, whatever its project says.
+        "name": "idle-culler",
+        "command": [
+            sys.executable,
+            "-m",
+            "jupyterhub_idle_culler",
+            f"--timeout={int(os.environ.get('SDE_IDLE_CULL_SECONDS', '86400'))}",
+            f"--cull-every={max(1, cull_every)}",
+        ],
+    },
     {
         "name": "sde",
         "url": f"http://127.0.0.1:{service_port}",
         "command": [sys.executable, "-m", "sde_spawner.services"],
         "environment": {
+            **{
+                k: os.environ[k]
+                for k in SERVICE_SETTINGS
+                if os.environ.get(k) and not k.startswith("JUPYTERHUB_")
+            },
             "SDE_DB_URL": db_url,
             "SDE_STATE_DIR": str(state),
-            "SDE_ENFORCE_SECONDS": os.environ.get("SDE_ENFORCE_SECONDS", "60"),
             "SDE_SERVICE_BIND_IP": "0.0.0.0",  # noqa: S104 - reached via workspace gateways
-            **{k: os.environ[k] for k in SERVICE_SETTINGS if os.environ.get(k)},
         },
         "oauth_no_confirm": True,
         "display": True,
-    }
+    },
 ]
 c.JupyterHub.load_roles = [
     {"name": "user", "scopes": ["self", "access:services!service=sde"]},
     # servers: the lifecycle sweep stops workspaces whose eligibility lapsed.
     {"name": "sde-service", "services": ["sde"], "scopes": ["read:users", "list:users", "servers"]},
+    {
+        "name": "idle-culler",
+        "services": ["idle-culler"],
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+    },
 ]
 room.service_port = service_port
 

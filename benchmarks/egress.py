@@ -115,7 +115,7 @@ def serve_real_service(port_queue, state: str) -> None:
     sessionmaker = testing.make_db(state)
     testing.open_workspace(sessionmaker, "alice", testing.PROJECT, server="p1")
     hub_auth = testing.FakeHubOAuth({TOKEN: testing.server_token_model("alice", "p1")})
-    settings = ServiceSettings(
+    settings = ServiceSettings.from_env(
         prefix=PREFIX,
         bind_ip="127.0.0.1",
         port=0,

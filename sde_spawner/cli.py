@@ -33,6 +33,7 @@ from sde_spawner.registry.models import (
     Purpose,
     Role,
 )
+from sde_spawner.usage_cli import usage_cmd
 
 ROLES = ", ".join(r.value for r in Role)
 PURPOSES = ", ".join(p.value for p in Purpose)
@@ -806,6 +807,7 @@ def _attach_audit() -> None:
 _attach_audit()
 main.add_command(outputs_group)
 main.add_command(evidence_cmd)
+main.add_command(usage_cmd)
 attach_data_commands(main)
 
 

@@ -6,6 +6,7 @@ logging and hands the requests that matter to a background writer thread, so the
 never waits on the database. Which requests matter, and as what, is the pure
 :func:`classify`. If the writer ever falls behind by more than ``MAX_QUEUE`` events it counts
 what it dropped and records an ``audit.lost`` event, rather than losing them silently.
+A stop asked for by the hub-wide ``idle-culler`` service is recorded as ``workspace.culled``.
 """
 
 from __future__ import annotations
@@ -24,12 +25,18 @@ from sde_spawner.db import make_engine, make_sessionmaker
 
 log = logging.getLogger(__name__)
 MAX_QUEUE = 10_000
+#: The JupyterHub service running jupyterhub-idle-culler (see jupyterhub_config.py).
+IDLE_CULLER = "idle-culler"
+CULLER_REASON = "idle longer than the hub-wide limit (the idle-culler service)"
 
 _USER_PATH = re.compile(r"^api/users/([^/]+)(/.*)?$")
 
 
-def classify(method: str, path: str, status: int, username: str | None) -> dict | None:
-    """The audit event for one hub request (path relative to the hub's base URL), or None."""
+def classify(
+    method: str, path: str, status: int, username: str | None, kind: str = "user"
+) -> dict | None:
+    """The audit event for one hub request (path relative to the hub's base URL), or None.
+    ``kind``: what made it, ``user`` or ``service`` (a stop by the idle culler is a cull)."""
     path = path.lstrip("/")
     outcome = "allowed" if status < 400 else "denied"
     base = {"actor": username or "(anonymous)", "outcome": outcome}
@@ -50,6 +57,9 @@ def classify(method: str, path: str, status: int, username: str | None) -> dict 
     elif method == "POST" and rest.startswith(("/server", "/servers")):
         action = "spawn.requested"
     elif method == "DELETE" and rest.startswith(("/server", "/servers")):
+        if (kind, username, outcome) == ("service", IDLE_CULLER, "allowed"):
+            return {**base, "action": "workspace.culled", "reason": CULLER_REASON,
+                    "details": details}  # fmt: skip
         action = "stop.requested"
     elif method == "POST" and rest == "/activity":
         return None  # servers' own heartbeat, not an admin action
@@ -130,7 +140,11 @@ def make_log_function(db_url: str, hub_prefix: str = "/hub/"):
         user = getattr(handler, "_jupyterhub_user", None)
         name = getattr(user, "name", None)
         event = classify(
-            handler.request.method, path[len(hub_prefix) :], handler.get_status(), name
+            handler.request.method,
+            path[len(hub_prefix) :],
+            handler.get_status(),
+            name,
+            getattr(user, "kind", "user"),
         )
         if event is not None:
             writer.submit(event)

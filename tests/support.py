@@ -83,6 +83,12 @@ class Hub:
             # (tests/docker/test_lifecycle.py shows a suspension closes a room in seconds).
             SDE_ENFORCE_SECONDS="600",
             SDE_AUDIT_CHECKPOINT_SECONDS="5",
+            # Activity read from the proxy, idle workspaces looked for and usage sampled every
+            # few seconds (projects' idle timeouts stay the default hour unless a test sets
+            # one: tests/docker/test_culling.py).
+            SDE_ACTIVITY_INTERVAL="3",
+            SDE_IDLE_CULL_EVERY="3",
+            SDE_USAGE_SAMPLE_SECONDS="2",
         )
         if self.login_env is not None:
             for key in ("SDE_DEMO", "SDE_DEMO_PASSWORD"):

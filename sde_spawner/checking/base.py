@@ -18,7 +18,6 @@ and the signing key live under ``SDE_STATE_DIR``. Flood limits, body limits and 
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -50,14 +49,13 @@ class Checking:
 
     @classmethod
     def from_settings(cls, settings: dict) -> Checking:
-        sde = settings.get("sde")
-        state_dir = str(getattr(sde, "state_dir", None) or os.environ.get("SDE_STATE_DIR", "var"))
+        sde = settings["sde"]  # the service's settings object (services.settings)
         return cls(
-            state_dir=state_dir,
-            store=BlobStore.for_state_dir(state_dir),
-            export_rules=ExportRules.from_env(os.environ),
-            preview_rows=int(os.environ.get("SDE_CHECKING_PREVIEW_ROWS", render.MAX_ROWS)),
-            sdc_rules=sdc.Rules.from_env(os.environ),
+            state_dir=sde.state_dir,
+            store=BlobStore.for_state_dir(sde.state_dir),
+            export_rules=sde.export_rules(),
+            preview_rows=sde.preview_rows,
+            sdc_rules=sde.sdc_rules(),
         )
 
     @property

@@ -24,7 +24,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -78,8 +77,7 @@ class LimitSettings:
     sweep_seconds: float = 3600.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> LimitSettings:
-        env = os.environ if env is None else env
+    def from_env(cls, env: Mapping[str, str]) -> LimitSettings:
         values = {}
         for f in fields(cls):
             name = f"SDE_LIMIT_{f.name.upper()}"
@@ -384,14 +382,13 @@ def _replace_nul(value, nul: str):
 
 
 def for_app(app_settings: dict) -> Limits:
-    """The app's one :class:`Limits` (made on first use from the environment; the proxy's
-    addresses are ``SDE_CHECKING_PAGE_NETWORKS``, as for the pages)."""
+    """The app's one :class:`Limits` (made on first use from the service's settings; the
+    proxy's addresses are the pages' networks)."""
     limits = app_settings.get("sde_limits")
     if limits is None:
-        from sde_spawner.services.pages import page_networks_from_env  # the pages' one parse
-
+        sde = app_settings["sde"]
         limits = app_settings["sde_limits"] = Limits(
-            LimitSettings.from_env(), proxy_networks=list(page_networks_from_env())
+            sde.limit_settings(), proxy_networks=list(sde.page_networks)
         )
     return limits
 

@@ -49,12 +49,11 @@ class Imports:
 
     @classmethod
     def from_settings(cls, settings: dict) -> Imports:
-        sde = settings.get("sde")
-        state_dir = str(getattr(sde, "state_dir", None) or os.environ.get("SDE_STATE_DIR", "var"))
+        sde = settings["sde"]  # the service's settings object (services.settings)
         return cls(
-            store=blob_store(os.path.join(state_dir, "imports")),
-            rules=ImportRules.from_env(os.environ),
-            preview_rows=int(os.environ.get("SDE_CHECKING_PREVIEW_ROWS", render.MAX_ROWS)),
+            store=blob_store(os.path.join(sde.state_dir, "imports")),
+            rules=sde.import_rules(),
+            preview_rows=sde.preview_rows,
         )
 
 

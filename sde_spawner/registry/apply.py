@@ -74,7 +74,7 @@ POLICY_KEYS = {
     "clipboard_out": str,
     "rounding": (str, int),  # a base such as 5, or "midpoint6"
 }
-LIMIT_KEYS = {"cpu": (int, float), "memory": str}
+LIMIT_KEYS = {"cpu": (int, float), "memory": str, "idle": str}
 #: Where each approval requirement lives in the file.
 APPROVAL_PATHS = {
     "dac_reference": "approval.dac_reference",
@@ -207,6 +207,10 @@ def validate(session: Session, doc: dict, base_dir: Path, today: date | None = N
     )
     limits = _table(doc.get("limits", {}), "limits", LIMIT_KEYS, problems)
     _at("limits", rules.limits_problems(limits.get("cpu"), limits.get("memory")), problems)
+    if "idle" in limits and rules.parse_duration(limits["idle"]) is None:
+        problems.append(f"limits.idle: must look like '30m', '8h' or '90s', not {limits['idle']!r}")
+    else:
+        _at("limits", rules.idle_problems(rules.parse_duration(limits.get("idle"))), problems)
 
     _validate_approval(session, doc, slug, today, problems)
     _validate_agreements(doc, problems)
@@ -380,6 +384,7 @@ def apply_document(
             output_policy=policy,
             cpu_limit=limits.get("cpu", ops.CLEAR),
             mem_limit=limits.get("memory", ops.CLEAR),
+            idle_timeout=rules.parse_duration(limits["idle"]) if "idle" in limits else ops.CLEAR,
             today=today,
         )
     )

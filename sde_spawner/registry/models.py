@@ -11,6 +11,7 @@ import json
 from datetime import date, datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Date,
     DateTime,
@@ -121,6 +122,9 @@ class Project(Base):
     #: Resource limits of the project's workspaces (None: the spawner's defaults).
     cpu_limit: Mapped[float | None] = mapped_column(Float, nullable=True)
     mem_limit: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: Seconds a workspace of the project may go without activity through the proxy before
+    #: it is stopped (revision 0010; None: the ``sde`` service's ``idle_timeout``).
+    idle_timeout: Mapped[int | None] = mapped_column(Integer, nullable=True)
     #: May the public register name the project's researchers? (revision 0009; default no:
     #: they are shown by organisation only.)
     register_names: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
@@ -228,6 +232,25 @@ class Workspace(Base):
     address: Mapped[str | None] = mapped_column(String(64), nullable=True)
     started_at: Mapped[datetime] = mapped_column(DateTime)
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class WorkspaceUsage(Base):
+    """What one workspace's container used (revision 0010), metered by the ``sde`` service
+    (:mod:`sde_spawner.usage`): CPU seconds as the container's own cumulative counter last
+    read, memory byte-seconds as the sampled memory in use times the time between samples."""
+
+    __tablename__ = "workspace_usage"
+
+    workspace_id: Mapped[int] = mapped_column(
+        ForeignKey("workspace.id", ondelete="CASCADE"), primary_key=True
+    )
+    cpu_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    memory_byte_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    memory_peak_bytes: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), default=0, server_default="0"
+    )
+    samples: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    sampled_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 # ---- safe data: opt-out lists, project data policy, extract versions ------------------------

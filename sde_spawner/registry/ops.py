@@ -44,6 +44,7 @@ from sde_spawner.registry.rules import (
     approval_problems,
     dataset_columns,
     grant_problems,
+    idle_problems,
     idp_subject_problems,
     limits_problems,
     output_policy_problems,
@@ -288,6 +289,7 @@ def add_project(
     output_policy: dict | None = None,
     cpu_limit=None,
     mem_limit=None,
+    idle_timeout=None,
     today: date | None = None,
 ):
     """Create a project (as draft), or update the given fields. An approved project keeps
@@ -304,6 +306,7 @@ def add_project(
         "required_approvals": required_approvals,
         "cpu_limit": float(cpu_limit) if isinstance(cpu_limit, int | float) else cpu_limit,
         "mem_limit": mem_limit,
+        "idle_timeout": idle_timeout,
     }
     if required_approvals is not None and (
         not isinstance(required_approvals, int) or not 1 <= required_approvals <= 5
@@ -312,6 +315,7 @@ def add_project(
     problems += limits_problems(
         None if cpu_limit is CLEAR else cpu_limit, None if mem_limit is CLEAR else mem_limit
     )
+    problems += idle_problems(None if idle_timeout is CLEAR else idle_timeout)
     if output_policy is not None:
         problems += output_policy_problems(output_policy)
         values["output_policy_json"] = json.dumps(output_policy, sort_keys=True)

@@ -215,6 +215,29 @@ def output_policy_problems(policy: dict) -> list[Problem]:
     return out
 
 
+#: ``90s``, ``30m``, ``8h``: the idle timeout of a project file.
+DURATION_RE = re.compile(r"^([1-9][0-9]*)([smh])$")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+#: Idle timeouts from 10 seconds to 7 days.
+IDLE_RANGE = (10, 7 * 86400)
+
+
+def parse_duration(text) -> int | None:
+    """``"30m"`` -> 1800 (seconds); None if it is not a duration."""
+    m = DURATION_RE.match(text.strip().lower()) if isinstance(text, str) else None
+    return int(m.group(1)) * DURATION_UNITS[m.group(2)] if m else None
+
+
+def idle_problems(seconds) -> list[Problem]:
+    lo, hi = IDLE_RANGE
+    if seconds is None:
+        return []
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or not lo <= seconds <= hi:
+        return [("idle", f"the idle timeout must be from {lo} s to {hi // 86400} days, "
+                         f"such as '30m' or '8h', not {seconds!r}")]  # fmt: skip
+    return []
+
+
 def limits_problems(cpu, memory) -> list[Problem]:
     out: list[Problem] = []
     if cpu is not None and (

@@ -1,10 +1,14 @@
-"""Entry point of the ``sde`` service: ``python -m sde_spawner.services``."""
+"""Entry point of the ``sde`` service: ``python -m sde_spawner.services``.
+
+Settings: :class:`~sde_spawner.services.settings.ServiceSettings`, from the environment the
+hub gives the service, then a config file or the command line; ``--help-all`` lists them.
+"""
 
 import asyncio
 import contextlib
 import logging
-import os
 import signal
+import sys
 
 from tornado.log import enable_pretty_logging
 
@@ -13,13 +17,13 @@ from sde_spawner.services.app import ServiceSettings, http_server, make_app
 from sde_spawner.services.audit_pages import checkpoint_loop
 
 
-async def enforce_loop(sessionmaker) -> None:
+async def enforce_loop(sessionmaker, settings: ServiceSettings) -> None:
     """Close workspaces that lost their eligibility: as soon as the registry changes (looked
-    for every SDE_REGISTRY_WATCH_SECONDS), and every SDE_ENFORCE_SECONDS in any case."""
-    interval = float(os.environ.get("SDE_ENFORCE_SECONDS", "60"))
-    watch = float(os.environ.get("SDE_REGISTRY_WATCH_SECONDS", "1"))
-    hub_api = os.environ["JUPYTERHUB_API_URL"]
-    token = os.environ["JUPYTERHUB_API_TOKEN"]
+    for every ``registry_watch_seconds``), and every ``enforce_seconds`` in any case."""
+    interval = settings.enforce_seconds
+    watch = settings.registry_watch_seconds
+    hub_api = settings.hub_api_url
+    token = settings.api_token
     log = logging.getLogger("sde.lifecycle")
 
     def head() -> int:
@@ -48,10 +52,49 @@ async def enforce_loop(sessionmaker) -> None:
             log.exception("lifecycle sweep failed")
 
 
+async def cull_loop(sessionmaker, settings: ServiceSettings) -> None:
+    """Stop workspaces idle past their project's timeout, every ``cull_every_seconds``."""
+    from sde_spawner import culling
+
+    log = logging.getLogger("sde.culling")
+    while True:
+        await asyncio.sleep(settings.cull_every_seconds)
+        try:
+            await asyncio.to_thread(
+                culling.cull,
+                sessionmaker,
+                settings.hub_api_url,
+                settings.api_token,
+                settings.idle_timeout,
+            )
+        except Exception:
+            log.exception("idle culling failed")
+
+
+async def usage_loop(sessionmaker, settings: ServiceSettings) -> None:
+    """Sample running workspaces' CPU and memory every ``usage_sample_seconds`` (Docker's
+    statistics, read in a thread)."""
+    import docker
+
+    from sde_spawner import usage
+
+    log = logging.getLogger("sde.usage")
+    client = None
+    while True:
+        await asyncio.sleep(settings.usage_sample_seconds)
+        try:
+            client = client or await asyncio.to_thread(docker.from_env)
+            await asyncio.to_thread(
+                usage.sample, sessionmaker, client, settings.usage_sample_seconds
+            )
+        except Exception:
+            log.exception("usage sampling failed")
+
+
 async def housekeeping_loop(app) -> None:
     """Remove the uploads a killed process left half-written; then write the aggregated
     ``rate.limited`` rows of closed windows every few seconds, and sweep abandoned drafts and
-    unreferenced blobs every ``SDE_LIMIT_SWEEP_SECONDS``."""
+    unreferenced blobs every ``limit_sweep_seconds``."""
     from sde_spawner.checking import limits, sweep
     from sde_spawner.checking.storage import BlobStore
 
@@ -83,9 +126,23 @@ async def housekeeping_loop(app) -> None:
             sweep.write_aggregates(sessionmaker, lim, everything=True)
 
 
-async def main() -> None:
+def load_settings(argv=None) -> ServiceSettings:
+    """The settings from the environment, then the command line (``--help-all`` prints every
+    setting and exits). A bad value exits with one line naming it."""
+    try:
+        settings = ServiceSettings.from_env()
+    except ValueError as exc:
+        raise SystemExit(f"sde service: {exc}") from None
+    settings.initialize(argv)
+    try:
+        settings.check()
+    except ValueError as exc:
+        raise SystemExit(f"sde service: {exc}") from None
+    return settings
+
+
+async def main(settings: ServiceSettings) -> None:
     enable_pretty_logging()
-    settings = ServiceSettings.from_env()
     app = make_app(settings)
     server = http_server(app)
     server.listen(settings.port, address=settings.bind_ip)
@@ -97,9 +154,11 @@ async def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     loops = [
-        asyncio.create_task(checkpoint_loop(app.settings["sessionmaker"], settings.state_dir)),
-        asyncio.create_task(enforce_loop(app.settings["sessionmaker"])),
+        asyncio.create_task(checkpoint_loop(app.settings["sessionmaker"], settings)),
+        asyncio.create_task(enforce_loop(app.settings["sessionmaker"], settings)),
         asyncio.create_task(housekeeping_loop(app)),
+        asyncio.create_task(cull_loop(app.settings["sessionmaker"], settings)),
+        asyncio.create_task(usage_loop(app.settings["sessionmaker"], settings)),
     ]
     await stopping.wait()
     logging.getLogger("sde").info("stopping")
@@ -112,4 +171,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(load_settings(sys.argv[1:])))

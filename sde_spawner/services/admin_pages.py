@@ -1,6 +1,7 @@
-"""The read-only registry overview of the ``sde`` service: ``{prefix}admin/``.
+"""The read-only registry overview of the ``sde`` service, ``{prefix}admin/``, and the usage
+page, ``{prefix}admin/usage`` (CSV: ``{prefix}admin/usage.csv``, :mod:`sde_spawner.usage`).
 
-For administrators (``SDE_AUDIT_ADMINS``, the same list as the audit page) only; anyone else
+For administrators (the service's ``admins`` setting, as for the audit page) only; anyone else
 gets 403 and the refusal is audited (``admin.page.refused``). It lists projects with their
 status, agreements with their end and data-deletion dates (coming ones first), members, and
 the recent lifecycle actions (registry changes, breaches, closed workspaces, deletions).
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import html
-import os
 from datetime import date
 
 from jupyterhub.utils import url_path_join
 from sqlalchemy import or_, select
+from tornado import web
 
+from sde_spawner import usage
 from sde_spawner.audit.models import AuditEvent
 from sde_spawner.registry.models import Project
 from sde_spawner.services.pages import BrowserPage
@@ -35,10 +37,6 @@ LIFECYCLE_PREFIXES = (
     "deletion.",
 )
 RECENT = 50
-
-
-def admins() -> set[str]:
-    return {a.strip() for a in os.environ.get("SDE_AUDIT_ADMINS", "admin").split(",") if a.strip()}
 
 
 def overview(session, today: date, recent: int = RECENT) -> dict:
@@ -147,7 +145,7 @@ class AdminPageHandler(BrowserPage):
 
     async def get(self):
         name = self.current_user["name"]
-        if name not in admins():
+        if name not in self.settings["sde"].admins:
             await self.refuse("the registry overview is for administrators only", actor=name)
         Session = self.settings["sessionmaker"]
 
@@ -161,5 +159,70 @@ class AdminPageHandler(BrowserPage):
         self.finish(page)
 
 
+def render_usage(rows: list[usage.UsageRow], user: str, since: str, until: str) -> str:
+    e = html.escape
+    query = "&".join(f"{k}={e(v)}" for k, v in (("since", since), ("until", until)) if v)
+    data = [{k: getattr(r, k) for k in usage.COLUMNS} for r in rows]
+    return "\n".join(
+        [
+            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+            "<title>Usage</title>",
+            "<style>body{font-family:sans-serif;margin:1em 2em}table{border-collapse:collapse;"
+            "margin-bottom:1.5em}td,th{border:1px solid #ccc;padding:.2em .5em;"
+            "text-align:left}</style></head><body>",
+            f"<h1>Usage per person and project</h1><p>Signed in as {e(user)}. Workspaces "
+            f"started {e(since or 'ever')} to {e(until or 'now')}; CPU and memory hours as "
+            "metered from the containers.</p>",
+            '<form method="get"><label>since <input name="since" type="date" '
+            f'value="{e(since)}"></label> <label>until <input name="until" type="date" '
+            f'value="{e(until)}"></label> <button>show</button></form>',
+            f'<p><a id="csv" href="usage.csv{"?" + query if query else ""}">Download CSV</a></p>',
+            _table("Usage", "usage", list(usage.COLUMNS), data),
+            "</body></html>",
+        ]
+    )
+
+
+def _date_arg(handler, name: str) -> date | None:
+    value = handler.get_argument(name, "") or ""
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise web.HTTPError(400, f"{name}: not a date (YYYY-MM-DD): {value[:40]!r}") from None
+
+
+class UsagePageHandler(BrowserPage):
+    """Usage per person and project, for administrators; ``usage.csv`` downloads it."""
+
+    action = "usage.page.refused"
+
+    async def get(self, csv: str = ""):
+        name = self.current_user["name"]
+        if name not in self.settings["sde"].admins:
+            await self.refuse("usage figures are for administrators only", actor=name)
+        since, until = _date_arg(self, "since"), _date_arg(self, "until")
+        Session = self.settings["sessionmaker"]
+
+        def read():
+            with Session() as s:
+                return usage.report(s, since=since, until=until)
+
+        rows = await asyncio.to_thread(read)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        if csv:
+            self.set_header("Content-Type", "text/csv; charset=utf-8")
+            self.set_header("Content-Disposition", 'attachment; filename="usage.csv"')
+            self.finish(usage.to_csv(rows))
+            return
+        self.set_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
+        self.finish(render_usage(rows, name, self.get_argument("since", ""),
+                                 self.get_argument("until", "")))  # fmt: skip
+
+
 def routes(prefix: str) -> list[tuple]:
-    return [(url_path_join(prefix, "admin/"), AdminPageHandler)]
+    return [
+        (url_path_join(prefix, "admin/"), AdminPageHandler),
+        (url_path_join(prefix, r"admin/usage(\.csv)?"), UsagePageHandler),
+    ]

@@ -2,44 +2,24 @@
 the audit-ingestion API, reached by people through the proxy and by workspaces directly
 through the one extra port the host firewall opens for them.
 
-Run by JupyterHub as a managed service (``python -m sde_spawner.services``); settings come
-from the environment JupyterHub sets (``JUPYTERHUB_*``) and ``SDE_*``.
+Run by JupyterHub as a managed service (``python -m sde_spawner.services``); its settings are
+the one :class:`~sde_spawner.services.settings.ServiceSettings` object (``app.settings["sde"]``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
-from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.httpserver import HTTPServer
 
-from sde_spawner.db import DEFAULT_DB_URL, make_engine, make_sessionmaker
+from sde_spawner.db import make_engine, make_sessionmaker
+from sde_spawner.services.settings import ServiceSettings
 
-
-@dataclass
-class ServiceSettings:
-    prefix: str
-    bind_ip: str
-    port: int
-    db_url: str
-    state_dir: str
-
-    @classmethod
-    def from_env(cls) -> ServiceSettings:
-        prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/sde/")
-        url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:9100"))
-        return cls(
-            prefix=prefix if prefix.endswith("/") else prefix + "/",
-            bind_ip=os.environ.get("SDE_SERVICE_BIND_IP", url.hostname or "127.0.0.1"),
-            port=url.port or 9100,
-            db_url=os.environ.get("SDE_DB_URL", DEFAULT_DB_URL),
-            state_dir=os.environ.get("SDE_STATE_DIR", "var"),
-        )
+__all__ = ["ServiceSettings", "http_server", "make_app"]
 
 
 class OAuthCallbackHandler(HubOAuthCallbackHandler):
@@ -62,11 +42,9 @@ def make_app(settings: ServiceSettings, *, hub_auth: HubOAuth | None = None) -> 
     from sde_spawner.checking import api as checking_api
     from sde_spawner.checking import pages as checking_pages
     from sde_spawner.imports import handlers as imports
-    from sde_spawner.services import admin_pages, audit_pages
+    from sde_spawner.services import admin_pages, audit_pages, metrics
 
-    hub_auth = hub_auth or HubOAuth(
-        api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""), cache_max_age=60
-    )
+    hub_auth = hub_auth or HubOAuth(api_token=settings.api_token, cache_max_age=60)
     sessionmaker = make_sessionmaker(make_engine(settings.db_url))
     p = settings.prefix
     routes = [
@@ -75,6 +53,7 @@ def make_app(settings: ServiceSettings, *, hub_auth: HubOAuth | None = None) -> 
         *audit_api.routes(p),
         *audit_pages.routes(p),
         *admin_pages.routes(p),
+        *metrics.routes(p),
     ]
     routes += checking_api.routes(p) + checking_pages.routes(p)
     routes += imports.routes(p)

@@ -1,10 +1,10 @@
 """The audit side of the ``sde`` service: periodic signed checkpoints and the admin page.
 
-Checkpoints: every ``SDE_AUDIT_CHECKPOINT_SECONDS`` (default 300) the service signs the
+Checkpoints: every ``audit_checkpoint_seconds`` (a setting, default 300) the service signs the
 chain's head (HMAC-SHA256, key file created 0600 on first use) into the ``audit_checkpoint``
 table and an append-only JSON Lines file beside it, so a truncated tail is detected.
 
-Admin page ``{prefix}audit/``: hub admins only (``SDE_AUDIT_ADMINS``); filters by person,
+Admin page ``{prefix}audit/``: the service's ``admins`` only; filters by person,
 project, action and time; shows the verify result and offers the JSON Lines export. Guarded
 like every page of the service (:class:`~sde_spawner.services.pages.BrowserPage`): the admin's
 browser session only, so an admin token pasted into a workspace exports nothing.
@@ -25,7 +25,6 @@ from jupyterhub.utils import url_path_join
 from tornado import template, web
 
 from sde_spawner import audit
-from sde_spawner.audit.paths import audit_paths
 from sde_spawner.services.pages import BrowserPage
 
 log = logging.getLogger(__name__)
@@ -49,9 +48,9 @@ def write_checkpoint(sessionmaker, key: bytes, file: Path):
         return audit.checkpoint(s, key, file=file)
 
 
-async def checkpoint_loop(sessionmaker, state_dir: str) -> None:
-    interval = float(os.environ.get("SDE_AUDIT_CHECKPOINT_SECONDS", "300"))
-    key_path, file = audit_paths(state_dir)
+async def checkpoint_loop(sessionmaker, settings) -> None:
+    interval = settings.audit_checkpoint_seconds
+    key_path, file = settings.audit_paths()
     key = ensure_key(key_path)
     while True:
         try:
@@ -63,10 +62,6 @@ async def checkpoint_loop(sessionmaker, state_dir: str) -> None:
 
 
 FILTER_ARGS = ("person", "project", "action", "since", "until")
-
-
-def _admins() -> set[str]:
-    return {a.strip() for a in os.environ.get("SDE_AUDIT_ADMINS", "admin").split(",") if a.strip()}
 
 
 def _time(value: str | None) -> datetime | None:
@@ -94,11 +89,11 @@ class AuditPageHandler(BrowserPage):
 
     async def get(self, export: str = ""):
         user = self.current_user
-        if user["name"] not in _admins():
+        if user["name"] not in self.settings["sde"].admins:
             await self.refuse("the audit trail is for administrators only", actor=user["name"])
         filters = self._filters()
         Session = self.settings["sessionmaker"]
-        key_path, file = audit_paths(self.settings["sde"].state_dir)
+        key_path, file = self.settings["sde"].audit_paths()
         if export:
             buf = io.StringIO()
 

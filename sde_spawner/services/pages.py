@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
-import os
 
 from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
 from tornado import web
@@ -47,12 +46,6 @@ def parse_networks(text: str) -> tuple[str, ...]:
     for net in nets:
         ipaddress.ip_network(net)  # a typo raises ValueError naming it
     return nets
-
-
-def page_networks_from_env(environ=os.environ) -> tuple[str, ...]:
-    return parse_networks(
-        environ.get("SDE_CHECKING_PAGE_NETWORKS", ",".join(DEFAULT_PAGE_NETWORKS))
-    )
 
 
 def allowed_from(remote_ip: str | None, networks: tuple[str, ...]) -> bool:
@@ -157,10 +150,7 @@ class BrowserPage(HubOAuthenticated, web.RequestHandler):
         return hmac.compare_digest(sent.encode("utf-8", "replace"), self.xsrf_token)
 
     def page_networks(self) -> tuple[str, ...]:
-        nets = self.settings.get("sde_page_networks")
-        if nets is None:
-            nets = self.settings["sde_page_networks"] = page_networks_from_env()
-        return nets
+        return tuple(self.settings["sde"].page_networks)
 
     async def guard(self) -> None:
         """Refuse anything but a person's browser session; redirect a GET without one."""

@@ -86,7 +86,7 @@ def service(tmp_path_factory):
     def run():
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        settings = ServiceSettings(
+        settings = ServiceSettings.from_env(
             prefix=PREFIX,
             bind_ip="127.0.0.1",
             port=0,

@@ -40,8 +40,9 @@ def db(tmp_path):
 @contextlib.asynccontextmanager
 async def serving(tmp_path):
     """The sde service app on a loopback port; yields ``get(user)`` for the admin page."""
-    settings = ServiceSettings(PREFIX, "127.0.0.1", 0, f"sqlite:///{tmp_path}/registry.sqlite",
-                               str(tmp_path))  # fmt: skip
+    settings = ServiceSettings.from_env(prefix=PREFIX, bind_ip="127.0.0.1", port=0,
+                                        db_url=f"sqlite:///{tmp_path}/registry.sqlite",
+                                        state_dir=str(tmp_path))  # fmt: skip
     auth = FakeHubOAuth({f"oauth-{u}": browser_model(u) for u in ("admin", "alice")})
     app = make_app(settings, hub_auth=auth)
     sock, port = bind_unused_port()

@@ -94,7 +94,7 @@ class Service:
     """One running app over a state directory; ``stop()`` and build another to 'restart'."""
 
     def __init__(self, tmp_path, hub_auth):
-        self.settings = ServiceSettings(
+        self.settings = ServiceSettings.from_env(
             prefix=PREFIX,
             bind_ip="127.0.0.1",
             port=0,
@@ -595,7 +595,7 @@ async def test_a_tampered_blob_is_not_released(svc, db):
 
 async def test_pages_are_only_served_through_the_proxy(svc, db, monkeypatch):
     """Workspaces reach the service port from their gateway; people come via the proxy."""
-    monkeypatch.setenv("SDE_CHECKING_PAGE_NETWORKS", "10.99.0.0/16")
+    svc.app.settings["sde"].page_networks = ["10.99.0.0/16"]
     for path in ("checking/", "releases/"):
         r = await svc.fetch("GET", path, user="chris")
         assert r.code == 403 and b"only through the hub&#x27;s proxy" in r.body, r.body

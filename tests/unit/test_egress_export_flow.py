@@ -76,7 +76,7 @@ def service(tmp_path_factory, jp_asyncio_loop):
     Session = testing.make_db(state)
     testing.open_workspace(Session, USER, testing.PROJECT, server=SERVER)
     hub_auth = testing.FakeHubOAuth({WORKSPACE_TOKEN: testing.server_token_model(USER, SERVER)})
-    settings = ServiceSettings(
+    settings = ServiceSettings.from_env(
         prefix="/services/sde/",
         bind_ip="127.0.0.1",
         port=0,

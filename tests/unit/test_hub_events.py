@@ -114,3 +114,16 @@ def test_audited_requests(args, expected):
 )
 def test_unaudited_requests(args):
     assert classify(*args) is None
+
+
+def test_a_stop_by_the_idle_culler_service_is_a_cull():
+    path = "api/users/alice/servers/proj"
+    culled = classify("DELETE", path, 204, "idle-culler", "service")
+    assert culled == {
+        **ev("workspace.culled", "idle-culler", "/hub/" + path, "DELETE", 204, "alice"),
+        "reason": "idle longer than the hub-wide limit (the idle-culler service)",
+    }
+    # a person (even one named so) or a refused stop is not
+    assert classify("DELETE", path, 204, "idle-culler", "user")["action"] == "stop.requested"
+    assert classify("DELETE", path, 403, "idle-culler", "service")["action"] == "stop.requested"
+    assert classify("DELETE", path, 204, "sde", "service")["action"] == "stop.requested"

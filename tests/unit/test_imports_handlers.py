@@ -229,9 +229,10 @@ async def test_withdrawn_imports_never_mount(svc, db):
     assert json.dumps(events(db, action="import.withdrawn")[-1]["details"])
 
 
-async def test_an_upload_over_the_size_limit_is_refused_before_it_is_read(svc, db, monkeypatch):
-    monkeypatch.setenv("SDE_IMPORT_MAX_REQUEST_BYTES", "1000")
-    monkeypatch.setenv("SDE_IMPORT_MAX_FILE_BYTES", "500")
+async def test_an_upload_over_the_size_limit_is_refused_before_it_is_read(svc, db):
+    settings = svc.app.settings["sde"]  # the service's settings (SDE_IMPORT_MAX_*_BYTES)
+    settings.import_max_request_bytes = "1000"
+    settings.import_max_file_bytes = "500"
     svc.app.settings.pop("sde_imports", None)  # the rules are read again
     r = await upload(svc, "alice", [("big.csv", b"a,b\n" + b"1,2\n" * 600_000)])
     assert r.code == 413 and b"over the limit" in r.body, r.body[:300]

@@ -292,8 +292,7 @@ async def test_the_audit_page_is_for_admins_only_and_through_the_proxy_only(svc,
     r = await svc.fetch("GET", "audit/export.jsonl", user="chris")
     assert r.code == 403 and b"for administrators only" in r.body
     assert events(db, action="audit.page.refused", actor="chris")
-    monkeypatch.setenv("SDE_CHECKING_PAGE_NETWORKS", "10.99.0.0/16")
-    svc.app.settings.pop("sde_page_networks", None)
+    svc.app.settings["sde"].page_networks = ["10.99.0.0/16"]
     r = await svc.fetch("GET", "audit/export.jsonl", user="admin")
     assert r.code == 403 and b"only through the hub&#x27;s proxy" in r.body
     assert "came from 127.0.0.1" in events(db, action="audit.page.refused")[-1]["reason"]
