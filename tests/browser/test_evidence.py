@@ -45,8 +45,8 @@ def test_the_evidence_report_reads_offline_in_chromium(tmp_path, chromium, monke
         network.locator("details").first.locator("summary").click()
         assert "tests.unit.test_firewall::" in network.inner_text()
         # a statement not met says why; one whose tests did not run here is not called met
-        mfa = page.locator("#statement-3\\.2\\.04")
-        assert "not met" in mfa.inner_text() and "MFA" in mfa.inner_text()
+        at_rest = page.locator("#statement-2\\.8\\.01").inner_text()
+        assert "not met" in at_rest and "encrypted volumes" in at_rest
         internet = page.locator("#statement-2\\.2\\.11").inner_text()
         assert "not proven in this run" in internet
         facts = page.locator("#facts-table").inner_text()
