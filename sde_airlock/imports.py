@@ -34,7 +34,7 @@ from sde_airlock.filetypes import (
     check_bytes,
     suffix_of,
 )
-from sde_airlock.rules import human_size
+from sde_airlock.rules import human_size, rules_from_env
 
 __all__ = ["DEFAULT_IMPORT_SUFFIXES", "SETTING_OF", "ImportRules", "Problem", "TypeCheck"]
 
@@ -123,22 +123,7 @@ class ImportRules:
     def from_env(cls, env: Mapping[str, str]) -> ImportRules:
         """The rules from the ``SDE_IMPORT_*`` settings (unset or empty: the default); a bad
         value raises ``ValueError`` naming the setting."""
-        values: dict = {}
-        for name, setting in SETTING_OF.items():
-            raw = (env.get(setting) or "").strip()
-            if not raw:
-                continue
-            if name == "allowed_suffixes":
-                values[name] = tuple(s for s in raw.replace(" ", ",").split(",") if s.strip())
-                continue
-            try:
-                values[name] = int(raw.replace("_", ""))
-            except ValueError:
-                raise ValueError(f"{setting}={raw!r} is not a whole number") from None
-        try:
-            return cls(**values)
-        except ValueError as exc:
-            raise ValueError(f"import settings: {exc}") from None
+        return rules_from_env(cls, SETTING_OF, env, "import")
 
     # --- one file ---------------------------------------------------------------------------
 

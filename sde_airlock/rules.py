@@ -153,22 +153,7 @@ class ExportRules:
         ``SDE_EXPORT_ALLOWED_TYPES`` is a comma-separated list of endings (``.csv,.png``);
         the others are whole numbers. A bad value raises ``ValueError`` naming the setting.
         """
-        values: dict = {}
-        for name, setting in SETTING_OF.items():
-            raw = (env.get(setting) or "").strip()
-            if not raw:
-                continue
-            if name == "allowed_suffixes":
-                values[name] = tuple(s for s in raw.replace(" ", ",").split(",") if s.strip())
-                continue
-            try:
-                values[name] = int(raw.replace("_", ""))
-            except ValueError:
-                raise ValueError(f"{setting}={raw!r} is not a whole number") from None
-        try:
-            return cls(**values)
-        except ValueError as exc:
-            raise ValueError(f"export settings: {exc}") from None
+        return rules_from_env(cls, SETTING_OF, env, "export")
 
     def to_env(self) -> dict[str, str]:
         """The settings that give these rules (for a workspace or a service process)."""
@@ -342,3 +327,26 @@ def summary(problems: Iterable[Problem]) -> str:
     if len(items) == 1:
         return items[0]
     return f"{len(items)} problems: " + "; ".join(items)
+
+
+def rules_from_env(cls, setting_of: Mapping[str, str], env: Mapping[str, str], what: str):
+    """``cls(**values)`` from the settings named in ``setting_of`` (field -> variable): unset
+    or empty keeps the default, ``allowed_suffixes`` is a comma-separated list, the rest whole
+    numbers; a bad value raises ``ValueError`` naming the setting. Shared by the export and the
+    import rules."""
+    values: dict = {}
+    for name, setting in setting_of.items():
+        raw = (env.get(setting) or "").strip()
+        if not raw:
+            continue
+        if name == "allowed_suffixes":
+            values[name] = tuple(s for s in raw.replace(" ", ",").split(",") if s.strip())
+            continue
+        try:
+            values[name] = int(raw.replace("_", ""))
+        except ValueError:
+            raise ValueError(f"{setting}={raw!r} is not a whole number") from None
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise ValueError(f"{what} settings: {exc}") from None
