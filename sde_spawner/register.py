@@ -23,6 +23,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from sde_spawner.checking.models import ExportRequest
+from sde_spawner.publish import write_files
 from sde_spawner.registry.models import (
     Breach,
     Membership,
@@ -155,15 +156,10 @@ def export(session, directory: str | os.PathLike, now: datetime | None = None) -
     """Write ``index.html`` and ``register.json`` into ``directory``; returns their paths."""
     generated = (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
     items = entries(session)
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in (
-        ("index.html", render_html(items, generated)),
-        ("register.json", render_json(items, generated)),
-    ):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out / name)
-        written.append(out / name)
-    return written
+    return write_files(
+        directory,
+        {
+            "index.html": render_html(items, generated),
+            "register.json": render_json(items, generated),
+        },
+    )

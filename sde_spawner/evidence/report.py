@@ -14,8 +14,6 @@ behind it is proven in this run; one not met keeps its reason.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from sde_spawner.evidence.catalogue import Catalogue
 from sde_spawner.evidence.junit import Result, matching, totals
+from sde_spawner.publish import write_files
 
 TEMPLATE = "report.html.j2"
 
@@ -140,22 +139,13 @@ def render_html(report: dict) -> str:
     return env.get_template(TEMPLATE).render(r=report)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
     """``report.json`` and ``index.html`` in ``out_dir``, each replaced whole or not at all."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, html_path = out / "report.json", out / "index.html"
-    _write_atomic(json_path, json.dumps(report, indent=1, sort_keys=True) + "\n")
-    _write_atomic(html_path, render_html(report))
+    json_path, html_path = write_files(
+        out_dir,
+        {
+            "report.json": json.dumps(report, indent=1, sort_keys=True) + "\n",
+            "index.html": render_html(report),
+        },
+    )
     return json_path, html_path
