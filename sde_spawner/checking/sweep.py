@@ -126,15 +126,22 @@ def _references(session: Session) -> dict[str, set[int]]:
     return refs
 
 
+def _temporary(entry: os.DirEntry) -> StoredFile | None:
+    """An upload temporary (``.upload-*`` at the store's top level), or None."""
+    if entry.is_file(follow_symlinks=False) and entry.name.startswith(".upload-"):
+        st = entry.stat(follow_symlinks=False)
+        return StoredFile(entry.name, st.st_mtime, st.st_size)
+    return None
+
+
 def scan_store(store: BlobStore) -> tuple[list[StoredFile], list[StoredFile]]:
     """``(blobs, upload temporaries)`` in the store; anything else is left alone."""
     blobs, temps = [], []
     if not store.root.is_dir():
         return blobs, temps
     for entry in os.scandir(store.root):
-        if entry.is_file(follow_symlinks=False) and entry.name.startswith(".upload-"):
-            st = entry.stat(follow_symlinks=False)
-            temps.append(StoredFile(entry.name, st.st_mtime, st.st_size))
+        if (temp := _temporary(entry)) is not None:
+            temps.append(temp)
         elif entry.is_dir(follow_symlinks=False) and len(entry.name) == 2:
             for blob in os.scandir(entry.path):
                 if blob.is_file(follow_symlinks=False) and is_sha256(blob.name):
@@ -233,7 +240,9 @@ def clear_interrupted_uploads(sessionmaker, store: BlobStore) -> SweepPlan:
     """Remove every upload temporary at service start: a fresh process has no upload in
     flight, so each one is what a killed process left half-written. Never a blob (those are
     only renamed into place whole); audited like a sweep."""
-    _, temps = scan_store(store)
+    temps = []
+    if store.root.is_dir():  # temporaries sit at the top level: the blobs are not walked
+        temps = [t for e in os.scandir(store.root) if (t := _temporary(e)) is not None]
     removed = []
     for t in temps:
         with contextlib.suppress(FileNotFoundError):
