@@ -7,9 +7,10 @@ person-level records (valid NHS numbers, ten columns) and a national opt-out lis
 * ours: :func:`sde_spawner.datasets.extract.build_extract` — drop invalid identifiers, remove
   everyone on the list, replace the NHS number by the project's HMAC-SHA256 pseudonym, keep
   six of the ten columns, apply the row filter ``age >= 18``, write Parquet, plus its counts,
-  source and output SHA-256 and the data dictionary;
+  source and output SHA-256 and the data dictionary (the native pseudonym path where the
+  library was built; the run says which);
 * for the record (run once): the same plain copy with only the NHS number replaced by the
-  pseudonym, to show what the keyed hash itself costs;
+  pseudonym written in DuckDB SQL (the fallback's way), to show what that costs;
 * baseline: ``COPY (SELECT <the same six columns> FROM read_parquet(source)) TO ... (FORMAT
   parquet)`` in plain DuckDB (no opt-outs, no pseudonyms, no filter).
 
@@ -166,6 +167,10 @@ def main() -> None:
         work = Path(tmp)
         t0 = time.perf_counter()
         source, _ = generate(work, args.rows, args.optouts)
+        from sde_spawner.datasets import pseudonym_batch
+
+        path = "native" if pseudonym_batch.available() else "SQL (no native library)"
+        print(f"pseudonyms: {path}")
         print(
             f"generated {args.rows:,} rows ({source.stat().st_size / 2**20:.0f} MiB Parquet) and "
             f"{args.optouts:,} opt-outs in {time.perf_counter() - t0:.1f} s"
@@ -187,7 +192,7 @@ def main() -> None:
             if kind == "ours":
                 r = results[0]
                 extra = f", {r['rows_out']:,} rows out, {r['opted_out']:,} removed by opt-out"
-            label = {"hmac": "plain + HMAC only (for the record)"}.get(kind, kind)
+            label = {"hmac": "plain + SQL HMAC only (for the record)"}.get(kind, kind)
             print(
                 f"{label}: median {secs:.2f} s ({args.rows / secs / 1e6:.2f} M rows/s), "
                 f"peak RSS {peak:.0f} MiB{extra}"

@@ -1,6 +1,8 @@
 """Build a member's minimum dataset from a CSV or Parquet source, safely.
 
-For each grant, in one DuckDB pass over the source::
+For each grant, in one pass over the source (DuckDB reads and filters; a person-level
+table's NHS number check and pseudonyms are computed in native code, see
+:mod:`sde_spawner.datasets.pseudonym_batch`, with the same HMAC in SQL as the fallback)::
 
     source rows
       - rows whose identifier is not a valid NHS number
@@ -34,15 +36,19 @@ import os
 import re
 import shutil
 import tempfile
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sde_spawner.datasets import pseudonym_batch
 from sde_spawner.datasets.nhs_number import valid_sql
 from sde_spawner.datasets.pseudonyms import pads, pseudonym_sql
 
@@ -282,6 +288,118 @@ def _plan(grant: GrantSpec, source_cols: dict[str, str]) -> tuple[list[str], Row
     return list(grant.columns), row_filter
 
 
+def _extract_error(grant: GrantSpec, row_filter: RowFilter | None, exc: Exception):
+    return ExtractError(
+        f"row filter on {grant.dataset} cannot be applied: {_first_line(exc)}"
+        if row_filter
+        else f"dataset {grant.dataset} cannot be extracted: {_first_line(exc)}"
+    )
+
+
+def _copy(con, query: str, params: dict, grant: GrantSpec, row_filter, out: Path) -> None:
+    try:
+        con.execute(f"COPY ({query}) TO {_literal_sql(str(out))} (FORMAT parquet)", params)
+    except duckdb.Error as exc:
+        raise _extract_error(grant, row_filter, exc) from None
+
+
+BATCH_ROWS = 1 << 19
+
+
+def _write_pseudonymised(
+    con,
+    grant: GrantSpec,
+    columns: list[str],
+    row_filter: RowFilter | None,
+    norm: str,
+    list_checks: list[str],  # SQL: ``id`` is on list i
+    per_list_names: list[str],
+    safe: SafeData,
+    out: Path,
+) -> dict:
+    """The person-level extract in one pass; returns its counts.
+
+    DuckDB reads the source once and gives, per row, the normalised identifier, whether it is
+    on any list in force (and on each, when there are several), whether the row filter holds
+    and the granted columns. In worker threads each batch gets the NHS number check and the
+    pseudonyms from :class:`~sde_spawner.datasets.pseudonym_batch.Pseudonymiser` (native code,
+    the GIL released), is counted and cut to the kept rows (valid, not opted out, filter); one
+    writer thread writes the batches in order with pyarrow, so reading, checking, hashing and
+    writing overlap. The identifier never reaches the output: only its pseudonym.
+    """
+    granted = [c for c in columns if c != PSEUDONYM_COLUMN]
+    # one list in force (the usual case): its membership is the opt-out flag itself
+    lists = list_checks if len(list_checks) > 1 else []
+    query = (
+        "SELECT id, coalesce(id IN (SELECT nhs_number FROM optouts), false) AS opted_out"
+        + "".join(f", coalesce({c}, false) AS list_{i}" for i, c in enumerate(lists))
+        + (f", coalesce(({row_filter.sql}), false) AS filter_ok" if row_filter else "")
+        + "".join(f", {quote(c)}" for c in granted)
+        + f" FROM (SELECT *, {norm} AS id FROM src)"
+    )
+    pseudonymise = pseudonym_batch.Pseudonymiser(safe.key)
+    params = dict(row_filter.params) if row_filter else {}
+    counts = {"rows_in": 0, "removed_invalid_identifier": 0, "removed_by_optout": 0}
+    per_list = [0] * len(list_checks)
+
+    def count(mask) -> int:
+        return pc.sum(mask).as_py() or 0
+
+    def work(batch: pa.RecordBatch):
+        valid = pseudonymise.valid_nhs_numbers(batch.column("id"))
+        n_opted = count(pc.and_(valid, batch.column("opted_out")))
+        on_lists = [count(pc.and_(valid, batch.column(f"list_{i}"))) for i in range(len(lists))]
+        stats = (batch.num_rows, batch.num_rows - count(valid), n_opted, on_lists or [n_opted])
+        keep = pc.and_(valid, pc.invert(batch.column("opted_out")))
+        if row_filter:
+            keep = pc.and_(keep, batch.column("filter_ok"))
+        kept = batch.filter(keep)
+        arrays = [
+            pseudonymise(kept.column("id")) if c == PSEUDONYM_COLUMN else kept.column(c)
+            for c in columns
+        ]
+        return stats, pa.RecordBatch.from_arrays(arrays, names=columns)
+
+    try:
+        reader = con.sql(query, params=params).to_arrow_reader(BATCH_ROWS)
+        fields = {f.name: f for f in reader.schema}
+        schema = pa.schema(
+            [
+                pa.field(PSEUDONYM_COLUMN, pa.string()) if c == PSEUDONYM_COLUMN else fields[c]
+                for c in columns
+            ]
+        )
+        # The pseudonym column is unique per row: no dictionary, no min/max statistics.
+        others = [c for c in columns if c != PSEUDONYM_COLUMN]
+        with (
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="sde-extract") as pool,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="sde-extract-write") as writes,
+            pq.ParquetWriter(out, schema, use_dictionary=others, write_statistics=others) as writer,
+        ):
+
+            def write(job) -> None:  # one writer thread: batches are written in order
+                (rows, invalid, opted, lists), table = job.result()
+                counts["rows_in"] += rows
+                counts["removed_invalid_identifier"] += invalid
+                counts["removed_by_optout"] += opted
+                for i, n in enumerate(lists):
+                    per_list[i] += n
+                if table.num_rows:
+                    writer.write_batch(table)
+
+            pending: deque = deque()
+            for batch in reader:
+                pending.append(writes.submit(write, pool.submit(work, batch)))
+                while len(pending) > 3:  # at most a few batches in memory
+                    pending.popleft().result()
+            while pending:
+                pending.popleft().result()
+    except duckdb.Error as exc:
+        raise _extract_error(grant, row_filter, exc) from None
+    counts["removed_by_optout_per_list"] = dict(zip(per_list_names, per_list, strict=True))
+    return counts
+
+
 def build_dataset(con, grant: GrantSpec, safe: SafeData, out_dir: Path) -> dict:
     """Write one granted table into ``out_dir``; returns its counts and checksums."""
     cols = source_columns(con, grant.source_path)
@@ -309,47 +427,56 @@ def build_dataset(con, grant: GrantSpec, safe: SafeData, out_dir: Path) -> dict:
             table = safe.load_entries(ov)
             con.register(f"optout_{i}", table)
             con.execute(f"INSERT INTO optouts_all SELECT nhs_number FROM optout_{i}")
-            list_checks.append(
-                f"count(*) FILTER (WHERE valid AND id IN (SELECT nhs_number FROM optout_{i}))"
-            )
+            list_checks.append(f"id IN (SELECT nhs_number FROM optout_{i})")
         con.execute("CREATE OR REPLACE TEMP TABLE optouts AS SELECT DISTINCT * FROM optouts_all")
         stats_sql = (
             "SELECT count(*), count(*) FILTER (WHERE NOT valid), "
             "count(*) FILTER (WHERE valid AND id IN (SELECT nhs_number FROM optouts))"
-            + "".join(f", {c}" for c in list_checks)
+            + "".join(f", count(*) FILTER (WHERE valid AND {c})" for c in list_checks)
             + f" FROM (SELECT id, coalesce({valid_sql('id')}, false) AS valid"
             f" FROM (SELECT {norm} AS id FROM src))"
         )
-        try:
-            rows_in, invalid, opted_out, *per_list = con.execute(stats_sql).fetchone()
-        except duckdb.Error as exc:
-            raise ExtractError(
-                f"dataset source {grant.source_path} cannot be read: {_first_line(exc)}"
-            ) from None
-        # The real identifier is only ever ``id`` inside this query; the filter sees the
-        # pseudonym under its own name (computed again only when the filter uses it).
-        inner_cols = ", ".join(
-            f"{pseudonym_sql('id')} AS {quote(PSEUDONYM_COLUMN)}"
-            if c == PSEUDONYM_COLUMN
-            else quote(c)
-            for c in sorted(set(columns) | (row_filter.columns if row_filter else set()))
+        per_list_names = [f"{ov.name} v{ov.version}" for ov in safe.optouts]
+        native = pseudonym_batch.available() and not (
+            row_filter and PSEUDONYM_COLUMN in row_filter.columns
         )
-        body = (
-            f"SELECT {inner_cols} FROM (SELECT *, {norm} AS id FROM src) s "
-            f"WHERE {valid_sql('s.id')} AND s.id NOT IN (SELECT nhs_number FROM optouts)"
-        )
-        query = f"SELECT {', '.join(quote(c) for c in columns)} FROM ({body})"
-        if row_filter:
-            query += f" WHERE {row_filter.sql}"
-        params.update({"ipad": ipad, "opad": opad})
-        counts = {
-            "rows_in": rows_in,
-            "removed_invalid_identifier": invalid,
-            "removed_by_optout": opted_out,
-            "removed_by_optout_per_list": {
-                f"{ov.name} v{ov.version}": n for ov, n in zip(safe.optouts, per_list, strict=True)
-            },
-        }
+        if native:
+            # One pass: DuckDB reads, checks and filters; the pseudonyms are made in native code
+            # from Arrow batches and written with pyarrow (see _write_pseudonymised).
+            counts = _write_pseudonymised(
+                con, grant, columns, row_filter, norm, list_checks, per_list_names, safe, out
+            )
+        else:
+            try:
+                rows_in, invalid, opted_out, *per_list = con.execute(stats_sql).fetchone()
+            except duckdb.Error as exc:
+                raise ExtractError(
+                    f"dataset source {grant.source_path} cannot be read: {_first_line(exc)}"
+                ) from None
+            # The real identifier is only ever ``id`` inside this query; the filter sees the
+            # pseudonym under its own name (computed again only when the filter uses it).
+            inner_cols = ", ".join(
+                f"{pseudonym_sql('id')} AS {quote(PSEUDONYM_COLUMN)}"
+                if c == PSEUDONYM_COLUMN
+                else quote(c)
+                for c in sorted(set(columns) | (row_filter.columns if row_filter else set()))
+            )
+            body = (
+                f"SELECT {inner_cols} FROM (SELECT *, {norm} AS id FROM src) s "
+                f"WHERE {valid_sql('s.id')} AND s.id NOT IN (SELECT nhs_number FROM optouts)"
+            )
+            query = f"SELECT {', '.join(quote(c) for c in columns)} FROM ({body})"
+            if row_filter:
+                query += f" WHERE {row_filter.sql}"
+            if "$ipad" in query:  # DuckDB refuses parameters a query does not use
+                params.update({"ipad": ipad, "opad": opad})
+            counts = {
+                "rows_in": rows_in,
+                "removed_invalid_identifier": invalid,
+                "removed_by_optout": opted_out,
+                "removed_by_optout_per_list": dict(zip(per_list_names, per_list, strict=True)),
+            }
+            _copy(con, query, params, grant, row_filter, out)
     else:
         query = f"SELECT {', '.join(quote(c) for c in columns)} FROM {relation}"
         if row_filter:
@@ -362,14 +489,7 @@ def build_dataset(con, grant: GrantSpec, safe: SafeData, out_dir: Path) -> dict:
             ) from None
         counts.update({"removed_invalid_identifier": 0, "removed_by_optout": 0})
         counts["removed_by_optout_per_list"] = {}
-    try:
-        con.execute(f"COPY ({query}) TO {_literal_sql(str(out))} (FORMAT parquet)", params)
-    except duckdb.Error as exc:
-        raise ExtractError(
-            f"row filter on {grant.dataset} cannot be applied: {_first_line(exc)}"
-            if row_filter
-            else f"dataset {grant.dataset} cannot be extracted: {_first_line(exc)}"
-        ) from None
+        _copy(con, query, params, grant, row_filter, out)
     meta = pq.read_metadata(out)
     rows_out = meta.num_rows
     counts["removed_by_filter"] = (

@@ -376,6 +376,9 @@ def test_hub_image_runs_jupyterhub_and_sde_admin(built_images):
             "sh",
             "-c",
             "jupyterhub --version && python -c 'import sde_spawner, dockerspawner' "
+            # extracts take the native pseudonym path in the image too
+            "&& python -c 'from sde_spawner.datasets import pseudonym_batch as p; "
+            "assert p.available()' "
             "&& sde-admin --help >/dev/null && configurable-http-proxy --version >/dev/null "
             "&& iptables --version >/dev/null && ip6tables --version >/dev/null "
             "&& ip -V >/dev/null && nsenter --version >/dev/null && echo hub-ok",

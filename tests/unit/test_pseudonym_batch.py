@@ -1,0 +1,145 @@
+"""The native pseudonym library (the extract's fast path) against the Python reference, and
+the fast extract against the SQL one: same rows, same pseudonyms, same counts."""
+
+import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sde_spawner.datasets import pseudonym_batch
+from sde_spawner.datasets.extract import GrantSpec, OptoutVersion, SafeData, build_extract
+from sde_spawner.datasets.nhs_number import is_valid, with_check_digit
+from sde_spawner.datasets.pseudonyms import pseudonym
+
+KEY = bytes(range(32))
+
+pytestmark = pytest.mark.skipif(
+    not pseudonym_batch.LIBRARY.is_file(),
+    reason="the native pseudonym library was not built (no C compiler at install)",
+)
+
+
+def test_the_library_is_used_where_it_was_built(monkeypatch):
+    assert pseudonym_batch.available()
+    monkeypatch.setenv(pseudonym_batch.DISABLE_ENV, "1")
+    assert not pseudonym_batch.available()
+
+
+def test_native_pseudonyms_equal_the_reference():
+    rng = random.Random(7)
+    values = ["", "1", "9434765919", "é" * 40, "a" * 200, "x\x00y", "🙂"]
+    values += [
+        "".join(rng.choice("0123456789 ab") for _ in range(rng.randrange(30))) for _ in range(2000)
+    ]
+    native = pseudonym_batch.Pseudonymiser(KEY)
+    assert native(pa.array(values)).to_pylist() == [pseudonym(KEY, v) for v in values]
+    # a slice (buffers that do not start at the first value) and a chunked array
+    assert native(pa.array(values).slice(5, 50)).to_pylist() == [
+        pseudonym(KEY, v) for v in values[5:55]
+    ]
+    chunked = pa.chunked_array([values[:10], values[10:20]])
+    assert native(chunked).to_pylist() == [pseudonym(KEY, v) for v in values[:20]]
+    assert native(pa.array([], pa.string())).to_pylist() == []
+    # a long key is hashed first (RFC 2104), as the reference does
+    long_key = bytes(range(100))
+    assert pseudonym_batch.Pseudonymiser(long_key)(pa.array(values[:50])).to_pylist() == [
+        pseudonym(long_key, v) for v in values[:50]
+    ]
+
+
+def test_native_pseudonyms_refuse_nulls():
+    with pytest.raises(ValueError, match="null"):
+        pseudonym_batch.Pseudonymiser(KEY)(pa.array(["1", None]))
+
+
+def test_native_nhs_number_check_equals_the_reference():
+    rng = random.Random(11)
+    values = [with_check_digit(f"{rng.randrange(10**9):09d}") for _ in range(3000)]
+    values = [v for v in values if v]
+    values += [v[:9] + str((int(v[9]) + 1) % 10) for v in values[:500]]  # wrong check digit
+    values += [
+        "",
+        "943476591",
+        "94347659190",
+        "943 476 5919",
+        "94347659１9",
+        "abcdefghij",
+        "9434765919\n",
+        "0000000000",
+        "9999999999",
+    ]
+    values += [f"{rng.randrange(10**10):010d}" for _ in range(3000)]
+    got = pseudonym_batch.Pseudonymiser(KEY).valid_nhs_numbers(pa.array([*values, None]))
+    assert got.to_pylist() == [is_valid(v) for v in values] + [False]
+
+
+@pytest.fixture
+def people(tmp_path):
+    rng = random.Random(3)
+    rows = ["nhs_number,age,region"]
+    numbers = []
+    for i in range(3000):
+        n = with_check_digit(f"{400000000 + i * 7:09d}")
+        if n is None:
+            continue
+        numbers.append(n)
+        shown = n if i % 50 else f"{n[:3]} {n[3:6]} {n[6:]}"  # spaces as printed on letters
+        if i % 97 == 0:
+            shown = n[:9] + str((int(n[9]) + 1) % 10)  # fails the check
+        if i % 131 == 0:
+            shown = ""  # no identifier
+        rows.append(f"{shown},{rng.randrange(100)},{rng.choice(['north', 'south', 'east'])}")
+    p = tmp_path / "people.csv"
+    p.write_text("\n".join(rows) + "\n")
+    return p, numbers
+
+
+@pytest.mark.parametrize(
+    ("columns", "row_filter", "lists"),
+    [
+        (("pseudonym", "age", "region"), "", 1),
+        (("pseudonym", "age"), "age >= 18 and region in ['north', 'east']", 1),
+        (("region", "pseudonym"), "not (region == 'south')", 2),
+        (("age",), "age < 40", 2),
+    ],
+)
+def test_the_native_extract_equals_the_sql_extract(
+    people, tmp_path, monkeypatch, columns, row_filter, lists
+):
+    source, numbers = people
+    national, local = numbers[::9], numbers[::13]
+    lists_in_force = {"national": national, **({"local:trust": local} if lists == 2 else {})}
+    data = SafeData(
+        project="p",
+        key=KEY,
+        key_id="k",
+        optouts=tuple(OptoutVersion(n, 1, len(v), n) for n, v in lists_in_force.items()),
+        load_entries=lambda ov: pa.table({"nhs_number": pa.array(lists_in_force[ov.name])}),
+    )
+    grant = GrantSpec("pat", str(source), columns, row_filter, "nhs_number")
+    fast = build_extract([grant], tmp_path / "fast", data)
+    monkeypatch.setenv(pseudonym_batch.DISABLE_ENV, "1")
+    slow = build_extract([grant], tmp_path / "slow", data)
+    a = pq.read_table(fast.path / "pat.parquet")
+    b = pq.read_table(slow.path / "pat.parquet")
+    assert a.schema == b.schema
+    assert a.num_rows > 100
+    assert sorted(map(tuple, a.to_pylist() and [r.values() for r in a.to_pylist()])) == sorted(
+        map(tuple, [r.values() for r in b.to_pylist()])
+    )
+    counts = (
+        "rows_in",
+        "removed_invalid_identifier",
+        "removed_by_optout",
+        "removed_by_optout_per_list",
+        "removed_by_filter",
+        "rows_out",
+    )
+    fast_d, slow_d = fast.manifest["datasets"]["pat"], slow.manifest["datasets"]["pat"]
+    assert {k: fast_d[k] for k in counts} == {k: slow_d[k] for k in counts}
+    assert fast_d["removed_invalid_identifier"] > 0 and fast_d["removed_by_optout"] > 0
+    if "pseudonym" in columns:  # the control: pseudonyms are the reference's
+        opted = set(national) | (set(local) if lists == 2 else set())
+        expected = {pseudonym(KEY, n) for n in numbers if n not in opted}
+        assert set(a.column("pseudonym").to_pylist()) <= expected
