@@ -9,7 +9,7 @@ export SDE_TEST_POSTGRES_URL ?= postgresql+psycopg2://sde:sde@127.0.0.1:5432/sde
 
 .PHONY: evidence demo test test-unit test-docker test-security lint images system venv bench clean-demo
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml hatch_build.py sde_spawner/datasets/_pseudonym_batch.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
