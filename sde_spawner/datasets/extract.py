@@ -369,12 +369,16 @@ def _write_pseudonymised(
                 for c in columns
             ]
         )
-        # The pseudonym column is unique per row: no dictionary, no min/max statistics.
+        # The pseudonym column is unique per row and hex: no dictionary, no min/max statistics,
+        # no compression (snappy saved 10% of its size for half the writer's time)
         others = [c for c in columns if c != PSEUDONYM_COLUMN]
+        compression = {c: "snappy" for c in others} | {PSEUDONYM_COLUMN: "none"}
         with (
             ThreadPoolExecutor(max_workers=2, thread_name_prefix="sde-extract") as pool,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="sde-extract-write") as writes,
-            pq.ParquetWriter(out, schema, use_dictionary=others, write_statistics=others) as writer,
+            pq.ParquetWriter(
+                out, schema, use_dictionary=others, write_statistics=others, compression=compression
+            ) as writer,
         ):
 
             def write(job) -> None:  # one writer thread: batches are written in order
