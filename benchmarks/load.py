@@ -54,7 +54,7 @@ import time
 import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -252,10 +252,8 @@ class Pool:
 
     async def wait(self, until: float) -> None:
         self.changed.clear()
-        try:
+        with suppress(TimeoutError):
             await asyncio.wait_for(self.changed.wait(), max(0.0, until - time.monotonic()))
-        except TimeoutError:
-            pass
 
 
 async def checker_loop(client: Client, pool: Pool, until: float) -> None:
@@ -278,10 +276,8 @@ async def researcher_loop(client: Client, pool: Pool, until: float, think: float
     while time.monotonic() < until:
         while client.person.approved and time.monotonic() < until:
             rid, sha = client.person.approved.pop(0)
-            try:
+            with suppress(CallFailed):
                 await client.download(rid, sha)
-            except CallFailed:
-                pass
         n += 1
         try:
             rid = await client.export(n)
@@ -472,8 +468,8 @@ def report(r: Result) -> None:
     print(f"{'call':<9}{'n':>6}{'p50 ms':>9}{'p95 ms':>9}   alone: {'n':>3}{'p50':>7}{'p95':>7}")
     for call in CALLS:
         n, q = len(r.load.times.get(call, [])), len(r.quiet.times.get(call, []))
-        print(f"{call:<9}{n:>6}{ms(r.load.p(call, 50)):>9}{ms(r.load.p(call, 95)):>9}"
-              f"          {q:>3}{ms(r.quiet.p(call, 50)):>7}{ms(r.quiet.p(call, 95)):>7}")  # fmt: skip
+        loaded = f"{call:<9}{n:>6}{ms(r.load.p(call, 50)):>9}{ms(r.load.p(call, 95)):>9}"
+        print(f"{loaded}          {q:>3}{ms(r.quiet.p(call, 50)):>7}{ms(r.quiet.p(call, 95)):>7}")
     errors = r.quiet.errors + r.load.errors
     print(f"errors: {len(errors)}")
     for line in errors[:50]:
@@ -482,17 +478,27 @@ def report(r: Result) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__.split("\n")[0])
-    p.add_argument("--db", choices=("sqlite", "postgres", "both"), default="both",
-                   help="the registry's database (default: both, one after the other)")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.load", description=__doc__.split("\n")[0]
+    )
+    p.add_argument(
+        "--db",
+        choices=("sqlite", "postgres", "both"),
+        default="both",
+        help="the registry's database (default: both, one after the other)",
+    )
     p.add_argument("--seconds", type=float, default=60.0, help="length of the load phase")
     p.add_argument("--researchers", type=int, default=50, help="simulated researchers")
     p.add_argument("--checkers", type=int, default=4, help="output checkers")
     p.add_argument("--projects", type=int, default=5, help="projects the researchers are in")
     p.add_argument("--quiet", type=int, default=10, help="whole cycles timed alone first")
-    p.add_argument("--think", type=float, default=0.0,
-                   help="seconds a researcher pauses between requests (default 0: closed loop)")
-    args = p.parse_args(argv)  # fmt: skip
+    p.add_argument(
+        "--think",
+        type=float,
+        default=0.0,
+        help="seconds a researcher pauses between requests (default 0: closed loop)",
+    )
+    args = p.parse_args(argv)
     kinds = ("sqlite", "postgres") if args.db == "both" else (args.db,)
     results = [run_one(kind, args) for kind in kinds]
     for r in results:
