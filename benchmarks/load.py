@@ -47,6 +47,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -79,6 +80,9 @@ class Stats:
 
     times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     errors: list[str] = field(default_factory=list)
+    #: request ids the service said were submitted, and whose release was downloaded
+    submitted: set[int] = field(default_factory=set)
+    released: set[int] = field(default_factory=set)
 
     def p(self, call: str, q: float) -> float | None:
         values = sorted(self.times.get(call, []))
@@ -174,6 +178,7 @@ class Client:
         await self.call("upload", upload, method="PUT", body=data, headers=octet, expect=200)
         url = self.direct + f"api/exports/{created['id']}/submit"
         await self.call("submit", url, method="POST", body="{}", headers=headers, expect=200)
+        self.stats.submitted.add(created["id"])
         return created["id"]
 
     async def download(self, rid: int, sha256: str) -> None:
@@ -188,6 +193,7 @@ class Client:
         )
         if hashlib.sha256(r.body).hexdigest() != sha256:
             self.stats.errors.append(f"download {self.person.name}: request {rid} bytes differ")
+        self.stats.released.add(rid)
 
     # checker: the checking pages through the proxy, with the browser's cookies and xsrf
     def _form(self, fields: dict) -> dict:
@@ -377,6 +383,32 @@ def record_workspaces(db_url: str, researchers: list[Person], project_of: dict[s
         engine.dispose()
 
 
+def registry_problems(db_url: str, phases: list[Stats]) -> list[str]:
+    """What the registry holds against what the service answered: every request it said was
+    submitted is still past draft, every downloaded one is released, one download row each."""
+    from sqlalchemy import create_engine, text
+
+    submitted = set().union(*(s.submitted for s in phases))
+    released = set().union(*(s.released for s in phases))
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as c:
+            states = dict(c.execute(text("SELECT id, state FROM export_request")).all())
+            downloads = dict(
+                c.execute(
+                    text("SELECT request_id, count(*) FROM export_release_download GROUP BY 1")
+                ).all()
+            )
+    finally:
+        engine.dispose()
+    problems = [f"request {rid}: submitted, but the registry has {states.get(rid)!r}"
+                for rid in sorted(submitted) if states.get(rid) in (None, "draft")]  # fmt: skip
+    problems += [f"request {rid}: downloaded, but {states.get(rid)!r} with "
+                 f"{downloads.get(rid, 0)} download rows" for rid in sorted(released)
+                 if states.get(rid) != "released" or downloads.get(rid) != 1]  # fmt: skip
+    return problems
+
+
 def log_in(hub: Hub, person: Person, researcher: bool) -> None:
     """The hub's login form, the service's OAuth login; a researcher's server token."""
     user = User(hub, person.name)
@@ -453,7 +485,13 @@ def run_one(kind: str, args) -> Result:
             hub.stop()
         res = hub.admin("audit", "verify")
         verify = (res.stdout + res.stderr).strip()
-    return Result(kind, quiet, load, seconds, verify, res.returncode == 0)
+        load.errors += registry_problems(db_url, [quiet, load])
+    result = Result(kind, quiet, load, seconds, verify, res.returncode == 0)
+    if not (quiet.errors or load.errors) and result.verify_ok:
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        print(f"[{kind}] kept for a look: {root}", flush=True)
+    return result
 
 
 def ms(value: float | None) -> str:

@@ -20,7 +20,7 @@ def test_pool_gives_each_request_to_distinct_checkers_oldest_first():
 
 def test_small_run_against_the_real_hub_has_no_errors_and_the_audit_verifies(capsys):
     args = argparse.Namespace(
-        researchers=3, checkers=1, projects=2, seconds=3.0, quiet=1, think=0.0
+        researchers=3, checkers=1, projects=1, seconds=3.0, quiet=1, think=0.0
     )
     result = load.run_one("sqlite", args)
     load.report(result)
