@@ -529,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--researchers", type=int, default=50, help="simulated researchers")
     p.add_argument("--checkers", type=int, default=4, help="output checkers")
     p.add_argument("--projects", type=int, default=5, help="projects the researchers are in")
-    p.add_argument("--quiet", type=int, default=10, help="whole cycles timed alone first")
+    p.add_argument("--quiet", type=int, default=20, help="whole cycles timed alone first")
     p.add_argument(
         "--think",
         type=float,
