@@ -116,13 +116,17 @@ class Hub:
         *,
         memory: str | None = None,
         agreement: str = "DSA-T1",
+        checkers: tuple[str, ...] = (),
+        required_approvals: int = 2,
     ) -> None:
         """An approved project of the test's own (``sde-admin apply``), its agreement in force
-        until 2030, each researcher granted three columns of the demo dataset."""
+        until 2030, each researcher granted three columns of the demo dataset; ``checkers``
+        are its output checkers, ``required_approvals`` of them needed before a release."""
         members = "".join(
-            f'[[members]]\nusername = "{u}"\nname = "{u.title()}"\nrole = "researcher"\n'
+            f'[[members]]\nusername = "{u}"\nname = "{u.title()}"\nrole = "{role}"\n'
             f"training_expires = 2030-06-30\n\n"
-            for u in researchers
+            for u, role in [(u, "researcher") for u in researchers]
+            + [(u, "output_checker") for u in checkers]
         )
         grants = "".join(
             f'[[datasets.grants]]\nmember = "{u}"\ncolumns = ["pseudonym", "age", "diagnosis"]\n\n'
@@ -139,6 +143,7 @@ class Hub:
             f'[[agreements]]\nreference = "{agreement}"\nsigned = 2026-10-20\n'
             f"start = 2026-11-01\nend = 2030-10-31\ndelete_by = 2031-01-31\n\n"
             f'{members}[[datasets]]\nslug = "patients"\n\n{grants}{limits}'
+            f"[output_policy]\nrequired_approvals = {required_approvals}\n"
         )
         res = self.admin("apply", str(path))
         assert res.returncode == 0, res.stderr + res.stdout
