@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import threading
 import urllib.request
 
@@ -31,6 +32,11 @@ from sde_spawner.checking.testing import (
 from sde_spawner.services.app import ServiceSettings, http_server, make_app
 
 PREFIX = "/services/sde/"
+#: Elements a rendered page drops with their content: the checker is still shown them.
+HIDDEN_HTML = (
+    "<template>TEMPLATE-SECRET</template><noscript>NOSCRIPT-SECRET</noscript>"
+    "<style>.x{content:'STYLE-SECRET'}</style>"
+)
 HOSTILE = "<script>document.title='pwned';alert('x')</script><img src=x onerror=alert(2)>"
 NOTEBOOK = json.dumps(
     {
@@ -42,7 +48,13 @@ NOTEBOOK = json.dumps(
                 "cell_type": "markdown",
                 "id": "m1",
                 "metadata": {"note": "CELLMETA-SECRET"},
-                "source": "# Visible heading\n<!-- COMMENT-SECRET -->" + HOSTILE,
+                "source": "# Visible heading\n<!-- COMMENT-SECRET -->" + HOSTILE + HIDDEN_HTML,
+            },
+            {
+                "cell_type": "raw",
+                "id": "r1",
+                "metadata": {"raw_mimetype": "text/x-python"},
+                "source": "RAWCELL-SECRET",
             },
             {
                 "cell_type": "code",
@@ -184,11 +196,23 @@ def test_a_checker_sees_left_out_parts_invisible_characters_and_raw_bytes(servic
             ("CELLMETA-SECRET", "cell metadata"),
             ("COMMENT-SECRET", "HTML comment"),
             ("CUSTOM-SECRET", "output application/x-custom"),
+            ("TEMPLATE-SECRET", "<template> element and its content"),
+            ("NOSCRIPT-SECRET", "<noscript> element and its content"),
+            ("STYLE-SECRET", "<style> element and its content"),
+            ("RAWCELL-SECRET", "raw cell source (text/x-python, not rendered)"),
         ]:
             item = notice.locator("li.omitted-item", has_text=what).first
             assert not item.get_by_text(secret).is_visible()  # collapsed until opened
+            assert re.search(r" · [\d,.]+ (bytes|KiB)$", item.locator("summary").inner_text())
             item.locator("summary").click()
             assert item.get_by_text(secret).is_visible(), what
+            # shown as text, never as markup (its own element would be dropped again)
+            assert secret in item.locator("pre").inner_text(), what
+        # and the preview itself (everything but the notice) shows none of them
+        shown = "\n".join(frame.locator("body > :not(#omitted)").all_inner_texts())
+        assert "visible output" in shown
+        for secret in ("TEMPLATE-SECRET", "NOSCRIPT-SECRET", "STYLE-SECRET", "RAWCELL-SECRET"):
+            assert secret not in shown, secret
         # the raw view of the notebook, in the same sandboxed frame: the JSON, escaped
         nb.locator(".raw-link").click()
         frame.locator("#raw-meta").wait_for()

@@ -18,6 +18,7 @@ import uuid
 
 import pytest
 import requests
+import yaml
 
 from tests.conftest import remove_prefixed
 from tests.support import REPO, User, free_port, wait_for
@@ -120,3 +121,44 @@ def test_the_compose_deployment_opens_a_sealed_workspace(deployment, docker_clie
     assert "alice" in started.stdout and PROJECT in started.stdout
     assert "postgresql" in deployment.run("exec", "-T", "hub", "printenv", "SDE_DB_URL").stdout
     alice.stop(PROJECT)
+
+
+def compose_hub_environment(tmp_path, **settings: str) -> dict[str, str]:
+    """The hub's environment as docker-compose resolves the shipped file with ``settings``
+    (and nothing else) set: ``docker-compose config``, which reads the file only."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "SDE_DB_PASSWORD": "x", **settings}
+    compose = [*compose_command(), "-p", "sdecomposecfg", "-f", str(REPO / "docker-compose.yml")]
+    res = subprocess.run(
+        [*compose, "config"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    hub = yaml.safe_load(res.stdout)["services"]["hub"]["environment"]
+    return {k: "" if v is None else str(v) for k, v in hub.items()}
+
+
+def test_the_shipped_compose_file_has_no_demo_password_and_its_hub_refuses_to_start(tmp_path):
+    """As shipped, docker-compose.yml names no login: no demo mode, no default password, and
+    the real hub run with those settings refuses to start with its one message. Naming demo
+    mode alone still needs a password of the operator's own."""
+    from tests.unit.test_config import LOGIN_SETTINGS, start_hub
+
+    hub = compose_hub_environment(tmp_path)
+    assert hub["SDE_DEMO"] == "" and hub["SDE_DEMO_PASSWORD"] == "", hub
+    assert hub["SDE_AUTHENTICATOR"] == ""
+    login = {k: hub[k] for k in LOGIN_SETTINGS if hub.get(k)}
+    res = start_hub(tmp_path, **login)
+    assert res.returncode != 0
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("sde: the hub refuses to start: no authenticator configured"), last
+    assert not (tmp_path / "state").exists()
+
+    demo = compose_hub_environment(tmp_path, SDE_DEMO="1")
+    assert demo["SDE_DEMO_PASSWORD"] == ""
+    login = {k: demo[k] for k in LOGIN_SETTINGS if demo.get(k)}
+    res = start_hub(tmp_path, **login)
+    assert res.returncode != 0 and "needs its password in SDE_DEMO_PASSWORD" in res.stderr
