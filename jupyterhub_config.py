@@ -5,7 +5,10 @@ SDE_STATE_DIR (hub state, default ./var), SDE_DB_URL (registry + audit database)
 SDE_EXTRACTS_DIR, SDE_WORKSPACE_IMAGE, SDE_PUBLIC_BIND (default http://127.0.0.1:8000),
 SDE_HUB_PORT (hub API port workspaces reach through their gateway, default 8081),
 SDE_PROXY_API_PORT (default 8001, loopback only), SDE_SERVICE_PORT (the sde service, 9100),
-SDE_OBJECT_PREFIX (Docker object names and labels, default sde), SDE_SPAWNER (docker, the
+SDE_OBJECT_PREFIX (Docker object names and labels, default sde), SDE_FIREWALL_WATCH_SECONDS
+(how often the hub checks the host firewall chain and puts it back, default 1; 0: never),
+SDE_FIREWALL_CHAIN and SDE_BRIDGE_PREFIX (the chain's and the workspace bridges' names,
+default SDE-INPUT and sde: sde_spawner.firewall), SDE_SPAWNER (docker, the
 default, or kubernetes), SDE_ACTIVITY_INTERVAL (seconds between the hub's reads of activity
 from the proxy, default 300), SDE_IDLE_CULL_SECONDS (the hub-wide idle ceiling of the
 idle-culler service, default 86400; projects' own idle timeouts are the sde service's,
@@ -34,6 +37,8 @@ SDE_IMPORT_MAX_DESCRIPTION.
 import os
 import sys
 from pathlib import Path
+
+from jupyterhub.app import JupyterHub
 
 from sde_airlock.imports import IMPORT_SETTINGS, ImportRules
 from sde_airlock.rules import EXPORT_SETTINGS, ExportRules
@@ -151,6 +156,18 @@ c.JupyterHub.load_roles = [
     },
 ]
 room.service_port = service_port
+if not kubernetes and JupyterHub.initialized():  # a hub starting, not a config check
+    # Before anything is reachable: the host firewall chain, then nothing of this hub's in
+    # Docker or the registry that its saved state does not know (sde_spawner.reconcile).
+    from sde_spawner.reconcile import at_hub_start
+
+    at_hub_start(
+        c.SDESpawner.prefix,
+        db_url,
+        state / "jupyterhub.sqlite",
+        [int(os.environ.get("SDE_HUB_PORT", "8081")), service_port],
+        watch_seconds=float(os.environ.get("SDE_FIREWALL_WATCH_SECONDS", "1")),
+    )
 
 # Token creation, spawn/stop requests, admin API calls and logouts go to the audit trail.
 c.JupyterHub.tornado_settings = {"log_function": make_log_function(db_url)}

@@ -8,12 +8,18 @@ the dicts to Docker, and tests compare whole dicts, so a dropped ``cap_drop`` or
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import string
 from dataclasses import dataclass
 
 LABEL_PREFIX = "org.sde-tre"
-BRIDGE_PREFIX = "sde"  # host interface names of workspace networks: sde + 12 hex (<= 15 chars)
+#: Host interface names of workspace networks: BRIDGE_PREFIX + 12 hex (<= 15 chars). The host
+#: firewall matches them as ``BRIDGE_PREFIX+``; SDE_BRIDGE_PREFIX (1-3 lowercase letters) gives
+#: a hub bridges no other hub's chain matches (tests/docker/test_firewall_restore.py).
+BRIDGE_PREFIX = os.environ.get("SDE_BRIDGE_PREFIX", "sde")
+if not re.fullmatch(r"[a-z]{1,3}", BRIDGE_PREFIX):
+    raise ValueError(f"SDE_BRIDGE_PREFIX must be 1-3 lowercase letters: {BRIDGE_PREFIX!r}")
 WORKSPACE_HOME = "/home/researcher"
 DATA_MOUNT = "/data"
 IMPORTS_MOUNT = "/imports"  # approved imports of the project (sde_spawner.imports), read-only

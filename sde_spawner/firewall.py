@@ -11,6 +11,12 @@ IPv6 gets the same chain name in ip6tables with nothing allowed, jumped to from 
 FORWARD: workspaces have IPv6 switched off (``containers.NO_IPV6_SYSCTLS``), and should it
 ever come back (a daemon or network with IPv6), a link-local address must still reach neither
 the host's ``[::]`` listeners nor anything beyond the bridge.
+
+The chain is installed when the hub starts (:mod:`sde_spawner.reconcile`) and watched: a
+flushed or unhooked chain is put back within a second (:func:`watch`, audited
+``firewall.restored``). Until then the :func:`backstop` rule in INPUT, right after the jump,
+drops every new connection from a workspace bridge: a flushed chain exposes nothing
+(tests/docker/test_firewall_restore.py).
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ import subprocess
 
 from sde_spawner.containers import BRIDGE_PREFIX
 
-CHAIN = "SDE-INPUT"
+#: The chain's name; SDE_FIREWALL_CHAIN gives a hub (with its own SDE_BRIDGE_PREFIX) a chain
+#: of its own, e.g. a test that flushes it without touching other hubs' workspaces.
+CHAIN = os.environ.get("SDE_FIREWALL_CHAIN", "SDE-INPUT")
 
 
 class FirewallError(RuntimeError):
@@ -63,6 +71,14 @@ def rules6(interface: str = BRIDGE_PREFIX + "+") -> list[list[str]]:
         ["-i", interface, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"],
         ["-i", interface, "-j", "REJECT", "--reject-with", "icmp6-adm-prohibited"],
     ]
+
+
+def backstop(interface: str = BRIDGE_PREFIX + "+") -> list[str]:
+    """The INPUT rule right after the jump: should the chain be flushed (``iptables -F``),
+    new connections from workspaces fall through to it and are dropped, not let in, until
+    the hub puts the chain back (:func:`watch`). Replies pass (the proxy's connections)."""
+    return ["-i", interface, "-m", "conntrack", "!", "--ctstate", "ESTABLISHED,RELATED",
+            "-j", "DROP"]  # fmt: skip
 
 
 def ipv6_enabled() -> bool:
@@ -124,6 +140,8 @@ def _write(ports: list[int]) -> list[list[str]]:
     _tables("iptables-restore", "--noflush", stdin=restore_script(ports))
     if _iptables("-C", "INPUT", "-j", CHAIN, check=False).returncode != 0:
         _iptables("-I", "INPUT", "1", "-j", CHAIN)
+    if _iptables("-C", "INPUT", *backstop(), check=False).returncode != 0:
+        _iptables("-I", "INPUT", "2", *backstop())
     _write6()
     return rules(ports)
 
@@ -167,6 +185,9 @@ def remove(attempts: int = 5, *, ipv6: bool = False) -> None:
         for parent in parents:
             while run("-C", parent, "-j", CHAIN, check=False).returncode == 0:
                 run("-D", parent, "-j", CHAIN, check=False)
+        if not ipv6:
+            while run("-C", "INPUT", *backstop(), check=False).returncode == 0:
+                run("-D", "INPUT", *backstop(), check=False)
         if run("-n", "-L", CHAIN, check=False).returncode != 0:
             return
         run("-F", CHAIN, check=False)
@@ -187,3 +208,46 @@ def jumped_to() -> bool:
     if shutil.which("iptables") is None:
         return False
     return _iptables("-C", "INPUT", "-j", CHAIN, check=False).returncode == 0
+
+
+def missing(allowed_tcp_ports: list[int]) -> list[str]:
+    """What of the IPv4 protection is not in place: ``chain`` (its rules differ from what
+    these ports need, e.g. flushed), ``jump``, ``backstop``. Empty: all there."""
+    have = [r for r in installed_rules() if r.startswith("-A ")]
+    out = []
+    # (iptables -S prints rules in its own words: compare what they do, not their text;
+    # other hubs' ports may be allowed too)
+    ends = [r.rsplit("--reject-with ", 1)[-1] for r in have[-2:]]
+    if (
+        not have
+        or "ESTABLISHED" not in have[0]
+        or ends != ["tcp-reset", "icmp-port-unreachable"]
+        or not set(allowed_tcp_ports) <= set(allowed_ports())
+    ):
+        out.append("chain")
+    if not jumped_to():
+        out.append("jump")
+    if _iptables("-C", "INPUT", *backstop(), check=False).returncode != 0:
+        out.append("backstop")
+    return out
+
+
+def watch(allowed_tcp_ports: list[int], interval: float, restored, stop=None) -> None:
+    """Until ``stop`` (a threading.Event) is set: every ``interval`` seconds put back what
+    :func:`missing` reports and call ``restored(what)``. A flushed chain comes back without
+    an operator; meanwhile :func:`backstop` keeps new connections out."""
+    import threading
+
+    stop = stop or threading.Event()
+    failing = ""
+    while not stop.wait(interval):
+        try:
+            gone = missing(allowed_tcp_ports)
+            if gone:
+                apply(allowed_tcp_ports)
+                restored(gone)
+            failing = ""
+        except Exception as exc:  # keep watching: the next round tries again
+            if str(exc) != failing:  # reported once, not every round
+                failing = str(exc)
+                restored([f"error: {exc}"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
@@ -240,6 +241,7 @@ class SDESpawner(LockedRoomMixin, DockerSpawner):
         await self._wait_listening(*ip_port)
         self._event(90, "Workspace started; connecting")
         await self._in_thread(self._record_started, [g.dataset for g in found.grants], ip_port[0])
+        kill_at_test_point("started-unsaved")  # JupyterHub saves the state once this returns
         return ip_port
 
     async def _wait_listening(self, ip: str, port: int) -> None:
@@ -432,6 +434,18 @@ class SDESpawner(LockedRoomMixin, DockerSpawner):
             await self._remove_network()
             await self._in_thread(self._record_stopped, project)
         self.project = ""
+
+
+#: Test hook, inert unless set: the name of a point in a start at which the hub process
+#: SIGKILLs itself (tests/docker/test_hub_faults.py kills it at "started-unsaved": the
+#: container running, its network and registry row made, JupyterHub's state not yet saved).
+TEST_KILL_ENV = "SDE_TEST_KILL_HUB_AT"
+
+
+def kill_at_test_point(point: str) -> None:
+    """SIGKILL this process when ``SDE_TEST_KILL_HUB_AT`` names ``point`` (tests only)."""
+    if os.environ.get(TEST_KILL_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def drop_default_route_command(pid: int) -> list[str]:

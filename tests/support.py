@@ -89,6 +89,10 @@ class Hub:
             SDE_ACTIVITY_INTERVAL="3",
             SDE_IDLE_CULL_EVERY="3",
             SDE_USAGE_SAMPLE_SECONDS="2",
+            # The hub's firewall watcher would put back at once the chain the security tests
+            # take out to show a probe sees the breach without it; it is tested on a chain
+            # of its own (tests/docker/test_firewall_restore.py).
+            SDE_FIREWALL_WATCH_SECONDS="0",
         )
         if self.login_env is not None:
             for key in ("SDE_DEMO", "SDE_DEMO_PASSWORD"):
@@ -204,6 +208,18 @@ class Hub:
         assert res.returncode == 0, res.stderr
         rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
         return [r for r in rows if all(r.get(k) == v for k, v in filters.items())]
+
+
+def own_firewall(env: dict[str, str], code: str) -> subprocess.CompletedProcess:
+    """Run ``sde_spawner.firewall`` code against a test hub's own chain and bridges
+    (SDE_FIREWALL_CHAIN, SDE_BRIDGE_PREFIX in ``env``: the module reads them at import)."""
+    return subprocess.run(
+        [sys.executable, "-c", f"from sde_spawner import firewall; {code}"],
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+        text=True,
+    )
 
 
 OPEN_SESSIONS: list[requests.Session] = []

@@ -39,3 +39,9 @@ def test_restore_scripts_replace_the_chain_in_one_commit():
     six = firewall.restore_script(None, ipv6=True).splitlines()
     assert six[:3] == ["*filter", ":SDE-INPUT - [0:0]", "-F SDE-INPUT"] and six[-1] == "COMMIT"
     assert "--dport" not in "\n".join(six)
+
+
+def test_the_backstop_drops_new_connections_a_flushed_chain_would_let_in():
+    assert firewall.backstop() == [
+        "-i", "sde+", "-m", "conntrack", "!", "--ctstate", "ESTABLISHED,RELATED", "-j", "DROP",
+    ]  # fmt: skip
