@@ -301,3 +301,49 @@ def test_an_upload_that_fills_the_blob_store_is_refused_whole_and_can_be_sent_ag
     finally:
         service.close()
     assert_audit_verifies(db_url, tmp_path)
+
+
+@pytest.mark.docker
+def test_the_hub_and_its_service_through_a_postgres_restart(own_postgres, tmp_path, docker_client):
+    """The real hub (``jupyterhub -f jupyterhub_config.py``, its managed ``sde`` service)
+    with the registry and audit trail on the test's own PostgreSQL: pages work at once after
+    a restart, say what is wrong while it is down, and work again when it is back."""
+    import uuid
+
+    from sde_spawner import firewall
+    from tests.conftest import remove_prefixed
+    from tests.support import Hub, User, close_sessions
+
+    pg = own_postgres
+    hub = Hub(tmp_path, f"sdet{uuid.uuid4().hex[:6]}")
+    hub.db_url = pg.url
+    hub.seed()
+    hub.start()
+    try:
+        chris = User(hub, "chris")
+        assert chris.logged_in
+        page = f"{hub.url}/services/sde/checking/"
+        assert chris.s.get(page, timeout=60).status_code == 200  # the service's own login
+
+        pg.restart()
+        for _ in range(4):  # the first requests after the restart, on the pooled connections
+            r = chris.s.get(page, timeout=60)
+            assert r.status_code == 200, r.text[-500:]
+            assert chris.api("GET", "/user").status_code == 200
+
+        pg.kill()
+        down = chris.s.get(page, timeout=60)
+        assert down.status_code == 503, down.text[-500:]
+        assert "registry database is unavailable" in down.text, down.text[-1000:]
+
+        pg.start()
+        wait_for(lambda: chris.s.get(page, timeout=60).status_code == 200, 30, "the page back")
+        again = User(hub, "dana")  # a login, which reads the registry, works again too
+        assert again.logged_in
+    finally:
+        close_sessions()
+        hub.stop()
+        remove_prefixed(docker_client, hub.prefix)
+        firewall.revoke(hub.hub_port)
+        firewall.revoke(hub.service_port)
+    assert_audit_verifies(pg.url, tmp_path)
