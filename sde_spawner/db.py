@@ -36,7 +36,14 @@ class Base(DeclarativeBase):
 
 
 def make_engine(url: str = DEFAULT_DB_URL, **kwargs) -> Engine:
-    """Create an engine; SQLite gets foreign keys, WAL and a busy timeout."""
+    """Create an engine; SQLite gets foreign keys, WAL and a busy timeout.
+
+    Every pooled connection is tested (``pool_pre_ping``) when it is checked out: after a
+    database server restart the pool holds connections to a server that is gone, and
+    without the test the first request on each of them fails
+    (``tests/docker/test_store_faults.py`` restarts a PostgreSQL of its own under the
+    service to show it)."""
+    kwargs.setdefault("pool_pre_ping", True)
     if url.startswith("sqlite"):
         kwargs.setdefault("connect_args", {"timeout": 30})
         database = make_url(url).database
@@ -116,3 +123,16 @@ def perform_audited(
         except BaseException:
             session.rollback()
             raise
+
+
+#: Errors of the database connection itself (server stopped, restarting, connection cut):
+#: the request may be sent again once the database is back; nothing of it was committed.
+def database_unavailable(exc: BaseException | None) -> bool:
+    """Whether ``exc`` says the database could not be reached (not a bad statement)."""
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(
+        exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.DisconnectionError
+    )

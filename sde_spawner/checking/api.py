@@ -23,7 +23,7 @@ from tornado import web
 from sde_spawner.checking import actions, flood, queries, uploads
 from sde_spawner.checking import limits as limits_mod
 from sde_spawner.checking import manifest as manifest_mod
-from sde_spawner.checking.base import BaseHandler, error_message
+from sde_spawner.checking.base import BaseHandler, error_message, fault_of
 from sde_spawner.checking.storage import BlobError, BlobWriter
 from sde_spawner.services.identity import WorkspaceIdentity, identify_workspace
 
@@ -180,10 +180,12 @@ class WithdrawHandler(WorkspaceApiHandler):
         self.send(await self.run(actions.withdraw, ident.username, ident.project, int(request_id)))
 
 
-def _free_bytes(directory: str) -> int:
-    """Free bytes of the filesystem holding ``directory`` (the database, keys and blobs)."""
-    os.makedirs(directory, exist_ok=True)
-    return shutil.disk_usage(directory).free
+def _free_bytes(*directories: str | os.PathLike) -> int:
+    """Free bytes of the fullest filesystem holding ``directories`` (the state directory with
+    the database and keys, and the blob store, which may be a filesystem of its own)."""
+    for directory in directories:
+        os.makedirs(directory, exist_ok=True)
+    return min(shutil.disk_usage(directory).free for directory in directories)
 
 
 #: Pieces of an upload handed to its writer thread and not yet hashed and written: bounds the
@@ -207,7 +209,7 @@ class UploadHandler(WorkspaceApiHandler):
     _ident: WorkspaceIdentity | None = None
     _target: actions.UploadTarget | None = None
     _pipe: ThreadPoolExecutor | None = None
-    _failed: str | None = None
+    _failed: Exception | None = None
 
     async def prepare(self):
         if self.request.method != "PUT":
@@ -216,7 +218,9 @@ class UploadHandler(WorkspaceApiHandler):
         await self.check_ids()
         self._ident = await self.identify()
         request_id, index = (int(x) for x in self.path_args)
-        free = await asyncio.to_thread(_free_bytes, self.checking.state_dir)
+        free = await asyncio.to_thread(
+            _free_bytes, self.checking.state_dir, self.checking.store.root
+        )
         target = await self.run(
             actions.upload_target,
             self._ident.username,
@@ -259,7 +263,7 @@ class UploadHandler(WorkspaceApiHandler):
             await self._inflight.popleft()
         except (BlobError, OSError, ValueError) as exc:
             if self._failed is None:
-                self._failed = str(exc)
+                self._failed = exc
 
     async def data_received(self, chunk: bytes):
         if self._failed is not None:
@@ -276,9 +280,20 @@ class UploadHandler(WorkspaceApiHandler):
         if self._pipe is None:
             return  # the workspace hung up meanwhile: the upload was aborted
         try:
+            if isinstance(self._failed, OSError):
+                raise self._failed
             if self._failed is not None:
-                raise BlobError(self._failed)
+                raise BlobError(str(self._failed))
             key, content = await asyncio.wrap_future(self._pipe.submit(self._upload.finish))
+        except OSError as exc:  # the disk failed the writer (full): aborted, nothing kept
+            fault = fault_of(exc)
+            await self.deny(
+                self.action,
+                fault[1] if fault else f"the upload could not be stored: {exc.strerror}",
+                actor=self._ident.username,
+                project=self._ident.project,
+                status=fault[0] if fault else 500,
+            )
         except BlobError as exc:
             await self.deny(
                 self.action,

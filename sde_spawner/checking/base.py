@@ -18,6 +18,7 @@ and the signing key live under ``SDE_STATE_DIR``. Flood limits, body limits and 
 from __future__ import annotations
 
 import asyncio
+import errno
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from sde_airlock.rules import ExportRules
 from sde_spawner.checking import errors, flood, policies, queries, render
 from sde_spawner.checking import manifest as manifest_mod
 from sde_spawner.checking.storage import BlobError, BlobStore
+from sde_spawner.db import database_unavailable
 
 # --- per-application context ----------------------------------------------------------------
 
@@ -180,7 +182,41 @@ def error_message(handler: web.RequestHandler, kwargs: dict) -> str:
     return handler._reason
 
 
+#: Seconds a client is told to wait (``Retry-After``) before sending again a request that
+#: failed because the database or the disk was not there for it.
+FAULT_RETRY_AFTER = 5
+DATABASE_UNAVAILABLE = (
+    "the registry database is unavailable (restarting or unreachable); nothing of this "
+    "request was saved: send it again in a few seconds"
+)
+STORE_FULL = (
+    "the export store is out of disk space; nothing of this upload was kept: ask an "
+    "administrator to free space, then send it again"
+)
+
+
+def fault_of(exc: BaseException | None) -> tuple[int, str] | None:
+    """``(status, reason)`` for a failure of what the service stands on rather than of the
+    request: the database unreachable (503) or the disk full (507)."""
+    if database_unavailable(exc):
+        return 503, DATABASE_UNAVAILABLE
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return 507, STORE_FULL
+    return None
+
+
 class BaseHandler(web.RequestHandler):
+    def send_error(self, status_code: int = 500, **kwargs) -> None:
+        """An unexpected exception that is a database outage or a full disk answers with its
+        own status and a reason the user can act on (and, for the database, ``Retry-After``),
+        not a bare 500."""
+        fault = fault_of(kwargs.get("exc_info", (None, None, None))[1])
+        if status_code == 500 and fault is not None:
+            status_code, kwargs["reason"] = fault
+            if status_code == 503:  # a full disk needs an administrator, not a wait
+                self._retry_after = getattr(self, "_retry_after", None) or FAULT_RETRY_AFTER
+        super().send_error(status_code, **kwargs)
+
     def set_default_headers(self):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "same-origin")

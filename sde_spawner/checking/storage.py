@@ -166,11 +166,16 @@ class BlobWriter:
         return digest
 
     def abort(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        with contextlib.suppress(FileNotFoundError):
-            self._tmp.unlink()
+        """Close and remove the temporary. On a full disk closing fails too (the buffered
+        bytes cannot be flushed): the temporary is removed all the same."""
+        fh, self._fh = self._fh, None
+        try:
+            if fh is not None:
+                with contextlib.suppress(OSError):
+                    fh.close()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self._tmp.unlink()
 
 
 def _fsync_dir(path: Path) -> None:
