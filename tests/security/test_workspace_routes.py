@@ -167,6 +167,41 @@ def test_a_kernelspec_planted_by_the_researcher_is_not_served(alice, alice_ws, e
     assert r.status_code == 200 and r.content.startswith(b"\x89PNG")
 
 
+def test_a_user_kernelspec_cannot_shadow_the_images(alice, alice_ws):
+    """A ``python3`` kernelspec in the home (or IPython's /tmp dir) would take precedence
+    over the image's with jupyter_client's defaults; the server keeps the image's."""
+    marker = f"shadow{uuid.uuid4().hex[:6]}"
+    spec = {"argv": ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"]}
+    kernel_json = json.dumps(spec | {"display_name": marker, "language": "python"})
+    dirs = [f"{HOME}/.local/share/jupyter/kernels/python3", "/tmp/.ipython/kernels/python3"]
+    plant = " && ".join(f"mkdir -p {d} && echo '{kernel_json}' > {d}/kernel.json" for d in dirs)
+    assert sh(alice_ws, "sh", "-c", plant)[0] == 0
+    try:
+        # The control: jupyter_client with its default data directory picks the planted one.
+        res = alice_ws.exec_run(
+            [
+                "env",
+                "-u",
+                "JUPYTER_DATA_DIR",
+                "python3",
+                "-c",
+                "from jupyter_client.kernelspec import KernelSpecManager as K; "
+                "print(K().get_kernel_spec('python3').display_name)",
+            ],
+            user="1000:1000",
+        )
+        assert marker in res.output.decode(), res.output
+        r = alice.workspace_get(PROJECT, "api/kernelspecs")
+        assert r.status_code == 200, r.text
+        served = r.json()["kernelspecs"]["python3"]
+        assert marker not in json.dumps(served)
+        assert all(marker not in json.dumps(v) for v in r.json()["kernelspecs"].values())
+        r = alice.workspace_get(PROJECT, "kernelspecs/python3/kernel.json")
+        assert r.status_code in (200, 404) and marker.encode() not in r.content
+    finally:
+        sh(alice_ws, "sh", "-c", "rm -rf " + " ".join(dirs))
+
+
 def test_a_labextension_link_to_data_serves_nothing(hub, alice, alice_ws, extract_file):
     path, data = extract_file
     name = f"leak{uuid.uuid4().hex[:6]}"
