@@ -262,6 +262,40 @@ def test_a_real_image_still_opens_with_its_real_size_recorded(hub, alice, alice_
     assert details(ev)["size"] == len(PNG)  # the target's bytes, not the link's length
 
 
+SWAPPER = (
+    "import os, sys, time\n"
+    "d, cap = sys.argv[1], int(sys.argv[2])\n"
+    "open(d + '/small', 'w').write('7 bytes')\n"
+    "open(d + '/big', 'w').write('x' * (cap + 4096))\n"
+    "end = time.time() + float(sys.argv[3])\n"
+    "while time.time() < end:\n"
+    "    for src in ('small', 'big'):\n"
+    "        os.link(d + '/' + src, d + '/tmp')\n"
+    "        os.replace(d + '/tmp', d + '/swap.txt')\n"
+)
+
+
+def test_a_file_swapped_between_check_and_read_never_returns_more_than_the_cap(alice, alice_ws):
+    """The reviewer's race (7 bytes at the check, over the cap at the read), run inside the
+    room: no read through the proxy returns more than ``max_view_size`` bytes."""
+    cap = 64 * 1024 * 1024  # c.EgressApp.max_view_size in the image
+    d = f"{HOME}/swap-{uuid.uuid4().hex[:6]}"
+    assert sh(alice_ws, "mkdir", "-p", d)[0] == 0
+    alice_ws.exec_run(["python3", "-c", SWAPPER, d, str(cap), "90"], user="1000:1000", detach=True)
+    rel = d.removeprefix(HOME + "/") + "/swap.txt"
+    try:
+        codes = []
+        for _ in range(30):
+            r = alice.workspace_get(PROJECT, f"api/contents/{rel}?type=file&format=text")
+            codes.append(r.status_code)
+            if r.status_code == 200:
+                assert len(r.json()["content"]) <= cap
+        # The control: the swap really happened under the reads (both sizes were seen).
+        assert 200 in codes and 403 in codes, codes
+    finally:
+        sh(alice_ws, "rm", "-rf", d)  # the swapper stops: its links fail
+
+
 # --- JupyterLab's stored JSON -----------------------------------------------------------------
 
 THEMES = f"{HOME}/.jupyter/lab/user-settings/@jupyterlab/apputils-extension"
