@@ -13,6 +13,7 @@ file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import uuid
@@ -115,6 +116,9 @@ async def _debug_then_sync(hub, token: str, kernel_id: str, requests_: list[dict
                 return msg
     finally:
         ws.close()
+        with contextlib.suppress(asyncio.TimeoutError):  # let the close handshake finish
+            while await asyncio.wait_for(ws.read_message(), 5) is not None:
+                pass
 
 
 def test_debugger_commands_that_evaluate_code_are_recorded(hub, alice, kernel):  # noqa: F811

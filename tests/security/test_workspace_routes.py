@@ -28,7 +28,7 @@ import requests
 from egress_extension import routes
 from sde_spawner.containers import workspace_names
 from tests.docker.test_egress_workspace import details, events_where, sh
-from tests.support import User
+from tests.support import User, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -281,8 +281,9 @@ def test_a_file_swapped_between_check_and_read_never_returns_more_than_the_cap(a
     cap = 64 * 1024 * 1024  # c.EgressApp.max_view_size in the image
     d = f"{HOME}/swap-{uuid.uuid4().hex[:6]}"
     assert sh(alice_ws, "mkdir", "-p", d)[0] == 0
-    alice_ws.exec_run(["python3", "-c", SWAPPER, d, str(cap), "90"], user="1000:1000", detach=True)
+    alice_ws.exec_run(["python3", "-c", SWAPPER, d, str(cap), "300"], user="1000:1000", detach=True)
     rel = d.removeprefix(HOME + "/") + "/swap.txt"
+    wait_for(lambda: sh(alice_ws, "test", "-e", f"{d}/swap.txt")[0] == 0, 60, "the swapper")
     try:
         codes = []
         for _ in range(30):
