@@ -13,6 +13,7 @@ file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import uuid
@@ -90,6 +91,62 @@ def test_a_debugger_launch_is_refused_answered_and_audited(hub, alice, kernel): 
     assert reply["content"]["success"] is False and "not allowed" in reply["content"]["message"]
     (refused,) = events_where(hub, "code.refused", lambda d, e: d.get("msg_id") == msg_id)
     assert refused["outcome"] == "denied" and "launch" in refused["reason"]
+
+
+async def _debug_then_sync(hub, token: str, kernel_id: str, requests_: list[dict]) -> dict:
+    """Send debug requests on the control channel, then an execute request; wait for its reply
+    (the debug replies are not awaited: a kernel whose debugger never started may not answer)."""
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    url = workspace_url(hub, f"api/kernels/{kernel_id}/channels").replace("http://", "ws://")
+    ws = await websocket_connect(
+        HTTPRequest(url, headers={"Authorization": f"token {token}"}, connect_timeout=30)
+    )
+    try:
+        for text in requests_:
+            ws.write_message(json.dumps(text))
+        sync = uuid.uuid4().hex
+        ws.write_message(json.dumps(message("execute_request", {"code": "1"}, sync)))
+        while True:
+            raw = await asyncio.wait_for(ws.read_message(), 60)
+            assert raw is not None, "kernel websocket closed"
+            msg = json.loads(raw)
+            if msg["parent_header"].get("msg_id") == sync and msg["msg_type"] == "execute_reply":
+                return msg
+    finally:
+        ws.close()
+        with contextlib.suppress(asyncio.TimeoutError):  # let the close handshake finish
+            while await asyncio.wait_for(ws.read_message(), 5) is not None:
+                pass
+
+
+def test_debugger_commands_that_evaluate_code_are_recorded(hub, alice, kernel):  # noqa: F811
+    marker = uuid.uuid4().hex
+    commands = {
+        "evaluate": ({"expression": f"'{marker}e'.upper()"}, f"'{marker}e'.upper()"),
+        "setExpression": (
+            {"expression": "x", "value": f"'{marker}x'"},
+            f"x = '{marker}x'",
+        ),
+        "setVariable": (
+            {"variablesReference": 1, "name": "y", "value": f"'{marker}v'"},
+            f"y = '{marker}v'",
+        ),
+    }
+    sent = []
+    for seq, (command, (arguments, _)) in enumerate(commands.items(), 1):
+        content = {"type": "request", "seq": seq, "command": command, "arguments": arguments}
+        sent.append(message("debug_request", content, f"{marker}-{command}", channel="control"))
+    reply = asyncio.run(_debug_then_sync(hub, alice.token, kernel, sent))
+    assert reply["content"]["status"] == "ok"  # the connection still forwards code
+    for command, (_, code) in commands.items():
+        (recorded,) = events_where(
+            hub, "code.executed", lambda d, e, c=command: d.get("msg_id") == f"{marker}-{c}"
+        )
+        d = details(recorded)
+        assert (d["via"], d["code"], d["kernel_id"]) == (f"debugger_{command}", code, kernel)
+        assert recorded["actor"] == "alice"
 
 
 def test_a_huge_msg_id_cannot_cut_the_recorded_code(hub, alice, kernel):  # noqa: F811

@@ -28,7 +28,7 @@ import requests
 from egress_extension import routes
 from sde_spawner.containers import workspace_names
 from tests.docker.test_egress_workspace import details, events_where, sh
-from tests.support import User
+from tests.support import User, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -167,6 +167,41 @@ def test_a_kernelspec_planted_by_the_researcher_is_not_served(alice, alice_ws, e
     assert r.status_code == 200 and r.content.startswith(b"\x89PNG")
 
 
+def test_a_user_kernelspec_cannot_shadow_the_images(alice, alice_ws):
+    """A ``python3`` kernelspec in the home (or IPython's /tmp dir) would take precedence
+    over the image's with jupyter_client's defaults; the server keeps the image's."""
+    marker = f"shadow{uuid.uuid4().hex[:6]}"
+    spec = {"argv": ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"]}
+    kernel_json = json.dumps(spec | {"display_name": marker, "language": "python"})
+    dirs = [f"{HOME}/.local/share/jupyter/kernels/python3", "/tmp/.ipython/kernels/python3"]
+    plant = " && ".join(f"mkdir -p {d} && echo '{kernel_json}' > {d}/kernel.json" for d in dirs)
+    assert sh(alice_ws, "sh", "-c", plant)[0] == 0
+    try:
+        # The control: jupyter_client with its default data directory picks the planted one.
+        res = alice_ws.exec_run(
+            [
+                "env",
+                "-u",
+                "JUPYTER_DATA_DIR",
+                "python3",
+                "-c",
+                "from jupyter_client.kernelspec import KernelSpecManager as K; "
+                "print(K().get_kernel_spec('python3').display_name)",
+            ],
+            user="1000:1000",
+        )
+        assert marker in res.output.decode(), res.output
+        r = alice.workspace_get(PROJECT, "api/kernelspecs")
+        assert r.status_code == 200, r.text
+        served = r.json()["kernelspecs"]["python3"]
+        assert marker not in json.dumps(served)
+        assert all(marker not in json.dumps(v) for v in r.json()["kernelspecs"].values())
+        r = alice.workspace_get(PROJECT, "kernelspecs/python3/kernel.json")
+        assert r.status_code in (200, 404) and marker.encode() not in r.content
+    finally:
+        sh(alice_ws, "sh", "-c", "rm -rf " + " ".join(dirs))
+
+
 def test_a_labextension_link_to_data_serves_nothing(hub, alice, alice_ws, extract_file):
     path, data = extract_file
     name = f"leak{uuid.uuid4().hex[:6]}"
@@ -225,6 +260,41 @@ def test_a_real_image_still_opens_with_its_real_size_recorded(hub, alice, alice_
         assert r.status_code == 200 and base64.b64decode(r.json()["content"]) == PNG
     (ev,) = events_where(hub, "file.opened", lambda d, e: d.get("path") == link)
     assert details(ev)["size"] == len(PNG)  # the target's bytes, not the link's length
+
+
+SWAPPER = (
+    "import os, sys, time\n"
+    "d, cap = sys.argv[1], int(sys.argv[2])\n"
+    "open(d + '/small', 'w').write('7 bytes')\n"
+    "open(d + '/big', 'w').write('x' * (cap + 4096))\n"
+    "end = time.time() + float(sys.argv[3])\n"
+    "while time.time() < end:\n"
+    "    for src in ('small', 'big'):\n"
+    "        os.link(d + '/' + src, d + '/tmp')\n"
+    "        os.replace(d + '/tmp', d + '/swap.txt')\n"
+)
+
+
+def test_a_file_swapped_between_check_and_read_never_returns_more_than_the_cap(alice, alice_ws):
+    """The reviewer's race (7 bytes at the check, over the cap at the read), run inside the
+    room: no read through the proxy returns more than ``max_view_size`` bytes."""
+    cap = 64 * 1024 * 1024  # c.EgressApp.max_view_size in the image
+    d = f"{HOME}/swap-{uuid.uuid4().hex[:6]}"
+    assert sh(alice_ws, "mkdir", "-p", d)[0] == 0
+    alice_ws.exec_run(["python3", "-c", SWAPPER, d, str(cap), "300"], user="1000:1000", detach=True)
+    rel = d.removeprefix(HOME + "/") + "/swap.txt"
+    wait_for(lambda: sh(alice_ws, "test", "-e", f"{d}/swap.txt")[0] == 0, 60, "the swapper")
+    try:
+        codes = []
+        for _ in range(30):
+            r = alice.workspace_get(PROJECT, f"api/contents/{rel}?type=file&format=text")
+            codes.append(r.status_code)
+            if r.status_code == 200:
+                assert len(r.json()["content"]) <= cap
+        # The control: the swap really happened under the reads (both sizes were seen).
+        assert 200 in codes and 403 in codes, codes
+    finally:
+        sh(alice_ws, "rm", "-rf", d)  # the swapper stops: its links fail
 
 
 # --- JupyterLab's stored JSON -----------------------------------------------------------------
