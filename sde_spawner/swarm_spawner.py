@@ -32,7 +32,7 @@ from urllib.parse import urlparse
 
 from docker.errors import APIError, NotFound
 from dockerspawner import SwarmSpawner
-from traitlets import Bool, Integer, Unicode, default
+from traitlets import Bool, Float, Integer, Unicode, default
 
 from sde_spawner.containers import Limits, labels, workspace_names
 from sde_spawner.rooms import LockedRoomMixin, SpawnRefused
@@ -75,6 +75,12 @@ class SDESwarmSpawner(LockedRoomMixin, SwarmSpawner):
     tmp_size = Unicode("256m", help="Size of the tmpfs mounted at /tmp.").tag(config=True)
     service_port = Integer(
         0, help="Port of the `sde` service on the hub's container (SDE_SERVICE_URL). 0: none."
+    ).tag(config=True)
+    network_removal_timeout = Float(
+        60.0,
+        help="Seconds a stop waits for the workspace's task to go before its overlay network "
+        "can be removed (the task's stop grace period, 10 s by default, plus the node's "
+        "report).",
     ).tag(config=True)
     docker_threads = Integer(8, help="Threads for Docker and database calls.").tag(config=True)
 
@@ -211,23 +217,31 @@ class SDESwarmSpawner(LockedRoomMixin, SwarmSpawner):
         return self._sde_env(super().get_env(), service_url)
 
     async def _ensure_network(self) -> bool:
+        """Create the workspace overlay if missing and attach the hub's container to it;
+        True when this call created it. A network of the same name still being removed (a
+        stop just before) is waited out and created anew."""
         names = self.names
         created = False
-        try:
-            net = await self.docker("inspect_network", names.network)
-        except NotFound:
-            spec = overlay_network_spec(
-                names,
-                labels(self.user.name, self.project, self.prefix),
-                encrypted=self.encrypt_overlay,
-            )
-            net = await self.docker("create_network", **spec)
-            created = True
-        try:
-            await self.docker("connect_container_to_network", self.hub_container, net["Id"])
-        except APIError as exc:
-            if "already exists" not in str(exc) and exc.status_code != 403:
-                raise
+        for attempt in range(20):
+            try:
+                net = await self.docker("inspect_network", names.network)
+            except NotFound:
+                spec = overlay_network_spec(
+                    names,
+                    labels(self.user.name, self.project, self.prefix),
+                    encrypted=self.encrypt_overlay,
+                )
+                net = await self.docker("create_network", **spec)
+                created = True
+            try:
+                await self.docker("connect_container_to_network", self.hub_container, net["Id"])
+                break
+            except APIError as exc:
+                if "already exists" in str(exc) or exc.status_code == 403:
+                    break
+                if "not found" not in str(exc) or attempt == 19:
+                    raise
+            await asyncio.sleep(0.5)
         port = urlparse(self.hub.api_url).port or 80
         self.hub_connect_url = f"http://{self.hub_container}:{port}"
         return created
@@ -241,20 +255,22 @@ class SDESwarmSpawner(LockedRoomMixin, SwarmSpawner):
             await self._remove_network()
 
     async def _remove_network(self) -> None:
-        """Detach the hub and remove the overlay (its endpoints go a moment after the task)."""
+        """Detach the hub and remove the overlay. Its endpoints go only once the task's
+        container has stopped (up to its stop grace period after the service is removed)."""
         names = self.names
         with contextlib.suppress(APIError):
             await self.docker(
                 "disconnect_container_from_network", self.hub_container, names.network
             )
-        for _ in range(20):
+        for _ in range(int(self.network_removal_timeout / 0.5)):
             try:
                 await self.docker("remove_network", names.network)
                 return
             except NotFound:
                 return
             except APIError as exc:
-                if "active endpoints" not in str(exc):
+                # the manager: "network ... is in use by task ..."; a node: "active endpoints"
+                if "in use" not in str(exc) and "active endpoints" not in str(exc):
                     self.log.exception("could not remove network %s", names.network)
                     return
             await asyncio.sleep(0.5)
@@ -265,7 +281,8 @@ class SDESwarmSpawner(LockedRoomMixin, SwarmSpawner):
 
     async def stop(self, now=False):
         project = self.project
-        await super().stop(now=now)
+        if self.object_id:
+            await super().stop(now=now)
         if project:
             self.project = project
             await self._remove_network()

@@ -3,7 +3,8 @@
 Each node is its own ``dockerd`` (own data root, exec root, socket, pid file and managed
 containerd) started inside its own network namespace, so its iptables rules, bridges and
 overlay plumbing stay in that namespace and the machine's shared engine is never touched
-(no ``docker swarm init`` on it). The node namespaces hang off one bridge in a third namespace (never the host's)::
+(no ``docker swarm init`` on it). The node namespaces hang off one bridge in a third
+namespace (never the host's)::
 
     sdesw-x  sdeswbr0 10.213.0.1/24   the switch, and "the outside test host"
     sdesw-a  eth0     10.213.0.2/24   node A, manager
@@ -15,6 +16,7 @@ PID and removed in :meth:`Lab.down`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -30,7 +32,7 @@ OUTSIDE_NS = f"{PREFIX}-x"  # the switch, and the "outside test host" on it
 BRIDGE = f"{PREFIX}br0"
 HOST_ADDR = "10.213.0.1"
 NODES = {"a": "10.213.0.2", "b": "10.213.0.3"}
-ROOT = Path("/tmp") / f"{PREFIX}-lab"  # noqa: S108 - a directory of this lab's own
+ROOT = Path("/tmp") / f"{PREFIX}-lab"  # a directory of this lab's own
 
 
 def _run(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -85,6 +87,8 @@ class Node:
     addr: str
     pid: int = 0
     node_id: str = ""
+    proc: subprocess.Popen | None = None
+    log_file: object = None
 
     @property
     def netns(self) -> str:
@@ -141,7 +145,7 @@ class Lab:
         node.dir.mkdir(parents=True, exist_ok=True)
         config = node.dir / "daemon.json"
         config.write_text(json.dumps({}))  # not the machine's /etc/docker/daemon.json
-        log = open(node.dir / "dockerd.log", "w")  # noqa: SIM115 - kept for the process
+        log = node.log_file = open(node.dir / "dockerd.log", "w")  # noqa: SIM115 - closed in down
         proc = subprocess.Popen(
             [
                 # nsenter, not `ip netns exec`: that remounts /sys and hides the cgroups
@@ -162,7 +166,7 @@ class Lab:
             ],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        node.pid = proc.pid  # nsenter execs dockerd: the same PID
+        node.proc, node.pid = proc, proc.pid  # nsenter execs dockerd: the same PID
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -199,6 +203,15 @@ class Lab:
         self.timings["images"] = time.monotonic() - t2
         return self
 
+    def attach(self) -> bool:
+        """Use a lab already up (``python -m tests.swarm.lab up``); False if there is none."""
+        for node in self.nodes.values():
+            res = node.docker("info", "--format", "{{.Swarm.NodeID}}", check=False)
+            if res.returncode != 0 or not res.stdout.strip():
+                return False
+            node.node_id = res.stdout.strip()
+        return True
+
     def load_image(self, image: str) -> None:
         """The machine engine's image, loaded into every node (one save, piped to each)."""
         save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
@@ -208,7 +221,7 @@ class Lab:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-            )  # fmt: skip
+            )
             for n in self.nodes.values()
         ]
         assert save.stdout is not None
@@ -216,10 +229,13 @@ class Lab:
             for loader in loaders:
                 loader.stdin.write(chunk)
         save.wait()
+        save.stdout.close()
         for loader in loaders:
             loader.stdin.close()
+            err = loader.stderr.read().decode()
+            loader.stderr.close()
             if loader.wait() != 0:
-                raise RuntimeError(f"docker load {image}: {loader.stderr.read().decode()}")
+                raise RuntimeError(f"docker load {image}: {err}")
 
     def down(self) -> None:
         """Stop every engine of the lab by its PID and remove its namespaces and files."""
@@ -241,12 +257,17 @@ class Lab:
                 except ProcessLookupError:
                     pass
             node.pid = 0
+            if node.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    node.proc.wait(5)
+                node.proc = None
+            if node.log_file is not None:
+                node.log_file.close()
+                node.log_file = None
             # the engines' containers' shims, if dockerd died before stopping them
             for shim in _pids_under(node.dir):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(shim, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             _run("ip", "netns", "del", node.netns, check=False)
         _run("ip", "netns", "del", OUTSIDE_NS, check=False)
         if ROOT.exists():
