@@ -6,7 +6,8 @@ SDE_EXTRACTS_DIR, SDE_WORKSPACE_IMAGE, SDE_PUBLIC_BIND (default http://127.0.0.1
 SDE_HUB_PORT (hub API port workspaces reach through their gateway, default 8081),
 SDE_PROXY_API_PORT (default 8001, loopback only), SDE_SERVICE_PORT (the sde service, 9100),
 SDE_OBJECT_PREFIX (Docker object names and labels, default sde), SDE_SPAWNER (docker, the
-default, or kubernetes), SDE_ACTIVITY_INTERVAL (seconds between the hub's reads of activity
+default, swarm with SDE_HUB_CONTAINER and SDE_EXTRACTS_STORE, or kubernetes),
+SDE_ACTIVITY_INTERVAL (seconds between the hub's reads of activity
 from the proxy, default 300), SDE_IDLE_CULL_SECONDS (the hub-wide idle ceiling of the
 idle-culler service, default 86400; projects' own idle timeouts are the sde service's,
 sde_spawner.culling), SDE_SUBDOMAIN_HOST (e.g.
@@ -84,12 +85,19 @@ c.JupyterHub.named_server_limit_per_user = 5
 # with a kubeconfig; a Zero to JupyterHub deployment uses deploy/kubernetes/values.yaml).
 c.JupyterHub.spawner_class = spawner_class
 kubernetes = spawner_class.endswith("SDEKubeSpawner")
-room = c.SDEKubeSpawner if kubernetes else c.SDESpawner
+swarm = spawner_class.endswith("SDESwarmSpawner")
+room = c.SDEKubeSpawner if kubernetes else c.SDESwarmSpawner if swarm else c.SDESpawner
 room.registry_url = db_url
 room.extracts_dir = os.environ.get("SDE_EXTRACTS_DIR", str(state / "extracts"))
 room.image = os.environ.get("SDE_WORKSPACE_IMAGE", "sde-notebook:latest")
 if kubernetes:
     c.SDEKubeSpawner.object_prefix = os.environ.get("SDE_OBJECT_PREFIX", "sde")
+elif swarm:
+    # SDE_SPAWNER=swarm: the hub runs as a container on a manager node (sde_spawner.swarm_spawner)
+    c.SDESwarmSpawner.prefix = os.environ.get("SDE_OBJECT_PREFIX", "sde")
+    c.SDESwarmSpawner.imports_dir = str(state / "imports")
+    c.SDESwarmSpawner.hub_container = os.environ["SDE_HUB_CONTAINER"]
+    c.SDESwarmSpawner.extracts_store = os.environ.get("SDE_EXTRACTS_STORE", "local")
 else:
     c.SDESpawner.prefix = os.environ.get("SDE_OBJECT_PREFIX", "sde")
     c.SDESpawner.imports_dir = str(state / "imports")  # the sde service's import store, mounted
