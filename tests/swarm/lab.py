@@ -32,7 +32,8 @@ OUTSIDE_NS = f"{PREFIX}-x"  # the switch, and the "outside test host" on it
 BRIDGE = f"{PREFIX}br0"
 HOST_ADDR = "10.213.0.1"
 NODES = {"a": "10.213.0.2", "b": "10.213.0.3"}
-ROOT = Path("/tmp") / f"{PREFIX}-lab"  # a directory of this lab's own
+ROOT = Path("/tmp") / f"{PREFIX}-lab"  # a directory of this lab's own (a tmpfs while up)
+ROOT_SIZE = "8g"
 
 
 def _run(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -185,6 +186,12 @@ class Lab:
     def up(self, images: tuple[str, ...] = ()) -> Lab:
         t0 = time.monotonic()
         self.down()
+        # The engines' data roots live on a tmpfs of the lab's own: loading the image is a
+        # memory copy and removing two image stores at the end is one unmount.
+        ROOT.mkdir(parents=True)
+        _run(
+            "mount", "-t", "tmpfs", "-o", f"size={ROOT_SIZE},mode=0755", f"{PREFIX}-lab", str(ROOT)
+        )
         self._net_up()
         for node in self.nodes.values():
             self._start_engine(node)
@@ -279,7 +286,7 @@ class Lab:
             ]
             for mnt in sorted(mounts, key=len, reverse=True):
                 _run("umount", "-l", mnt, check=False)
-            shutil.rmtree(ROOT, ignore_errors=True)
+            shutil.rmtree(ROOT, ignore_errors=True)  # empty once the tmpfs is gone
 
 
 def _pids_under(directory: Path) -> list[int]:
