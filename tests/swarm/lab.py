@@ -246,7 +246,8 @@ class Lab:
 
     def down(self) -> None:
         """Stop every engine of the lab by its PID and remove its namespaces and files."""
-        for node in self.nodes.values():
+        pids = {}
+        for node in self.nodes.values():  # all engines at once: each takes seconds to stop
             pid = node.pid
             pidfile = node.dir / "docker.pid"
             if not pid and pidfile.exists():
@@ -254,15 +255,21 @@ class Lab:
                     pid = int(pidfile.read_text().strip())
                 except ValueError:
                     pid = 0
-            if pid:
-                try:
+            # only a dockerd of this lab (a stale pid file may name another process now)
+            if pid and pid in _pids_under(node.dir):
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
-                    for _ in range(150):
-                        os.kill(pid, 0)
-                        time.sleep(0.1)
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                    pids[node.name] = pid
+        deadline = time.monotonic() + 15
+        for pid in pids.values():
+            try:
+                while time.monotonic() < deadline:
+                    os.kill(pid, 0)
+                    time.sleep(0.1)
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for node in self.nodes.values():
             node.pid = 0
             if node.proc is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
