@@ -40,7 +40,7 @@ test: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -p no:cacheprovider \
 		--junitxml=$(RESULTS)/unit.xml tests/unit || rc=$$?; \
 	if [ $$rc -eq 0 ]; then PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -p no:cacheprovider \
-		--junitxml=$(RESULTS)/system.xml tests/docker tests/security tests/browser || rc=$$?; fi; \
+		--junitxml=$(RESULTS)/system.xml tests/docker tests/security tests/swarm tests/browser || rc=$$?; fi; \
 	$(MAKE) --no-print-directory evidence || echo "evidence report not written"; \
 	exit $$rc
 

@@ -9,7 +9,8 @@ SDE_OBJECT_PREFIX (Docker object names and labels, default sde), SDE_FIREWALL_WA
 (how often the hub checks the host firewall chain and puts it back, default 1; 0: never),
 SDE_FIREWALL_CHAIN and SDE_BRIDGE_PREFIX (the chain's and the workspace bridges' names,
 default SDE-INPUT and sde: sde_spawner.firewall), SDE_SPAWNER (docker, the
-default, or kubernetes), SDE_ACTIVITY_INTERVAL (seconds between the hub's reads of activity
+default, swarm with SDE_HUB_CONTAINER and SDE_EXTRACTS_STORE, or kubernetes),
+SDE_ACTIVITY_INTERVAL (seconds between the hub's reads of activity
 from the proxy, default 300), SDE_IDLE_CULL_SECONDS (the hub-wide idle ceiling of the
 idle-culler service, default 86400; projects' own idle timeouts are the sde service's,
 sde_spawner.culling), SDE_SUBDOMAIN_HOST (e.g.
@@ -89,12 +90,19 @@ c.JupyterHub.named_server_limit_per_user = 5
 # with a kubeconfig; a Zero to JupyterHub deployment uses deploy/kubernetes/values.yaml).
 c.JupyterHub.spawner_class = spawner_class
 kubernetes = spawner_class.endswith("SDEKubeSpawner")
-room = c.SDEKubeSpawner if kubernetes else c.SDESpawner
+swarm = spawner_class.endswith("SDESwarmSpawner")
+room = c.SDEKubeSpawner if kubernetes else c.SDESwarmSpawner if swarm else c.SDESpawner
 room.registry_url = db_url
 room.extracts_dir = os.environ.get("SDE_EXTRACTS_DIR", str(state / "extracts"))
 room.image = os.environ.get("SDE_WORKSPACE_IMAGE", "sde-notebook:latest")
 if kubernetes:
     c.SDEKubeSpawner.object_prefix = os.environ.get("SDE_OBJECT_PREFIX", "sde")
+elif swarm:
+    # SDE_SPAWNER=swarm: the hub runs as a container on a manager node (sde_spawner.swarm_spawner)
+    c.SDESwarmSpawner.prefix = os.environ.get("SDE_OBJECT_PREFIX", "sde")
+    c.SDESwarmSpawner.imports_dir = str(state / "imports")
+    c.SDESwarmSpawner.hub_container = os.environ["SDE_HUB_CONTAINER"]
+    c.SDESwarmSpawner.extracts_store = os.environ.get("SDE_EXTRACTS_STORE", "local")
 else:
     c.SDESpawner.prefix = os.environ.get("SDE_OBJECT_PREFIX", "sde")
     c.SDESpawner.imports_dir = str(state / "imports")  # the sde service's import store, mounted
@@ -156,7 +164,7 @@ c.JupyterHub.load_roles = [
     },
 ]
 room.service_port = service_port
-if not kubernetes and JupyterHub.initialized():  # a hub starting, not a config check
+if not (kubernetes or swarm) and JupyterHub.initialized():  # a hub starting, not a check
     # Before anything is reachable: the host firewall chain, then nothing of this hub's in
     # Docker or the registry that its saved state does not know (sde_spawner.reconcile).
     from sde_spawner.reconcile import at_hub_start

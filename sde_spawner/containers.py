@@ -8,18 +8,25 @@ the dicts to Docker, and tests compare whole dicts, so a dropped ``cap_drop`` or
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import string
 from dataclasses import dataclass
 
 LABEL_PREFIX = "org.sde-tre"
-#: Host interface names of workspace networks: BRIDGE_PREFIX + 12 hex (<= 15 chars). The host
-#: firewall matches them as ``BRIDGE_PREFIX+``; SDE_BRIDGE_PREFIX (1-3 lowercase letters) gives
-#: a hub bridges no other hub's chain matches (tests/docker/test_firewall_restore.py).
-BRIDGE_PREFIX = os.environ.get("SDE_BRIDGE_PREFIX", "sde")
-if not re.fullmatch(r"[a-z]{1,3}", BRIDGE_PREFIX):
-    raise ValueError(f"SDE_BRIDGE_PREFIX must be 1-3 lowercase letters: {BRIDGE_PREFIX!r}")
+#: Host interface names of workspace networks: bridge prefix + 12 hex (<= 15 chars). The host
+#: firewall matches them as ``<prefix>+``; a hub of its own bridge prefix (1-3 lowercase
+#: letters, SDE_BRIDGE_PREFIX read by sde_spawner.firewall) has bridges no other hub's chain
+#: matches (tests/docker/test_firewall_restore.py).
+BRIDGE_PREFIX = "sde"
+
+
+def check_bridge_prefix(prefix: str) -> str:
+    """``prefix`` when it is 1-3 lowercase letters; ``ValueError`` otherwise."""
+    if not re.fullmatch(r"[a-z]{1,3}", prefix):
+        raise ValueError(f"the bridge prefix must be 1-3 lowercase letters: {prefix!r}")
+    return prefix
+
+
 WORKSPACE_HOME = "/home/researcher"
 DATA_MOUNT = "/data"
 IMPORTS_MOUNT = "/imports"  # approved imports of the project (sde_spawner.imports), read-only
@@ -63,10 +70,13 @@ class WorkspaceNames:
     home_volume: str
 
 
-def workspace_names(username: str, project: str, prefix: str = "sde") -> WorkspaceNames:
+def workspace_names(
+    username: str, project: str, prefix: str = "sde", bridge_prefix: str = BRIDGE_PREFIX
+) -> WorkspaceNames:
     """Names of every Docker object of one person's workspace on one project."""
     base = _short(f"{prefix}-{escape(username)}__{escape(project)}", 100)
-    bridge = BRIDGE_PREFIX + hashlib.sha256(f"{prefix}/{base}".encode()).hexdigest()[:12]
+    digest = hashlib.sha256(f"{prefix}/{base}".encode()).hexdigest()[:12]
+    bridge = check_bridge_prefix(bridge_prefix) + digest
     return WorkspaceNames(
         container=base,
         network=f"{base}-net",

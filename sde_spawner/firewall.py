@@ -28,7 +28,11 @@ import re
 import shutil
 import subprocess
 
-from sde_spawner.containers import BRIDGE_PREFIX
+from sde_spawner.containers import check_bridge_prefix
+
+#: The workspace bridges' name prefix (SDE_BRIDGE_PREFIX, default sde; the spawner's
+#: ``bridge_prefix`` must be the same: jupyterhub_config.py sets it from here).
+BRIDGE_PREFIX = check_bridge_prefix(os.environ.get("SDE_BRIDGE_PREFIX", "sde"))
 
 #: The chain's name; SDE_FIREWALL_CHAIN gives a hub (with its own SDE_BRIDGE_PREFIX) a chain
 #: of its own, e.g. a test that flushes it without touching other hubs' workspaces.

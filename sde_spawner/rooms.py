@@ -123,14 +123,20 @@ def workspace_env(
 
 
 #: ``SDE_SPAWNER`` -> the spawner class (an entry point name or an import path).
-SPAWNERS = {"docker": "sde", "kubernetes": "sde_spawner.kube_spawner.SDEKubeSpawner"}
+SPAWNERS = {
+    "docker": "sde",
+    "swarm": "sde_spawner.swarm_spawner.SDESwarmSpawner",
+    "kubernetes": "sde_spawner.kube_spawner.SDEKubeSpawner",
+}
 
 
 def choose_spawner(environ) -> str:
     """The spawner ``SDE_SPAWNER`` names (default docker), or ValueError saying what to set."""
     wanted = environ.get("SDE_SPAWNER", "").strip().lower() or "docker"
-    if wanted == "swarm":
-        raise ValueError("SDE_SPAWNER=swarm: the Docker Swarm path is not built yet")
+    if wanted == "swarm" and not environ.get("SDE_HUB_CONTAINER", "").strip():
+        raise ValueError(
+            "SDE_SPAWNER=swarm needs SDE_HUB_CONTAINER (the hub's container on a manager node)"
+        )
     if wanted not in SPAWNERS:
         raise ValueError(f"SDE_SPAWNER={wanted[:40]!r} is not one of {', '.join(SPAWNERS)}")
     return SPAWNERS[wanted]

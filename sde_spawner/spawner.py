@@ -73,6 +73,15 @@ class SDESpawner(LockedRoomMixin, DockerSpawner):
         "container. Empty: same as imports_dir.",
     ).tag(config=True)
 
+    bridge_prefix = Unicode(
+        help="Name prefix of the workspaces' host bridges (1-3 lowercase letters), which the "
+        "host firewall chain matches; defaults to the firewall's (SDE_BRIDGE_PREFIX, sde)."
+    ).tag(config=True)
+
+    @default("bridge_prefix")
+    def _default_bridge_prefix(self):
+        return firewall.BRIDGE_PREFIX
+
     pids_limit = Integer(256, help="Maximum number of processes in a workspace.").tag(config=True)
     tmp_size = Unicode("256m", help="Size of the tmpfs mounted at /tmp.").tag(config=True)
 
@@ -192,7 +201,7 @@ class SDESpawner(LockedRoomMixin, DockerSpawner):
 
     @property
     def names(self):
-        return workspace_names(self.user.name, self.project, self.prefix)
+        return workspace_names(self.user.name, self.project, self.prefix, self.bridge_prefix)
 
     @property
     def workspace_object(self) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 from functools import cache
 from pathlib import Path
 
@@ -22,8 +21,8 @@ from sde_spawner.datasets.pseudonyms import PSEUDONYM_HEX, pads
 
 log = logging.getLogger(__name__)
 LIBRARY = Path(__file__).with_name("_pseudonym_batch.so")
-#: set to 1 to use the SQL HMAC even where the library exists (tests of the fallback)
-DISABLE_ENV = "SDE_PSEUDONYM_NATIVE_OFF"
+#: False: use the SQL HMAC even where the library exists (the tests of the fallback set it)
+USE_NATIVE = True
 
 
 @cache
@@ -56,7 +55,7 @@ def _library():
 
 def available() -> bool:
     """Whether this process computes pseudonyms natively."""
-    return os.environ.get(DISABLE_ENV) != "1" and _library() is not None
+    return USE_NATIVE and _library() is not None
 
 
 class Pseudonymiser:

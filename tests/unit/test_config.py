@@ -202,7 +202,8 @@ from traitlets import import_item
 cfg = PyFileConfigLoader(sys.argv[1]).load_config()
 name = cfg.JupyterHub.spawner_class
 cls = import_item(name) if "." in name else None
-section = cfg.SDEKubeSpawner if name.endswith("SDEKubeSpawner") else cfg.SDESpawner
+section = cfg.SDEKubeSpawner if name.endswith("SDEKubeSpawner") else (
+    cfg.SDESwarmSpawner if name.endswith("SDESwarmSpawner") else cfg.SDESpawner)
 print(json.dumps({
     "spawner_class": name,
     "is_spawner": cls is None or issubclass(cls, Spawner),
@@ -241,11 +242,26 @@ def test_sde_spawner_picks_docker_by_default_or_kubernetes(tmp_path):
     }
 
 
+def test_sde_spawner_swarm_picks_the_swarm_spawner(tmp_path):
+    swarm = load_spawner(tmp_path, SDE_SPAWNER="swarm", SDE_HUB_CONTAINER="hub")
+    assert swarm == {
+        "spawner_class": "sde_spawner.swarm_spawner.SDESwarmSpawner",
+        "is_spawner": True,
+        "registry_url": swarm["registry_url"],
+        "image": "sde-notebook:latest",
+        "service_port": 9100,
+    }
+    assert swarm["registry_url"].startswith("sqlite:///")
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("swarm", "SDE_SPAWNER=swarm: the Docker Swarm path is not built yet"),
-        ("podman", "SDE_SPAWNER='podman' is not one of docker, kubernetes"),
+        (
+            "swarm",
+            "SDE_SPAWNER=swarm needs SDE_HUB_CONTAINER (the hub's container on a manager node)",
+        ),
+        ("podman", "SDE_SPAWNER='podman' is not one of docker, swarm, kubernetes"),
     ],
 )
 def test_an_unknown_spawner_stops_the_hub_with_one_message(tmp_path, value, message):
