@@ -98,7 +98,10 @@ def network_spec(
         },
     }
     if subnet:
-        spec["ipam"] = {"Driver": "default", "Config": [{"Subnet": subnet}]}
+        # The gateway given too: Docker reports it in the network's IPAM config only then
+        # (workspaces reach the hub through it).
+        gateway = str(next(ipaddress.ip_network(subnet).hosts()))
+        spec["ipam"] = {"Driver": "default", "Config": [{"Subnet": subnet, "Gateway": gateway}]}
     return spec
 
 

@@ -74,7 +74,10 @@ def test_network_spec_with_subnet_whole():
             "com.docker.network.bridge.enable_icc": "false",
             "com.docker.network.bridge.enable_ip_masquerade": "false",
         },
-        "ipam": {"Driver": "default", "Config": [{"Subnet": "10.213.4.16/28"}]},
+        "ipam": {
+            "Driver": "default",
+            "Config": [{"Subnet": "10.213.4.16/28", "Gateway": "10.213.4.17"}],
+        },
     }
 
 
