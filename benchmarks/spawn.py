@@ -21,8 +21,14 @@ measurement for both. Each server is then stopped (``DELETE``, not counted) befo
 3. Where the time goes, from Docker's own event stream and the workspace's log timestamps:
    POST -> network created (SDE) -> container created -> started -> the single-user server
    logs "is running at" -> the hub reports ready.
-4. Diagnostics of the image: ``docker run --rm IMAGE true`` and the import time of
+4. ``--curve 1,10,20,50`` (default off, so a quick run needs no flag): N concurrent spawns on
+   each hub at each level, p50/p95 and failures, on fresh hubs whose databases are SQLite
+   or PostgreSQL (``--curve-db sqlite,postgres``, databases of the run's own on the
+   ``--pg-url`` server, dropped afterwards); see :mod:`benchmarks.spawn_curve`.
+5. Diagnostics of the image: ``docker run --rm IMAGE true`` and the import time of
    ``jupyter_server.serverapp, jupyterlab`` inside it.
+
+The image is ``sde-notebook:$SDE_IMAGE_TAG`` (default latest) for both hubs.
 
 Everything the run created is removed at the end (containers, networks and volumes labelled
 with the run's prefix, stock containers of the run's users, the hub's firewall port).
