@@ -100,8 +100,11 @@ else:
     # networks, so the 31st concurrent workspace would fail. Empty: Docker's pools.
     c.SDESpawner.network_pool = os.environ.get("SDE_NETWORK_POOL", "10.213.0.0/16")
 c.Spawner.default_url = "/lab"
-c.Spawner.start_timeout = 120
-c.Spawner.http_timeout = 60
+# A crowd at nine o'clock queues on the CPU: with 50 spawns at once on two cores the last
+# workspace listens after ~2-3 minutes (python -m benchmarks.spawn --curve 1,10,20,50), and
+# start() includes that wait. A workspace that dies is noticed at once (_wait_listening polls).
+c.Spawner.start_timeout = 300
+c.Spawner.http_timeout = 120
 
 # The `sde` service: output checking and audit ingestion. People reach it through the proxy
 # (/services/sde/); workspaces reach it directly on its port, which the host firewall opens

@@ -66,7 +66,7 @@ from tests.support import Hub, User, wait_for
 IMAGE = f"sde-notebook:{os.environ.get('SDE_IMAGE_TAG', 'latest')}"  # as tests/conftest.py
 PROJECT = "diabetes-outcomes"
 POLL = 0.1
-SPAWN_TIMEOUT = 150.0
+SPAWN_TIMEOUT = 330.0  # the hubs: start_timeout 300 (jupyterhub_config.py), + margin
 STOCK_CONFIG = Path(__file__).resolve().parent / "stock_hub_config.py"
 esc = DockerSpawner._escape  # stock container names: jupyter-{user}--{server}, escaped
 IMPORT_PROBES = {

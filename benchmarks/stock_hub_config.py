@@ -38,8 +38,8 @@ c.DockerSpawner.network_name = "bridge"
 c.DockerSpawner.use_internal_ip = True
 c.Spawner.cmd = ["jupyterhub-singleuser"]
 c.Spawner.default_url = "/lab"
-c.Spawner.start_timeout = 120
-c.Spawner.http_timeout = 60
+c.Spawner.start_timeout = 300
+c.Spawner.http_timeout = 120
 
 c.JupyterHub.authenticator_class = "dummy"
 c.Authenticator.allow_all = True  # the proxy listens on loopback only; the benchmark uses a token
