@@ -5,7 +5,10 @@ SDE_STATE_DIR (hub state, default ./var), SDE_DB_URL (registry + audit database)
 SDE_EXTRACTS_DIR, SDE_WORKSPACE_IMAGE, SDE_PUBLIC_BIND (default http://127.0.0.1:8000),
 SDE_HUB_PORT (hub API port workspaces reach through their gateway, default 8081),
 SDE_PROXY_API_PORT (default 8001, loopback only), SDE_SERVICE_PORT (the sde service, 9100),
-SDE_OBJECT_PREFIX (Docker object names and labels, default sde), SDE_FIREWALL_WATCH_SECONDS
+SDE_OBJECT_PREFIX (Docker object names and labels, default sde), SDE_NETWORK_POOL (address
+range of the workspace networks, one /28 each, default 10.213.0.0/16; empty: Docker's default
+pools, about 30 networks), SDE_HUB_DB_URL (JupyterHub's own database, default SQLite in
+SDE_STATE_DIR), SDE_FIREWALL_WATCH_SECONDS
 (how often the hub checks the host firewall chain and puts it back, default 1; 0: never),
 SDE_FIREWALL_CHAIN and SDE_BRIDGE_PREFIX (the chain's and the workspace bridges' names,
 default SDE-INPUT and sde: sde_spawner.firewall), SDE_SPAWNER (docker, the
@@ -79,7 +82,7 @@ c.JupyterHub.hub_bind_url = f"http://0.0.0.0:{os.environ.get('SDE_HUB_PORT', '80
 # workspace (or the LAN) and gets only what a single-user server needs (sde_spawner.hub_gate).
 c.JupyterHub.hub_connect_ip = "127.0.0.1"
 c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{os.environ.get('SDE_PROXY_API_PORT', '8001')}"
-c.JupyterHub.db_url = f"sqlite:///{state}/jupyterhub.sqlite"
+c.JupyterHub.db_url = os.environ.get("SDE_HUB_DB_URL") or f"sqlite:///{state}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
 c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
 c.JupyterHub.cleanup_servers = False  # a hub restart leaves running workspaces running
@@ -106,9 +109,15 @@ elif swarm:
 else:
     c.SDESpawner.prefix = os.environ.get("SDE_OBJECT_PREFIX", "sde")
     c.SDESpawner.imports_dir = str(state / "imports")  # the sde service's import store, mounted
+    # One /28 per workspace network from this range: Docker's default pools hold only ~30
+    # networks, so the 31st concurrent workspace would fail. Empty: Docker's pools.
+    c.SDESpawner.network_pool = os.environ.get("SDE_NETWORK_POOL", "10.213.0.0/16")
 c.Spawner.default_url = "/lab"
-c.Spawner.start_timeout = 120
-c.Spawner.http_timeout = 60
+# A crowd at nine o'clock queues on the CPU: with 50 spawns at once on two cores the last
+# workspace listens after ~2-3 minutes (python -m benchmarks.spawn --curve 1,10,20,50), and
+# start() includes that wait. A workspace that dies is noticed at once (_wait_listening polls).
+c.Spawner.start_timeout = 300
+c.Spawner.http_timeout = 120
 
 # The `sde` service: output checking and audit ingestion. People reach it through the proxy
 # (/services/sde/); workspaces reach it directly on its port, which the host firewall opens
@@ -172,7 +181,7 @@ if not (kubernetes or swarm) and JupyterHub.initialized():  # a hub starting, no
     at_hub_start(
         c.SDESpawner.prefix,
         db_url,
-        state / "jupyterhub.sqlite",
+        c.JupyterHub.db_url,
         [int(os.environ.get("SDE_HUB_PORT", "8081")), service_port],
         watch_seconds=float(os.environ.get("SDE_FIREWALL_WATCH_SECONDS", "1")),
     )

@@ -21,8 +21,14 @@ measurement for both. Each server is then stopped (``DELETE``, not counted) befo
 3. Where the time goes, from Docker's own event stream and the workspace's log timestamps:
    POST -> network created (SDE) -> container created -> started -> the single-user server
    logs "is running at" -> the hub reports ready.
-4. Diagnostics of the image: ``docker run --rm IMAGE true`` and the import time of
+4. ``--curve 1,10,20,50`` (default off, so a quick run needs no flag): N concurrent spawns on
+   each hub at each level, p50/p95 and failures, on fresh hubs whose databases are SQLite
+   or PostgreSQL (``--curve-db sqlite,postgres``, databases of the run's own on the
+   ``--pg-url`` server, dropped afterwards); see :mod:`benchmarks.spawn_curve`.
+5. Diagnostics of the image: ``docker run --rm IMAGE true`` and the import time of
    ``jupyter_server.serverapp, jupyterlab`` inside it.
+
+The image is ``sde-notebook:$SDE_IMAGE_TAG`` (default latest) for both hubs.
 
 Everything the run created is removed at the end (containers, networks and volumes labelled
 with the run's prefix, stock containers of the run's users, the hub's firewall port).
@@ -57,10 +63,10 @@ from dockerspawner import DockerSpawner
 from sde_spawner.containers import workspace_names
 from tests.support import Hub, User, wait_for
 
-IMAGE = "sde-notebook:latest"
+IMAGE = f"sde-notebook:{os.environ.get('SDE_IMAGE_TAG', 'latest')}"  # as tests/conftest.py
 PROJECT = "diabetes-outcomes"
 POLL = 0.1
-SPAWN_TIMEOUT = 150.0
+SPAWN_TIMEOUT = 330.0  # the hubs: start_timeout 300 (jupyterhub_config.py), + margin
 STOCK_CONFIG = Path(__file__).resolve().parent / "stock_hub_config.py"
 esc = DockerSpawner._escape  # stock container names: jupyter-{user}--{server}, escaped
 IMPORT_PROBES = {
@@ -287,10 +293,11 @@ class StockHub(Hub):
 
     config = STOCK_CONFIG
 
-    def __init__(self, state_dir: Path, connect_ip: str):
+    def __init__(self, state_dir: Path, connect_ip: str, hub_db_url: str = ""):
         super().__init__(state_dir, prefix="stock")
         self.token = secrets.token_hex(32)
         self.connect_ip = connect_ip
+        self.hub_db_url = hub_db_url
 
     @property
     def env(self) -> dict:
@@ -302,11 +309,31 @@ class StockHub(Hub):
             BENCH_STOCK_HUB_CONNECT_IP=self.connect_ip,
             BENCH_STOCK_TOKEN=self.token,
             BENCH_STOCK_IMAGE=IMAGE,
+            BENCH_STOCK_DB_URL=self.hub_db_url,
         )
         return env
 
     def wait_started(self) -> None:
         wait_for(self._up, 60, "the stock hub to answer")  # no `sde` service here
+
+
+class SdeHub(Hub):
+    """The SDE hub of :class:`tests.support.Hub`, optionally with both of its databases (the
+    registry and JupyterHub's own, ``SDE_HUB_DB_URL``) elsewhere, e.g. on PostgreSQL."""
+
+    def __init__(self, state_dir: Path, prefix: str, registry_url: str = "", hub_db_url: str = ""):
+        super().__init__(state_dir, prefix)
+        if registry_url:
+            self.db_url = registry_url
+        self.hub_db_url = hub_db_url
+
+    @property
+    def env(self) -> dict:
+        env = super().env
+        if self.hub_db_url:
+            env["SDE_HUB_DB_URL"] = self.hub_db_url
+        env["SDE_WORKSPACE_IMAGE"] = IMAGE
+        return env
 
 
 def docker0_gateway(client: docker.DockerClient) -> str:
@@ -509,47 +536,48 @@ def cleanup(client: docker.DockerClient, prefix: str, stock_user_prefix: str) ->
             v.remove(force=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.spawn", description=__doc__.split("\n")[0]
-    )
-    p.add_argument("--count", type=int, default=10, help="interleaved spawns per spawner")
-    p.add_argument("--concurrent", type=int, default=20, help="simultaneous SDE spawns (0: skip)")
-    p.add_argument(
-        "--stock-concurrent",
-        type=int,
-        default=0,
-        help="simultaneous stock spawns (default 0: skip)",
-    )
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds before the timed ones")
-    p.add_argument("--no-diagnostics", action="store_true", help="skip the image diagnostics")
-    p.add_argument("--keep", action="store_true", help="keep the state directory (hub logs)")
-    args = p.parse_args(argv)
+@dataclass
+class Pair:
+    """An SDE hub and a stock hub started side by side, with their users logged in."""
 
-    client = docker.from_env()
-    client.images.get(IMAGE)  # fails early with a clear error when the image is not built
-    run = uuid.uuid4().hex[:6]
-    prefix = f"sdeb{run}"
-    stock_user_prefix = f"stk{run}"
-    root = Path(tempfile.mkdtemp(prefix=f"sde-bench-{run}-"))
-    (root / "sde").mkdir()
-    (root / "stock").mkdir()
-    print(
-        f"spawn benchmark: image {IMAGE}, {args.count} interleaved spawns each, "
-        f"{args.concurrent} concurrent SDE spawns; state in {root}; "
-        f"load average {os.getloadavg()[0]:.2f}",
-        flush=True,
-    )
+    sde: SdeHub
+    stock: StockHub
+    sde_side: Side
+    stock_side: Side
+    logins: dict[str, Api]
+    stock_api: Api
+    prefix: str
+    stock_user_prefix: str
+    crowd: list[str]
+    stock_crowd: list[str]
+    stock_solo: str
 
+
+@contextlib.contextmanager
+def hub_pair(
+    client: docker.DockerClient,
+    root: Path,
+    crowd_size: int,
+    stock_crowd_size: int,
+    *,
+    registry_url: str = "",
+    hub_db_url: str = "",
+    stock_db_url: str = "",
+):
+    """Start both hubs (databases as given, else SQLite in ``root``), ``crowd_size`` eligible
+    researchers on the SDE hub and ``stock_crowd_size`` users on the stock hub; stop them and
+    remove everything they created on exit."""
     from sde_spawner import firewall
 
-    sde = Hub(root / "sde", prefix)
-    stock = StockHub(root / "stock", docker0_gateway(client))
-    events = DockerEvents(client).start()
-    crowd = [f"bench{run}-{i:02d}" for i in range(args.concurrent)]
-    stock_crowd = [f"{stock_user_prefix}-{i:02d}" for i in range(args.stock_concurrent)]
+    run = uuid.uuid4().hex[:6]
+    prefix, stock_user_prefix = f"sdeb{run}", f"stk{run}"
+    (root / "sde").mkdir(parents=True)
+    (root / "stock").mkdir()
+    sde = SdeHub(root / "sde", prefix, registry_url, hub_db_url)
+    stock = StockHub(root / "stock", docker0_gateway(client), stock_db_url)
+    crowd = [f"bench{run}-{i:02d}" for i in range(crowd_size)]
+    stock_crowd = [f"{stock_user_prefix}-{i:02d}" for i in range(stock_crowd_size)]
     stock_solo = f"{stock_user_prefix}-solo"
-    failures = 0
     try:
         t = time.perf_counter()
         sde.seed()
@@ -570,55 +598,120 @@ def main(argv: list[str] | None = None) -> int:
             f"{time.perf_counter() - t:.1f}s",
             flush=True,
         )
-
-        sde_side = Side(
-            "sde",
+        yield Pair(
+            sde,
+            stock,
+            Side(
+                "sde",
+                logins,
+                network_for=lambda u: workspace_names(u, PROJECT, prefix).network,
+                container_for=lambda u: workspace_names(u, PROJECT, prefix).container,
+            ),
+            Side(
+                "stock",
+                {u: Api(stock.url, stock.token) for u in [stock_solo, *stock_crowd]},
+                network_for=lambda u: "",
+                container_for=lambda u: f"jupyter-{esc(u)}--{esc(PROJECT)}",
+            ),
             logins,
-            network_for=lambda u: workspace_names(u, PROJECT, prefix).network,
-            container_for=lambda u: workspace_names(u, PROJECT, prefix).container,
+            stock_api,
+            prefix,
+            stock_user_prefix,
+            crowd,
+            stock_crowd,
+            stock_solo,
         )
-        stock_side = Side(
-            "stock",
-            {u: Api(stock.url, stock.token) for u in [stock_solo, *stock_crowd]},
-            network_for=lambda u: "",
-            container_for=lambda u: f"jupyter-{esc(u)}--{esc(PROJECT)}",
-        )
+    finally:
+        sde.stop()
+        stock.stop()
+        cleanup(client, prefix, stock_user_prefix)
+        with contextlib.suppress(Exception):
+            firewall.revoke(sde.hub_port)
+        with contextlib.suppress(Exception):
+            firewall.revoke(sde.service_port)
 
-        print(f"\n[1] sequential, interleaved ({args.count} rounds, {args.warmup} warm-up)")
-        seq = sequential(
-            {"sde": sde_side, "stock": stock_side},
-            {"sde": "alice", "stock": stock_solo},
-            args.count,
-            args.warmup,
-            client,
-            events,
-        )
-        for key in ("sde", "stock"):
-            report(key, seq[key])
-            failures += sum(not s.ok for s in seq[key])
-        paired = [
-            a.seconds - b.seconds
-            for a, b in zip(seq["sde"], seq["stock"], strict=True)
-            if a.ok and b.ok
-        ]
-        if paired:
-            print(
-                f"  paired (sde - stock, same round): p50={percentile(paired, 50):+.2f}s "
-                f"mean={sum(paired) / len(paired):+.2f}s"
-            )
 
-        conc: list[Sample] = []
-        if crowd:
-            print(f"\n[2] {len(crowd)} concurrent SDE spawns")
-            conc = concurrent(sde_side, crowd, logins["admin"], client, events)
-            report("sde", conc)
-        stock_conc: list[Sample] = []
-        if stock_crowd:
-            print(f"\n[2b] {len(stock_crowd)} concurrent stock spawns")
-            stock_conc = concurrent(
-                stock_side, stock_crowd, Api(stock.url, stock.token), client, events
+def levels(text: str) -> list[int]:
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if any(n < 1 for n in out):
+        raise argparse.ArgumentTypeError("concurrency levels must be at least 1")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.spawn_curve import DATABASES, add_curve_args, run_curves
+
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.spawn", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--count", type=int, default=10, help="interleaved spawns per spawner")
+    p.add_argument("--concurrent", type=int, default=20, help="simultaneous SDE spawns (0: skip)")
+    p.add_argument(
+        "--stock-concurrent",
+        type=int,
+        default=0,
+        help="simultaneous stock spawns (default 0: skip)",
+    )
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds before the timed ones")
+    p.add_argument("--no-diagnostics", action="store_true", help="skip the image diagnostics")
+    p.add_argument("--keep", action="store_true", help="keep the state directory (hub logs)")
+    add_curve_args(p)
+    args = p.parse_args(argv)
+    if any(db not in DATABASES for db in args.curve_db):
+        p.error(f"--curve-db: choose from {', '.join(DATABASES)}")
+
+    client = docker.from_env()
+    client.images.get(IMAGE)  # fails early with a clear error when the image is not built
+    root = Path(tempfile.mkdtemp(prefix="sde-bench-"))
+    print(
+        f"spawn benchmark: image {IMAGE}, {args.count} interleaved spawns each, "
+        f"{args.concurrent} concurrent SDE spawns, curve {args.curve or 'off'} on "
+        f"{','.join(args.curve_db) if args.curve else '-'}; state in {root}; "
+        f"load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    events = DockerEvents(client).start()
+    failures = 0
+    try:
+        with hub_pair(client, root / "main", args.concurrent, args.stock_concurrent) as pair:
+            print(f"\n[1] sequential, interleaved ({args.count} rounds, {args.warmup} warm-up)")
+            seq = sequential(
+                {"sde": pair.sde_side, "stock": pair.stock_side},
+                {"sde": "alice", "stock": pair.stock_solo},
+                args.count,
+                args.warmup,
+                client,
+                events,
             )
-            report("stock", stock_conc)
+            for key in ("sde", "stock"):
+                report(key, seq[key])
+                failures += sum(not s.ok for s in seq[key])
+            paired = [
+                a.seconds - b.seconds
+                for a, b in zip(seq["sde"], seq["stock"], strict=True)
+                if a.ok and b.ok
+            ]
+            if paired:
+                print(
+                    f"  paired (sde - stock, same round): p50={percentile(paired, 50):+.2f}s "
+                    f"mean={sum(paired) / len(paired):+.2f}s"
+                )
+
+            conc: list[Sample] = []
+            if pair.crowd:
+                print(f"\n[2] {len(pair.crowd)} concurrent SDE spawns")
+                conc = concurrent(pair.sde_side, pair.crowd, pair.logins["admin"], client, events)
+                report("sde", conc)
+            stock_conc: list[Sample] = []
+            if pair.stock_crowd:
+                print(f"\n[2b] {len(pair.stock_crowd)} concurrent stock spawns")
+                stock_conc = concurrent(
+                    pair.stock_side, pair.stock_crowd, pair.stock_api, client, events
+                )
+                report("stock", stock_conc)
 
         print("\n[3] where the time goes (Docker events + workspace log timestamps)")
         print_phases("sde sequential", [s for s in seq["sde"] if s.ok])
@@ -628,8 +721,10 @@ def main(argv: list[str] | None = None) -> int:
         if stock_conc:
             print_phases("stock concurrent", [s for s in stock_conc if s.ok])
 
+        curves = run_curves(client, root, events, args) if args.curve else []
+
         if not args.no_diagnostics:
-            print("\n[4] image diagnostics")
+            print("\n[5] image diagnostics")
             diagnostics(client)
 
         sde_ok = [s.seconds for s in seq["sde"] if s.ok]
@@ -647,16 +742,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"  stock concurrent {summary([s.seconds for s in stock_conc if s.ok])} "
                 f"failures={sum(not s.ok for s in stock_conc)}"
             )
+        for line in curves:
+            print(f"  {line}")
         print(f"  failures (sequential sde+stock): {failures}")
         print(f"  load average at the end: {os.getloadavg()[0]:.2f} (the machine may be shared)")
         ratio = percentile(sde_ok, 50) / percentile(stock_ok, 50) if stock_ok else math.nan
     finally:
         events.close()
-        sde.stop()
-        stock.stop()
-        cleanup(client, prefix, stock_user_prefix)
-        with contextlib.suppress(Exception):
-            firewall.revoke(sde.hub_port)
         if args.keep:
             print(f"(state kept in {root})")
         else:

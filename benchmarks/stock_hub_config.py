@@ -8,7 +8,8 @@ the hub reaches them on their bridge address. Same image, command, timeouts and 
 Settings (env, all set by the benchmark): BENCH_STOCK_PORT (public proxy port, loopback),
 BENCH_STOCK_HUB_PORT, BENCH_STOCK_PROXY_API_PORT, BENCH_STOCK_HUB_CONNECT_IP (docker0 gateway,
 default 172.17.0.1), BENCH_STOCK_TOKEN (API token of the ``bench`` service),
-BENCH_STOCK_IMAGE (default sde-notebook:latest).
+BENCH_STOCK_IMAGE (default sde-notebook:latest), BENCH_STOCK_DB_URL (JupyterHub's database,
+default SQLite in the working directory).
 """
 
 import os
@@ -26,6 +27,8 @@ c.ConfigurableHTTPProxy.api_url = (
     f"http://127.0.0.1:{env.get('BENCH_STOCK_PROXY_API_PORT', '8001')}"
 )
 c.JupyterHub.allow_named_servers = True
+if env.get("BENCH_STOCK_DB_URL"):
+    c.JupyterHub.db_url = env["BENCH_STOCK_DB_URL"]
 
 c.JupyterHub.spawner_class = "dockerspawner.DockerSpawner"
 c.DockerSpawner.image = env.get("BENCH_STOCK_IMAGE", "sde-notebook:latest")
@@ -35,8 +38,8 @@ c.DockerSpawner.network_name = "bridge"
 c.DockerSpawner.use_internal_ip = True
 c.Spawner.cmd = ["jupyterhub-singleuser"]
 c.Spawner.default_url = "/lab"
-c.Spawner.start_timeout = 120
-c.Spawner.http_timeout = 60
+c.Spawner.start_timeout = 300
+c.Spawner.http_timeout = 120
 
 c.JupyterHub.authenticator_class = "dummy"
 c.Authenticator.allow_all = True  # the proxy listens on loopback only; the benchmark uses a token

@@ -354,7 +354,8 @@ build_notebook() {
     # so hub-side edits (sde_spawner/) do not rebuild it.
     put_project_wheel "$dir" "$(sha_of_files pyproject.toml README.md egress_extension sde_airlock)"
     build_image notebook "$(sha_of_text "$BASE_ID $(sha_of_files images/notebook/Dockerfile \
-        images/notebook/requirements.txt) $(cat "$dir/.requirements.sha256" \
+        images/notebook/requirements.txt images/notebook/singleuser_imports.py) \
+        $(cat "$dir/.requirements.sha256" \
         "$dir/.project.sha256")")"
 }
 

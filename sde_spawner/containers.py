@@ -7,7 +7,9 @@ the dicts to Docker, and tests compare whole dicts, so a dropped ``cap_drop`` or
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import ipaddress
 import re
 import string
 from dataclasses import dataclass
@@ -93,10 +95,13 @@ def labels(username: str, project: str, prefix: str = "sde") -> dict[str, str]:
     }
 
 
-def network_spec(names: WorkspaceNames, object_labels: dict[str, str]) -> dict:
+def network_spec(
+    names: WorkspaceNames, object_labels: dict[str, str], subnet: str | None = None
+) -> dict:
     """A network of the workspace's own: internal (no forwarding out), no inter-container
-    traffic, on a host bridge whose name the host firewall matches."""
-    return {
+    traffic, on a host bridge whose name the host firewall matches. ``subnet``: its address
+    range (:func:`pick_subnet`); None leaves the choice to Docker's default address pools."""
+    spec = {
         "name": names.network,
         "driver": "bridge",
         "internal": True,
@@ -108,6 +113,52 @@ def network_spec(names: WorkspaceNames, object_labels: dict[str, str]) -> dict:
             "com.docker.network.bridge.enable_ip_masquerade": "false",
         },
     }
+    if subnet:
+        # The gateway given too: Docker reports it in the network's IPAM config only then
+        # (workspaces reach the hub through it).
+        gateway = str(next(ipaddress.ip_network(subnet).hosts()))
+        spec["ipam"] = {"Driver": "default", "Config": [{"Subnet": subnet, "Gateway": gateway}]}
+    return spec
+
+
+def network_subnets(networks: list[dict]) -> list[str]:
+    """The IPv4/IPv6 subnets of Docker networks as ``GET /networks`` lists them."""
+    return [
+        cfg["Subnet"]
+        for net in networks
+        for cfg in ((net.get("IPAM") or {}).get("Config") or [])
+        if cfg.get("Subnet")
+    ]
+
+
+def pick_subnet(pool: str, prefix: int, taken: list[str], key: str) -> str | None:
+    """A /``prefix`` subnet of ``pool`` that overlaps none of ``taken``, or None when the pool
+    is full. The search starts at a place derived from ``key`` (the network name), so that
+    hubs sharing an engine and pool rarely try the same subnet at once.
+
+    Why: Docker's default address pools hold about 30 bridge networks (172.17-31.0.0/16 and
+    192.168.0.0/16 in /20s), and every workspace has a network of its own, so the 31st
+    concurrent workspace would fail with "could not find an available, non-overlapping IPv4
+    address pool". A workspace network holds the gateway and one container: a /28 is plenty.
+    """
+    net = ipaddress.ip_network(pool)
+    if not net.prefixlen <= prefix <= net.max_prefixlen - 2:
+        raise ValueError(f"cannot carve /{prefix} subnets out of {pool}")
+    busy = []
+    for t in taken:
+        with contextlib.suppress(ValueError):
+            other = ipaddress.ip_network(t, strict=False)
+            if other.version == net.version and other.overlaps(net):
+                busy.append(other)
+    count = 1 << (prefix - net.prefixlen)
+    start = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % count
+    size = 1 << (net.max_prefixlen - prefix)
+    base = int(net.network_address)
+    for i in range(count):
+        candidate = ipaddress.ip_network((base + ((start + i) % count) * size, prefix))
+        if not any(candidate.overlaps(b) for b in busy):
+            return str(candidate)
+    return None
 
 
 def volume_spec(names: WorkspaceNames, object_labels: dict[str, str]) -> dict:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,17 +39,27 @@ class Plan:
     rows: list[dict] = field(default_factory=list)  # {"username", "server", "project", ...}
 
 
-def saved_states(hub_db: Path) -> list[dict]:
-    """Every spawner state JupyterHub saved (none when the database does not exist yet)."""
-    if not hub_db.exists():
+def saved_states(hub_db: str | Path) -> list[dict]:
+    """Every spawner state JupyterHub saved in its database (``hub_db``: a SQLAlchemy URL, or
+    the path of a SQLite file); none when the database or its table does not exist yet. A
+    database that cannot be read raises: reconciling against nothing would remove every
+    running workspace."""
+    import sqlalchemy as sa
+
+    if isinstance(hub_db, Path) or "://" not in str(hub_db):
+        if not Path(hub_db).exists():
+            return []
+        hub_db = f"sqlite:///{Path(hub_db)}"
+    elif str(hub_db).startswith("sqlite:///") and not Path(str(hub_db)[10:]).exists():
         return []
-    conn = sqlite3.connect(f"file:{hub_db}?mode=ro", uri=True)
+    engine = sa.create_engine(str(hub_db))
     try:
-        rows = conn.execute("SELECT state FROM spawners").fetchall()
-    except sqlite3.OperationalError:  # a database JupyterHub has not set up yet
-        return []
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table("spawners"):  # JupyterHub has not set it up yet
+                return []
+            rows = conn.execute(sa.text("SELECT state FROM spawners")).fetchall()
     finally:
-        conn.close()
+        engine.dispose()
     out = []
     for (raw,) in rows:
         state = json.loads(raw) if isinstance(raw, str) and raw else raw
@@ -99,7 +108,7 @@ def _described(obj, kind: str) -> dict:
     }
 
 
-def reconcile(client, sessionmaker, prefix: str, hub_db: Path) -> Plan:
+def reconcile(client, sessionmaker, prefix: str, hub_db: str | Path) -> Plan:
     """Remove what no saved state refers to; one ``hub.reconciled`` audit event each."""
     flt = {"label": f"{LABEL_PREFIX}.managed-by={prefix}"}
     containers = {c.id: c for c in client.containers.list(all=True, filters=flt)}
@@ -152,7 +161,11 @@ def _audit(sessionmaker, obj: dict, kind: str, reason: str) -> None:
 
 
 def at_hub_start(
-    prefix: str, registry_url: str, hub_db: Path, ports: list[int], watch_seconds: float = 1.0
+    prefix: str,
+    registry_url: str,
+    hub_db: str | Path,
+    ports: list[int],
+    watch_seconds: float = 1.0,
 ) -> None:
     """What a Docker hub does before it starts: the host firewall chain first (so nothing of
     ours is reachable without it) and a thread that puts it back whenever it is found flushed
@@ -186,6 +199,8 @@ def at_hub_start(
         return
     try:
         reconcile(client, sessionmaker, prefix, hub_db)
+    except Exception as exc:  # the hub still starts; nothing is removed on a guess
+        log.error("reconcile: skipped, JupyterHub's saved state cannot be read: %s", exc)
     finally:
         client.close()
 

@@ -36,6 +36,8 @@ from sde_spawner.containers import (
     container_spec,
     labels,
     network_spec,
+    network_subnets,
+    pick_subnet,
     volume_spec,
     workspace_names,
 )
@@ -120,6 +122,18 @@ class SDESpawner(LockedRoomMixin, DockerSpawner):
         help="Delete the default route inside each workspace's network namespace after start "
         "(the hub must run on the Docker host as root). Internal networks already stop "
         "forwarding; with no default route every off-network address is unreachable at once.",
+    ).tag(config=True)
+
+    network_pool = Unicode(
+        "",
+        help="Address range (CIDR) the workspace networks' subnets are taken from, one "
+        "/network_prefix each. Empty: Docker's default address pools, which hold only about 30 "
+        "bridge networks (the 31st concurrent workspace fails). Pick a private range that no "
+        "network of the host uses.",
+    ).tag(config=True)
+
+    network_prefix = Integer(
+        28, help="Prefix length of each workspace network taken from network_pool."
     ).tag(config=True)
 
     docker_threads = Integer(
@@ -297,9 +311,7 @@ class SDESpawner(LockedRoomMixin, DockerSpawner):
         try:
             net = await self.docker("inspect_network", names.network)
         except NotFound:
-            spec = network_spec(names, labels(self.user.name, self.project, self.prefix))
-            net = await self.docker("create_network", **spec)
-            net = await self.docker("inspect_network", net["Id"])
+            net = await self._create_network()
             created = True
         self.network_id = net["Id"]
         if self.hub_container:
@@ -315,6 +327,44 @@ class SDESpawner(LockedRoomMixin, DockerSpawner):
             gateway = net["IPAM"]["Config"][0]["Gateway"].split("/")[0]
             self.hub_connect_url = f"http://{gateway}:{self._hub_port()}"
         return created
+
+    _subnets_creating: set[str] = set()  # picked by this hub, network not created yet
+    _subnet_attempts = 8
+
+    async def _create_network(self) -> dict:
+        """Create the workspace network, on a free subnet of ``network_pool`` when one is set.
+        Concurrent spawns of this hub never pick the same subnet (the pick itself does not
+        await); one that another Docker client took meanwhile makes Docker answer "overlaps",
+        and the next free one is tried."""
+        names = self.names
+        object_labels = labels(self.user.name, self.project, self.prefix)
+        if not self.network_pool:
+            net = await self.docker("create_network", **network_spec(names, object_labels))
+            return await self.docker("inspect_network", net["Id"])
+        refused = []
+        for _ in range(self._subnet_attempts):
+            taken = network_subnets(await self.docker("networks"))
+            taken += [*self._subnets_creating, *refused]
+            subnet = pick_subnet(self.network_pool, self.network_prefix, taken, names.network)
+            if subnet is None:
+                break
+            self._subnets_creating.add(subnet)
+            try:
+                net = await self.docker(
+                    "create_network", **network_spec(names, object_labels, subnet)
+                )
+                return await self.docker("inspect_network", net["Id"])
+            except APIError as exc:
+                if "overlap" not in str(exc).lower():
+                    raise
+                refused.append(subnet)
+            finally:
+                self._subnets_creating.discard(subnet)
+        await self.refuse(
+            f"no free /{self.network_prefix} subnet in {self.network_pool} for the workspace "
+            "network (SDESpawner.network_pool)",
+            status=503,
+        )
 
     async def _ensure_volume(self) -> bool:
         names = self.names

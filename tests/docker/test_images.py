@@ -144,6 +144,28 @@ def test_notebook_has_no_rfc3987_syntax(built_images):
     assert out.strip().endswith("schemas-ok"), out
 
 
+def test_notebook_singleuser_server_does_not_load_the_hub_orm(built_images):
+    # images/notebook/singleuser_imports.py: ~0.5 s of CPU per server start. With the released
+    # jupyterhub (benchmarks.singleuser_import's baseline image) all three are loaded.
+    code, out = notebook_sh(
+        built_images,
+        "python -c '"
+        "import sys, jupyterhub.singleuser; "
+        'lazy = lambda m: type(sys.modules.get(m)).__name__ in ("NoneType", "_LazyModule"); '
+        'print("not loaded:", [m for m in ("sqlalchemy", "alembic", "jupyterhub.orm", '
+        '"jupyterhub.handlers") if lazy(m)])'
+        "'; python -c '"
+        "import jupyterhub.scopes as s, jupyterhub.orm as o, jupyterhub.log as lg; "
+        "from jupyterhub.handlers.pages import HealthCheckHandler as H; "
+        'assert s.orm.User is o.User and lg._health_check_handlers() == (H,); print("hub-side-ok")'
+        "'",
+        **HARDENING,
+    )
+    assert code == 0, out
+    assert "not loaded: ['sqlalchemy', 'alembic', 'jupyterhub.orm', 'jupyterhub.handlers']" in out
+    assert out.strip().endswith("hub-side-ok"), out
+
+
 def test_notebook_bytecode_is_precompiled_unchecked(built_images):
     # On a read-only root Python cannot cache bytecode, so the image must ship it, and
     # unchecked-hash .pyc files stay valid whatever the sources' mtimes became in the build.

@@ -1,6 +1,9 @@
 """Whole-dict tests of the pure Docker builders: a dropped control fails here."""
 
+import ipaddress
 import re
+
+import pytest
 
 from sde_spawner.containers import (
     Limits,
@@ -8,6 +11,8 @@ from sde_spawner.containers import (
     escape,
     labels,
     network_spec,
+    network_subnets,
+    pick_subnet,
     volume_spec,
     workspace_names,
 )
@@ -54,6 +59,66 @@ def test_network_spec_whole():
             "com.docker.network.bridge.enable_ip_masquerade": "false",
         },
     }
+
+
+def test_network_spec_with_subnet_whole():
+    n = workspace_names("bob", "proj-a")
+    assert network_spec(n, {"k": "v"}, "10.213.4.16/28") == {
+        "name": "sde-bob__proj-a-net",
+        "driver": "bridge",
+        "internal": True,
+        "check_duplicate": True,
+        "labels": {"k": "v"},
+        "options": {
+            "com.docker.network.bridge.name": n.bridge,
+            "com.docker.network.bridge.enable_icc": "false",
+            "com.docker.network.bridge.enable_ip_masquerade": "false",
+        },
+        "ipam": {
+            "Driver": "default",
+            "Config": [{"Subnet": "10.213.4.16/28", "Gateway": "10.213.4.17"}],
+        },
+    }
+
+
+def test_network_subnets_from_the_engine_listing():
+    listing = [
+        {"Name": "bridge", "IPAM": {"Config": [{"Subnet": "172.17.0.0/16", "Gateway": "x"}]}},
+        {"Name": "none", "IPAM": {"Config": []}},
+        {"Name": "host", "IPAM": {"Config": None}},
+        {"Name": "v6", "IPAM": {"Config": [{"Subnet": "10.9.0.0/24"}, {"Subnet": "fd00::/64"}]}},
+    ]
+    assert network_subnets(listing) == ["172.17.0.0/16", "10.9.0.0/24", "fd00::/64"]
+
+
+def test_pick_subnet_avoids_every_taken_range_until_the_pool_is_full():
+    pool = "10.213.0.0/24"  # sixteen /28s
+    taken: list[str] = ["172.17.0.0/16", "fd00::/64", "not a subnet"]
+    picked = []
+    for i in range(16):
+        subnet = pick_subnet(pool, 28, taken + picked, f"net-{i}")
+        assert subnet is not None
+        picked.append(subnet)
+    assert len(set(picked)) == 16
+    assert all(ipaddress.ip_network(p).subnet_of(ipaddress.ip_network(pool)) for p in picked)
+    assert pick_subnet(pool, 28, taken + picked, "one-more") is None
+    # a larger range someone else uses blocks every /28 inside it
+    half = pick_subnet(pool, 28, ["10.213.0.0/25"], "x")
+    assert not ipaddress.ip_network(half).overlaps(ipaddress.ip_network("10.213.0.0/25"))
+
+
+def test_pick_subnet_start_depends_on_the_name_and_is_stable():
+    a = pick_subnet("10.213.0.0/16", 28, [], "sde-alice__p-net")
+    assert a == pick_subnet("10.213.0.0/16", 28, [], "sde-alice__p-net")
+    others = {pick_subnet("10.213.0.0/16", 28, [], f"sde-u{i}__p-net") for i in range(20)}
+    assert len(others) > 15  # spread out: two hubs on one engine rarely collide
+
+
+def test_pick_subnet_refuses_an_impossible_prefix():
+    with pytest.raises(ValueError, match="cannot carve"):
+        pick_subnet("10.213.0.0/24", 16, [], "x")
+    with pytest.raises(ValueError, match="cannot carve"):
+        pick_subnet("10.213.0.0/24", 31, [], "x")
 
 
 def test_volume_spec_whole():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import pytest
+
 from sde_spawner.reconcile import Plan, plan, saved_states
 
 
@@ -54,3 +56,20 @@ def test_saved_states_read_from_jupyterhubs_database(tmp_path):
     conn.commit()
     conn.close()
     assert saved_states(db) == [{"object_id": "c1"}]
+
+
+def test_saved_states_read_through_a_database_url(tmp_path):
+    """SDE_HUB_DB_URL may put JupyterHub's database elsewhere: the states are read from there,
+    and a database that cannot be read raises instead of looking empty (which would make every
+    running workspace an orphan)."""
+    db = tmp_path / "hub.sqlite"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE spawners (id INTEGER, state TEXT)")
+    conn.execute("INSERT INTO spawners VALUES (1, ?)", ('{"object_id": "c2"}',))
+    conn.commit()
+    conn.close()
+    assert saved_states(f"sqlite:///{db}") == [{"object_id": "c2"}]
+    assert saved_states(f"sqlite:///{tmp_path}/none.sqlite") == []
+    (tmp_path / "bad.sqlite").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(Exception, match=r"not a database|file is not"):
+        saved_states(tmp_path / "bad.sqlite")
