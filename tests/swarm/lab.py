@@ -6,9 +6,9 @@ overlay plumbing stay in that namespace and the machine's shared engine is never
 (no ``docker swarm init`` on it). The node namespaces hang off one bridge in a third
 namespace (never the host's)::
 
-    sdesw-x  sdeswbr0 10.213.0.1/24   the switch, and "the outside test host"
-    sdesw-a  eth0     10.213.0.2/24   node A, manager
-    sdesw-b  eth0     10.213.0.3/24   node B, worker
+    sdesw-x  sdeswbr0 10.214.0.1/24   the switch, and "the outside test host"
+    sdesw-a  eth0     10.214.0.2/24   node A, manager
+    sdesw-b  eth0     10.214.0.3/24   node B, worker
 
 ``python -m tests.swarm.lab up|down`` runs the same steps by hand. Everything is stopped by
 PID and removed in :meth:`Lab.down`.
@@ -30,8 +30,8 @@ from pathlib import Path
 PREFIX = "sdesw"
 OUTSIDE_NS = f"{PREFIX}-x"  # the switch, and the "outside test host" on it
 BRIDGE = f"{PREFIX}br0"
-HOST_ADDR = "10.213.0.1"
-NODES = {"a": "10.213.0.2", "b": "10.213.0.3"}
+HOST_ADDR = "10.214.0.1"
+NODES = {"a": "10.214.0.2", "b": "10.214.0.3"}
 ROOT = Path("/tmp") / f"{PREFIX}-lab"  # a directory of this lab's own (a tmpfs while up)
 ROOT_SIZE = "8g"
 
