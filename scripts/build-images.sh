@@ -34,9 +34,11 @@ LOCAL_BASE="sde-base:local"
 LABEL="org.sde-tre.build-inputs"
 # CPython of the bases: Debian bookworm ships 3.11.2; python:3.11-slim is a later 3.11.x.
 # Both take cp311 manylinux wheels.
+# linux_x86_64: the project's own wheel, which carries the native pseudonym library
+# (hatch_build.py; it links the image's libcrypto, so it is not a manylinux wheel)
 PIP_TARGET=(--only-binary=:all: --python-version 3.11.2
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
-    --platform manylinux_2_28_x86_64 --platform any)
+    --platform manylinux_2_28_x86_64 --platform linux_x86_64 --platform any)
 # The hub installs the project with these extras (postgres: psycopg2 for the compose setup).
 HUB_EXTRAS="postgres"
 

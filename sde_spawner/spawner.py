@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 from docker.errors import APIError, NotFound
 from dockerspawner import DockerSpawner
 from traitlets import Bool, Float, Integer, List, Unicode, default
+from traitlets.config import LoggingConfigurable
 
 from sde_spawner import firewall
 from sde_spawner.checking.storage import BlobError
@@ -53,7 +54,54 @@ from sde_spawner.rooms import (  # noqa: F401 - re-exported: the names' old home
 )
 
 
-class SDESpawner(LockedRoomMixin, DockerSpawner):
+class DockerRoomDefaults(LoggingConfigurable):
+    """What the Docker-engine spawners of a locked room (SDESpawner, and SDESwarmSpawner in
+    sde_spawner.swarm_spawner) share: limits, the workspace image and command, and a pool of
+    threads for Docker calls so concurrent starts do not queue behind one another."""
+
+    pids_limit = Integer(256, help="Maximum number of processes in a workspace.").tag(config=True)
+    tmp_size = Unicode("256m", help="Size of the tmpfs mounted at /tmp.").tag(config=True)
+    docker_threads = Integer(
+        8,
+        help="Threads for Docker and database calls (DockerSpawner's default is one, which "
+        "serialises concurrent starts).",
+    ).tag(config=True)
+
+    @default("image")
+    def _default_image(self):
+        return "sde-notebook:latest"
+
+    @default("prefix")
+    def _default_prefix(self):
+        return "sde"
+
+    @default("mem_limit")
+    def _default_mem_limit(self):
+        return "2G"
+
+    @default("cpu_limit")
+    def _default_cpu_limit(self):
+        return 1.0
+
+    @default("use_internal_ip")
+    def _default_use_internal_ip(self):
+        return True
+
+    @default("cmd")
+    def _default_cmd(self):
+        return ["jupyterhub-singleuser"]
+
+    _executors: dict = {}
+
+    @property
+    def executor(self):
+        key = (self.__class__, self.docker_threads)
+        if key not in self._executors:
+            self._executors[key] = ThreadPoolExecutor(self.docker_threads)
+        return self._executors[key]
+
+
+class SDESpawner(LockedRoomMixin, DockerRoomDefaults, DockerSpawner):
     """Locked-room workspaces: one per (person, project), on their own internal network."""
 
     extracts_host_dir = Unicode(
@@ -83,9 +131,6 @@ class SDESpawner(LockedRoomMixin, DockerSpawner):
     @default("bridge_prefix")
     def _default_bridge_prefix(self):
         return firewall.BRIDGE_PREFIX
-
-    pids_limit = Integer(256, help="Maximum number of processes in a workspace.").tag(config=True)
-    tmp_size = Unicode("256m", help="Size of the tmpfs mounted at /tmp.").tag(config=True)
 
     manage_host_firewall = Bool(
         True,
@@ -136,20 +181,9 @@ class SDESpawner(LockedRoomMixin, DockerSpawner):
         28, help="Prefix length of each workspace network taken from network_pool."
     ).tag(config=True)
 
-    docker_threads = Integer(
-        8,
-        help="Threads for Docker and database calls (DockerSpawner's default is one, which "
-        "serialises concurrent starts).",
-    ).tag(config=True)
-
     listen_poll_interval = Float(
         0.05, help="Seconds between checks that a starting workspace accepts connections."
     ).tag(config=True)
-
-    # ---- defaults that make the room locked --------------------------------------------
-    @default("image")
-    def _default_image(self):
-        return "sde-notebook:latest"
 
     @default("pull_policy")
     def _default_pull_policy(self):
@@ -158,35 +192,6 @@ class SDESpawner(LockedRoomMixin, DockerSpawner):
     @default("remove")
     def _default_remove(self):
         return True
-
-    @default("prefix")
-    def _default_prefix(self):
-        return "sde"
-
-    @default("mem_limit")
-    def _default_mem_limit(self):
-        return "2G"
-
-    @default("cpu_limit")
-    def _default_cpu_limit(self):
-        return 1.0
-
-    @default("use_internal_ip")
-    def _default_use_internal_ip(self):
-        return True
-
-    @default("cmd")
-    def _default_cmd(self):
-        return ["jupyterhub-singleuser"]
-
-    _executors: dict = {}
-
-    @property
-    def executor(self):
-        key = (self.__class__, self.docker_threads)
-        if key not in self._executors:
-            self._executors[key] = ThreadPoolExecutor(self.docker_threads)
-        return self._executors[key]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -27,20 +27,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
 from docker.errors import APIError, NotFound
 from dockerspawner import SwarmSpawner
-from traitlets import Bool, Float, Integer, Unicode, default
+from traitlets import Bool, Float, Integer, Unicode
 
 from sde_spawner.containers import Limits, labels, workspace_names
 from sde_spawner.rooms import LockedRoomMixin, SpawnRefused
-from sde_spawner.spawner import SDESpawner
+from sde_spawner.spawner import DockerRoomDefaults, SDESpawner
 from sde_spawner.swarm import check_service_spec, overlay_network_spec, service_spec
 
 
-class SDESwarmSpawner(LockedRoomMixin, SwarmSpawner):
+class SDESwarmSpawner(LockedRoomMixin, DockerRoomDefaults, SwarmSpawner):
     """Locked-room workspaces as Swarm services, each on its own internal overlay network."""
 
     extracts_store = Unicode(
@@ -71,8 +70,6 @@ class SDESwarmSpawner(LockedRoomMixin, SwarmSpawner):
     imports_host_dir = Unicode("", help="As on SDESpawner.").tag(config=True)
     extracts_host_dir = Unicode("", help="As on SDESpawner.").tag(config=True)
 
-    pids_limit = Integer(256, help="Maximum number of processes in a workspace.").tag(config=True)
-    tmp_size = Unicode("256m", help="Size of the tmpfs mounted at /tmp.").tag(config=True)
     service_port = Integer(
         0, help="Port of the `sde` service on the hub's container (SDE_SERVICE_URL). 0: none."
     ).tag(config=True)
@@ -82,40 +79,6 @@ class SDESwarmSpawner(LockedRoomMixin, SwarmSpawner):
         "can be removed (the task's stop grace period, 10 s by default, plus the node's "
         "report).",
     ).tag(config=True)
-    docker_threads = Integer(8, help="Threads for Docker and database calls.").tag(config=True)
-
-    @default("image")
-    def _default_image(self):
-        return "sde-notebook:latest"
-
-    @default("prefix")
-    def _default_prefix(self):
-        return "sde"
-
-    @default("mem_limit")
-    def _default_mem_limit(self):
-        return "2G"
-
-    @default("cpu_limit")
-    def _default_cpu_limit(self):
-        return 1.0
-
-    @default("use_internal_ip")
-    def _default_use_internal_ip(self):
-        return True
-
-    @default("cmd")
-    def _default_cmd(self):
-        return ["jupyterhub-singleuser"]
-
-    _executors: dict = {}
-
-    @property
-    def executor(self):
-        key = (self.__class__, self.docker_threads)
-        if key not in self._executors:
-            self._executors[key] = ThreadPoolExecutor(self.docker_threads)
-        return self._executors[key]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
