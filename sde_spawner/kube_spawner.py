@@ -170,21 +170,6 @@ class SDEKubeSpawner(LockedRoomMixin, KubeSpawner):
             self._executors[key] = ThreadPoolExecutor(self.db_threads)
         return self._executors[key]
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_room()
-
-    # ---- state ---------------------------------------------------------------------
-    def load_state(self, state):
-        super().load_state(state)
-        self.project = state.get("project", "")
-
-    def get_state(self):
-        state = super().get_state()
-        if self.project:
-            state["project"] = self.project
-        return state
-
     @property
     def names(self):
         return kube_names(self.user.name, self.project, self.object_prefix)

@@ -180,13 +180,28 @@ class LockedRoomMixin(LoggingConfigurable):
     def _default_options_from_form(self):
         return self._options_from_form
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_room()
+
     def _init_room(self) -> None:
-        """Per-instance state; called by the spawner's ``__init__``."""
+        """Per-instance state, set by ``__init__``."""
         self.project = ""
         # The registry's facts of the project being started (limits, output policy).
         self._project_facts = Eligibility("", "", Decision(True), ())
         self._events: list[dict] = []
         self._starting = False
+
+    # ---- state: the project is saved with the spawner's own state -----------------------
+    def load_state(self, state):
+        super().load_state(state)
+        self.project = state.get("project", "")
+
+    def get_state(self):
+        state = super().get_state()
+        if self.project:
+            state["project"] = self.project
+        return state
 
     # ---- helpers -------------------------------------------------------------------
     def _now(self) -> datetime:

@@ -195,21 +195,17 @@ class SDESpawner(LockedRoomMixin, DockerRoomDefaults, DockerSpawner):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._init_room()
         self.network_id = ""
 
-    # ---- state ---------------------------------------------------------------------
+    # ---- state (the project is LockedRoomMixin's) -------------------------------------
     def load_state(self, state):
         super().load_state(state)
-        self.project = state.get("project", "")
         self.network_id = state.get("network_id", "")
         if self.project:
             self.network_name = self.names.network
 
     def get_state(self):
         state = super().get_state()
-        if self.project:
-            state["project"] = self.project
         if self.network_id:
             state["network_id"] = self.network_id
         return state
@@ -227,19 +223,24 @@ class SDESpawner(LockedRoomMixin, DockerRoomDefaults, DockerSpawner):
         return self.object_name
 
     # ---- start / stop --------------------------------------------------------------
-    async def _start(self):
+    async def _prepare_start(self):
+        """A start's first steps on a Docker engine (this path and Swarm's): admit the person,
+        name the workspace's objects, locate the extract version, lay out the imports.
+        Returns the admission (``found``: the grants)."""
         found, built = await self._admit()
-        project = self.project
         names = self.names
         self.network_name = names.network
         self.object_name = names.container
         version = os.path.relpath(built.path, self.extracts_dir)
         self._extract_host_dir = os.path.join(self.extracts_host_dir or self.extracts_dir, version)
-
         self._event(40, "Preparing your approved imports")
-        await self._prepare_imports(project)
-
+        await self._prepare_imports(self.project)
         self._event(50, "Isolating your workspace network")
+        return found
+
+    async def _start(self):
+        found = await self._prepare_start()
+        project = self.project
         created_network = created_volume = False
         try:
             created_network = await self._ensure_network()

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from urllib.parse import urlparse
 
 from docker.errors import APIError, NotFound
@@ -80,22 +79,11 @@ class SDESwarmSpawner(LockedRoomMixin, DockerRoomDefaults, SwarmSpawner):
         "report).",
     ).tag(config=True)
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_room()
-
-    # ---- state ---------------------------------------------------------------------
+    # ---- state (the project is LockedRoomMixin's) -------------------------------------
     def load_state(self, state):
         super().load_state(state)
-        self.project = state.get("project", "")
         if self.project:
             self.network_name = self.names.network
-
-    def get_state(self):
-        state = super().get_state()
-        if self.project:
-            state["project"] = self.project
-        return state
 
     @property
     def names(self):
@@ -108,21 +96,13 @@ class SDESwarmSpawner(LockedRoomMixin, DockerRoomDefaults, SwarmSpawner):
     # The same imports layout as the Docker path (its helpers use only traits both share).
     _imports_root = SDESpawner._imports_root
     _prepare_imports = SDESpawner._prepare_imports
+    _prepare_start = SDESpawner._prepare_start
 
     # ---- start / stop --------------------------------------------------------------
     async def _start(self):
         if not self.hub_container:
             await self.refuse("no hub_container is configured for the Swarm path", status=500)
-        found, built = await self._admit()
-        project = self.project
-        names = self.names
-        self.network_name = names.network
-        self.object_name = names.container
-        version = os.path.relpath(built.path, self.extracts_dir)
-        self._extract_host_dir = os.path.join(self.extracts_host_dir or self.extracts_dir, version)
-        self._event(40, "Preparing your approved imports")
-        await self._prepare_imports(project)
-        self._event(50, "Isolating your workspace network")
+        found = await self._prepare_start()
         created_network = False
         try:
             created_network = await self._ensure_network()
