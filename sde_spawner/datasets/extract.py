@@ -421,7 +421,6 @@ def build_dataset(con, grant: GrantSpec, safe: SafeData, out_dir: Path) -> dict:
                 f"the national data opt-out is not in force, so {grant.dataset} (person-level "
                 "data) cannot be extracted"
             )
-        ipad, opad = pads(safe.key)
         norm = f"replace(CAST({quote(ident)} AS VARCHAR), ' ', '')"
         con.execute(f"CREATE OR REPLACE TEMP VIEW src AS SELECT * FROM {relation}")
         con.execute("DROP TABLE IF EXISTS optouts_all")
@@ -433,13 +432,6 @@ def build_dataset(con, grant: GrantSpec, safe: SafeData, out_dir: Path) -> dict:
             con.execute(f"INSERT INTO optouts_all SELECT nhs_number FROM optout_{i}")
             list_checks.append(f"id IN (SELECT nhs_number FROM optout_{i})")
         con.execute("CREATE OR REPLACE TEMP TABLE optouts AS SELECT DISTINCT * FROM optouts_all")
-        stats_sql = (
-            "SELECT count(*), count(*) FILTER (WHERE NOT valid), "
-            "count(*) FILTER (WHERE valid AND id IN (SELECT nhs_number FROM optouts))"
-            + "".join(f", count(*) FILTER (WHERE valid AND {c})" for c in list_checks)
-            + f" FROM (SELECT id, coalesce({valid_sql('id')}, false) AS valid"
-            f" FROM (SELECT {norm} AS id FROM src))"
-        )
         per_list_names = [f"{ov.name} v{ov.version}" for ov in safe.optouts]
         native = pseudonym_batch.available() and not (
             row_filter and PSEUDONYM_COLUMN in row_filter.columns
@@ -450,7 +442,14 @@ def build_dataset(con, grant: GrantSpec, safe: SafeData, out_dir: Path) -> dict:
             counts = _write_pseudonymised(
                 con, grant, columns, row_filter, norm, list_checks, per_list_names, safe, out
             )
-        else:
+        else:  # the SQL HMAC: a counting pass, then one COPY
+            stats_sql = (
+                "SELECT count(*), count(*) FILTER (WHERE NOT valid), "
+                "count(*) FILTER (WHERE valid AND id IN (SELECT nhs_number FROM optouts))"
+                + "".join(f", count(*) FILTER (WHERE valid AND {c})" for c in list_checks)
+                + f" FROM (SELECT id, coalesce({valid_sql('id')}, false) AS valid"
+                f" FROM (SELECT {norm} AS id FROM src))"
+            )
             try:
                 rows_in, invalid, opted_out, *per_list = con.execute(stats_sql).fetchone()
             except duckdb.Error as exc:
@@ -473,6 +472,7 @@ def build_dataset(con, grant: GrantSpec, safe: SafeData, out_dir: Path) -> dict:
             if row_filter:
                 query += f" WHERE {row_filter.sql}"
             if "$ipad" in query:  # DuckDB refuses parameters a query does not use
+                ipad, opad = pads(safe.key)
                 params.update({"ipad": ipad, "opad": opad})
             counts = {
                 "rows_in": rows_in,

@@ -93,7 +93,7 @@ class Pseudonymiser:
 
     def valid_nhs_numbers(self, values: pa.Array) -> pa.Array:
         """Boolean array: which values are valid NHS numbers (null: not valid)."""
-        values = _plain(pc.fill_null(_plain(values), ""))
+        values = _plain(pc.fill_null(values, ""))
         n = len(values)
         out = pa.allocate_buffer(n)
         _, offsets, data = values.buffers()
