@@ -135,9 +135,11 @@ def _write6() -> None:
 _PORT_RE = re.compile(r"--dport (\d+) ")
 
 
-def allowed_ports() -> list[int]:
-    """The ports the installed chain lets workspaces open connections to."""
-    return sorted({int(m.group(1)) for r in installed_rules() for m in [_PORT_RE.search(r)] if m})
+def allowed_ports(rules: list[str] | None = None) -> list[int]:
+    """The ports the installed chain (or these ``iptables -S`` lines of it) lets workspaces
+    open connections to."""
+    rules = installed_rules() if rules is None else rules
+    return sorted({int(m.group(1)) for r in rules for m in [_PORT_RE.search(r)] if m})
 
 
 def _write(ports: list[int]) -> list[list[str]]:
@@ -226,7 +228,7 @@ def missing(allowed_tcp_ports: list[int]) -> list[str]:
         not have
         or "ESTABLISHED" not in have[0]
         or ends != ["tcp-reset", "icmp-port-unreachable"]
-        or not set(allowed_tcp_ports) <= set(allowed_ports())
+        or not set(allowed_tcp_ports) <= set(allowed_ports(have))
     ):
         out.append("chain")
     if not jumped_to():
