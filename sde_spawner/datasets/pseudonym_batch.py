@@ -2,8 +2,9 @@
 
 ``_pseudonym_batch.so`` (built from ``_pseudonym_batch.c`` by ``hatch_build.py`` at install)
 computes :func:`sde_spawner.datasets.pseudonyms.pseudonym` for every value of an Arrow string
-array in one ctypes call: OpenSSL's SHA-256, the HMAC pads' states computed once, no Python
-per row, the GIL released. Where the library is missing (no compiler at install), an extract
+array in one ctypes call: the HMAC pads' states computed once, two identifiers hashed at once
+with the CPU's SHA extensions where it has them (OpenSSL's SHA-256 otherwise), no Python per
+row, the GIL released. Where the library is missing (no compiler at install), an extract
 uses the SQL form of the same HMAC instead; both are tested against the reference.
 """
 
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 LIBRARY = Path(__file__).with_name("_pseudonym_batch.so")
 #: False: use the SQL HMAC even where the library exists (the tests of the fallback set it)
 USE_NATIVE = True
+#: False: hash with OpenSSL only, never the SHA extensions (the tests compare both paths)
+USE_SHANI = True
 
 
 @cache
@@ -35,7 +38,11 @@ def _library():
     except OSError as exc:
         log.warning("%s cannot be loaded (%s): pseudonyms use the SQL HMAC", LIBRARY.name, exc)
         return None
-    fn = lib.sde_hmac_sha256_hex
+    try:
+        fn, valid, shani = lib.sde_hmac_sha256_hex2, lib.sde_nhs_valid, lib.sde_hmac_uses_shani
+    except AttributeError as exc:  # a library built from an older source
+        log.warning("%s is out of date (%s): pseudonyms use the SQL HMAC", LIBRARY.name, exc)
+        return None
     fn.restype = ctypes.c_int
     fn.argtypes = [
         ctypes.c_char_p,
@@ -46,11 +53,19 @@ def _library():
         ctypes.c_void_p,
         ctypes.c_void_p,
         ctypes.c_int,
+        ctypes.c_int,
     ]
-    valid = lib.sde_nhs_valid
     valid.restype = ctypes.c_int64
     valid.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
-    return fn, valid
+    shani.restype = ctypes.c_int
+    shani.argtypes = []
+    return fn, valid, bool(shani())
+
+
+def uses_shani() -> bool:
+    """Whether pseudonyms are hashed with the CPU's SHA extensions in this process."""
+    lib = _library() if USE_NATIVE else None
+    return bool(lib and lib[2] and USE_SHANI)
 
 
 def available() -> bool:
@@ -65,7 +80,7 @@ class Pseudonymiser:
         fns = _library()
         if fns is None:
             raise RuntimeError("the native pseudonym library is not available")
-        self._fn, self._valid = fns
+        self._fn, self._valid, _ = fns
         self._ipad, self._opad = pads(key)
 
     def __call__(self, values: pa.Array) -> pa.Array:
@@ -86,6 +101,7 @@ class Pseudonymiser:
             out.address,
             out_offsets.address,
             PSEUDONYM_HEX,
+            int(USE_SHANI),
         )
         if rc != 0:
             raise RuntimeError("the native pseudonym library refused its input")
@@ -93,7 +109,9 @@ class Pseudonymiser:
 
     def valid_nhs_numbers(self, values: pa.Array) -> pa.Array:
         """Boolean array: which values are valid NHS numbers (null: not valid)."""
-        values = _plain(pc.fill_null(values, ""))
+        # No fill_null(values, ""): converting the Python "" makes pyarrow import pandas
+        # (half a second, once per process); null slots are masked out below instead.
+        values = _plain(values)
         n = len(values)
         out = pa.allocate_buffer(n)
         _, offsets, data = values.buffers()
@@ -107,7 +125,8 @@ class Pseudonymiser:
             < 0
         ):
             raise RuntimeError("the native pseudonym library refused its input")
-        return pa.Array.from_buffers(pa.uint8(), n, [None, out]).cast(pa.bool_())
+        valid = pa.Array.from_buffers(pa.uint8(), n, [None, out]).cast(pa.bool_())
+        return pc.and_(valid, pc.is_valid(values)) if values.null_count else valid
 
 
 def _plain(values) -> pa.Array:

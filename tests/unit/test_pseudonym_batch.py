@@ -26,9 +26,24 @@ def test_the_library_is_used_where_it_was_built(monkeypatch):
     assert not pseudonym_batch.available()
 
 
-def test_native_pseudonyms_equal_the_reference():
+@pytest.fixture(params=["sha-extensions", "openssl"])
+def hash_path(request, monkeypatch):
+    """Both ways the library hashes: two values at once with the CPU's SHA extensions, and
+    OpenSSL one by one."""
+    if request.param == "sha-extensions":
+        if not pseudonym_batch.uses_shani():
+            pytest.skip("this CPU (or build) has no SHA extensions")
+    else:
+        monkeypatch.setattr(pseudonym_batch, "USE_SHANI", False)
+        assert not pseudonym_batch.uses_shani()
+    return request.param
+
+
+def test_native_pseudonyms_equal_the_reference(hash_path):
     rng = random.Random(7)
     values = ["", "1", "9434765919", "é" * 40, "a" * 200, "x\x00y", "🙂"]
+    # around the one-block limit (55 bytes), and an odd count so one value has no partner
+    values += ["n" * k for k in (54, 55, 56, 63, 64, 65, 119, 120)]
     values += [
         "".join(rng.choice("0123456789 ab") for _ in range(rng.randrange(30))) for _ in range(2000)
     ]
@@ -72,6 +87,16 @@ def test_native_nhs_number_check_equals_the_reference():
     values += [f"{rng.randrange(10**10):010d}" for _ in range(3000)]
     got = pseudonym_batch.Pseudonymiser(KEY).valid_nhs_numbers(pa.array([*values, None]))
     assert got.to_pylist() == [is_valid(v) for v in values] + [False]
+
+
+def test_a_null_slot_is_never_a_valid_nhs_number_whatever_bytes_lie_under_it():
+    valid = pa.array(["9434765919", "9434765919"])  # both valid NHS numbers
+    _, offsets, data = valid.buffers()
+    validity = pa.py_buffer(bytes([0b01]))  # the second slot is null
+    values = pa.Array.from_buffers(pa.string(), 2, [validity, offsets, data])
+    assert values.to_pylist() == ["9434765919", None]
+    got = pseudonym_batch.Pseudonymiser(KEY).valid_nhs_numbers(values)
+    assert got.to_pylist() == [True, False]
 
 
 @pytest.fixture
