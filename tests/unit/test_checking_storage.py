@@ -38,6 +38,33 @@ def test_streamed_upload_is_stored_read_only_under_its_hash(store, tmp_path):
     assert leftovers(store) == []  # no temp file left behind
 
 
+def test_a_large_upload_has_its_writeback_started_while_it_streams(store, monkeypatch):
+    """Each completed 8 MiB is handed to the disk as it arrives (the closing fsync then waits
+    only for the tail); the ranges follow each other and the bytes are unchanged."""
+    from sde_spawner.checking import storage
+
+    if storage._START_WRITEBACK is None:
+        pytest.skip("no sync_file_range here")
+    asked: list[tuple[int, int]] = []
+    real = storage._START_WRITEBACK
+
+    def recorded(fd, offset, length, flags):
+        asked.append((offset, length))
+        assert os.fstat(fd).st_size >= offset + length  # flushed before it is asked for
+        return real(fd, offset, length, flags)
+
+    monkeypatch.setattr(storage, "_START_WRITEBACK", recorded)
+    data = os.urandom(20 * 2**20 + 5)
+    w = store.writer(len(data), digest(data), max_size=32 * 2**20)
+    for i in range(0, len(data), 3 * 65536 + 1):  # pieces that do not divide 8 MiB
+        w.write(data[i : i + 3 * 65536 + 1])
+    key = w.finish()
+    assert [o for o, _ in asked] == [0, asked[0][1]]
+    assert all(n >= storage.WRITEBACK_BYTES for _, n in asked)
+    assert sum(n for _, n in asked) <= len(data)
+    assert store.read_verified(key, key) == data
+
+
 @pytest.mark.parametrize(
     ("declared", "sent", "message"),
     [
