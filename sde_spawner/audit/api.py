@@ -283,6 +283,19 @@ class AuditEventsHandler(web.RequestHandler):
             details=details,
         )
 
+    def send_error(self, status_code: int = 500, **kwargs) -> None:
+        """The registry database away (restarting, unreachable) answers 503 with a reason and
+        ``Retry-After``, as the export API does; the shipper keeps the batch and sends it
+        again (it retries any status but 400 and 413)."""
+        from sde_spawner.checking.base import FAULT_RETRY_AFTER, fault_of
+
+        fault = fault_of(kwargs.get("exc_info", (None, None, None))[1])
+        if status_code == 500 and fault is not None:
+            status_code, kwargs["reason"] = fault
+            if status_code == 503:
+                self._retry_after = self._retry_after or FAULT_RETRY_AFTER
+        super().send_error(status_code, **kwargs)
+
     def write_error(self, status_code, **kwargs):
         exc = kwargs.get("exc_info", (None, None))[1]
         message = self._reason

@@ -209,6 +209,13 @@ def test_postgres_restarted_and_killed_under_the_service(own_postgres, tmp_path)
         assert down.status_code == 503, down.text
         assert "database is unavailable" in down.json()["message"]
         assert down.headers.get("Retry-After") == "5"
+        # the workspace's audit shipper too: 503 and Retry-After (it keeps the batch), no 500
+        shipped = ws.call(
+            "POST", "api/audit/events", {"events": [{"action": "file.opened", "details": {}}]}
+        )
+        assert shipped.status_code == 503, shipped.text
+        assert "database is unavailable" in shipped.json()["message"]
+        assert shipped.headers.get("Retry-After") == "5"
 
         pg.start()
         assert not temporaries(tmp_path)
