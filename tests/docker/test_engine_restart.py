@@ -354,3 +354,44 @@ def test_an_engine_crash_is_reconciled_with_no_exposure(hub, engine, tmp_path):
     # dockerd stops them: the rooms were still served, behind the same chain
     assert all(code == 200 for code in extra["served_down"].values()), extra
     report("SIGKILL", figures, result, extra)
+
+
+def test_control_a_firewall_lost_during_the_restart_is_seen_by_the_probe(hub, engine, tmp_path):
+    """The zero above is the chain's doing, not the probe's blindness: the jump and the
+    backstop taken out while the engine is down (as a host firewall reset during the
+    restart would), the same probe gets through at once, until the hub's watcher has put
+    them back (SDE_FIREWALL_WATCH_SECONDS=1); then nothing again."""
+    users = people(hub)
+    start_all(hub, users)
+    chain = OWN["SDE_FIREWALL_CHAIN"]
+    backstop = own_firewall(OWN, "print(' '.join(firewall.backstop()))").stdout.split()
+    restored_before = len(hub.events(action="firewall.restored"))
+    prober = Prober(hub, tmp_path / "probe-control.json").start()
+    try:
+        time.sleep(1.0)
+        engine.stop(signal.SIGKILL)  # the rooms live on meanwhile (see the crash test)
+        t_reset = time.monotonic()
+        # out for one second at least (taken out again whenever the watcher is quicker),
+        # then left to the watcher
+        while time.monotonic() < t_reset + 1.0:
+            for rule in (["-j", chain], backstop):
+                run("iptables", "-w", "-D", "INPUT", *rule, check=False)
+            time.sleep(0.05)
+        t_left = time.monotonic()
+        wait_for(lambda: chain_missing(hub) == [], 30, "the watcher to restore", interval=0.05)
+        restored_in = time.monotonic() - t_left
+        t_restored = time.monotonic()
+        time.sleep(1.5)  # and after the restore: nothing
+        engine.start()
+        wait_for(lambda: all(users[u].server(p) is None for u, p in ROOMS), 90, "the rooms to stop")
+    finally:
+        result = prober.stop()
+    hits = sorted(t for r in result["bridges"].values() for t in r["hit_times"])
+    assert hits and len(result["accepted"]) == len(hits), result
+    assert all(t_reset <= t <= t_restored for t in hits), (hits, t_reset, t_restored)
+    restored = hub.events(action="firewall.restored")[restored_before:]
+    assert {m for e in restored for m in e["details"]["missing"]} == {"jump", "backstop"}
+    print(
+        f"control: {len(hits)} probes through over {hits[-1] - hits[0]:.2f} s (the rules out "
+        f"for 1 s, then put back by the hub {restored_in:.2f} s later); none after"
+    )
