@@ -390,7 +390,10 @@ def test_control_a_firewall_lost_during_the_restart_is_seen_by_the_probe(hub, en
     assert hits and len(result["accepted"]) == len(hits), result
     assert all(t_reset <= t <= t_restored for t in hits), (hits, t_reset, t_restored)
     restored = hub.events(action="firewall.restored")[restored_before:]
-    assert {m for e in restored for m in e["details"]["missing"]} == {"jump", "backstop"}
+    # (a round of the watcher may fail while the test takes the jump out again under it,
+    # "Index of insertion too big": audited as an error, the next round puts them back)
+    put_back = {m for e in restored for m in e["details"]["missing"]}
+    assert {m for m in put_back if not m.startswith("error:")} == {"jump", "backstop"}, put_back
     print(
         f"control: {len(hits)} probes through over {hits[-1] - hits[0]:.2f} s (the rules out "
         f"for 1 s, then put back by the hub {restored_in:.2f} s later); none after"
