@@ -11,7 +11,9 @@ pools, about 30 networks), SDE_HUB_DB_URL (JupyterHub's own database, default SQ
 SDE_STATE_DIR), SDE_FIREWALL_WATCH_SECONDS
 (how often the hub checks the host firewall chain and puts it back, default 1; 0: never),
 SDE_FIREWALL_CHAIN and SDE_BRIDGE_PREFIX (the chain's and the workspace bridges' names,
-default SDE-INPUT and sde: sde_spawner.firewall), SDE_SPAWNER (docker, the
+default SDE-INPUT and sde: sde_spawner.firewall), SDE_FIREWALL_LOCK (the host-wide lock
+file of the chain's writers, default /run/sde-firewall.lock), SDE_POLL_SECONDS (how often
+the hub checks that each workspace's container still runs, default 30), SDE_SPAWNER (docker, the
 default, swarm with SDE_HUB_CONTAINER and SDE_EXTRACTS_STORE, or kubernetes),
 SDE_ACTIVITY_INTERVAL (seconds between the hub's reads of activity
 from the proxy, default 300), SDE_IDLE_CULL_SECONDS (the hub-wide idle ceiling of the
@@ -118,6 +120,10 @@ c.Spawner.default_url = "/lab"
 # start() includes that wait. A workspace that dies is noticed at once (_wait_listening polls).
 c.Spawner.start_timeout = 300
 c.Spawner.http_timeout = 120
+# How often the hub asks the engine whether each workspace still runs (JupyterHub's default
+# 30 s): one whose container died (an engine restart, an out-of-memory kill) is then seen as
+# stopped and its container, network and registry row removed (SDESpawner.run_post_stop_hook).
+c.Spawner.poll_interval = int(os.environ.get("SDE_POLL_SECONDS", "30"))
 
 # The `sde` service: output checking and audit ingestion. People reach it through the proxy
 # (/services/sde/); workspaces reach it directly on its port, which the host firewall opens

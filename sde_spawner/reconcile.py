@@ -133,10 +133,10 @@ def reconcile(client, sessionmaker, prefix: str, hub_db: str | Path) -> Plan:
     reason = "not in the hub's saved state (a start the hub did not finish)"
     for c in todo.containers:
         containers[c["id"]].remove(force=True)
-        _audit(sessionmaker, c, "container", reason)
+        record_removed(sessionmaker, c, "container", reason)
     for n in todo.networks:
         networks[n["id"]].remove()
-        _audit(sessionmaker, n, "network", reason)
+        record_removed(sessionmaker, n, "network", reason)
     now = datetime.now(UTC).replace(tzinfo=None)
     for r in todo.rows:
         with sessionmaker() as s, s.begin():
@@ -144,11 +144,15 @@ def reconcile(client, sessionmaker, prefix: str, hub_db: str | Path) -> Plan:
                 s, ACTOR, username=r["username"], server_name=r["server"],
                 project=r["project"], now=now,
             )  # fmt: skip
-        _audit(sessionmaker, {"name": r["container"], "user": r["username"], **r}, "row", reason)
+        record_removed(
+            sessionmaker, {"name": r["container"], "user": r["username"], **r}, "row", reason
+        )
     return todo
 
 
-def _audit(sessionmaker, obj: dict, kind: str, reason: str) -> None:
+def record_removed(sessionmaker, obj: dict, kind: str, reason: str) -> None:
+    """One ``hub.reconciled`` event: the ``kind`` (container, network, row) named
+    ``obj["name"]`` of ``obj["user"]`` was removed, and why."""
     log.warning("reconcile: removed %s %s (%s)", kind, obj["name"], reason)
     audit.append_committed(
         sessionmaker,

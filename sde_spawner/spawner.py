@@ -23,17 +23,21 @@ import contextlib
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import urlparse
 
 from docker.errors import APIError, NotFound
 from dockerspawner import DockerSpawner
+from jupyterhub.utils import maybe_future
 from traitlets import Bool, Float, Integer, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from sde_spawner import firewall
+from sde_spawner import firewall, reconcile
 from sde_spawner.checking.storage import BlobError
 from sde_spawner.containers import (
     Limits,
+    WorkspaceNames,
     container_spec,
     labels,
     network_spec,
@@ -43,6 +47,7 @@ from sde_spawner.containers import (
     workspace_names,
 )
 from sde_spawner.imports.materialise import prepare_imports
+from sde_spawner.registry import ops
 from sde_spawner.rooms import (  # noqa: F401 - re-exported: the names' old home
     SDC_SETTINGS,
     LockedRoomMixin,
@@ -185,6 +190,18 @@ class SDESpawner(LockedRoomMixin, DockerRoomDefaults, DockerSpawner):
         0.05, help="Seconds between checks that a starting workspace accepts connections."
     ).tag(config=True)
 
+    reconcile_retry_seconds = Float(
+        2.0,
+        help="Seconds between attempts to remove what a dead workspace left while the "
+        "Docker engine does not answer (it is restarting).",
+    ).tag(config=True)
+
+    reconcile_retry_for = Float(
+        3600.0,
+        help="Give up retrying after this many seconds (the next hub start's "
+        "reconciliation removes what is left: sde_spawner.reconcile).",
+    ).tag(config=True)
+
     @default("pull_policy")
     def _default_pull_policy(self):
         return "never"
@@ -196,6 +213,7 @@ class SDESpawner(LockedRoomMixin, DockerRoomDefaults, DockerSpawner):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.network_id = ""
+        self._ended = ""  # how the poll last found the workspace ended (its container state)
 
     # ---- state (the project is LockedRoomMixin's) -------------------------------------
     def load_state(self, state):
@@ -499,6 +517,109 @@ class SDESpawner(LockedRoomMixin, DockerRoomDefaults, DockerSpawner):
             await self._remove_network()
             await self._in_thread(self._record_stopped, project)
         self.project = ""
+
+    async def poll(self):
+        status = await super().poll()
+        if status is not None:
+            self._ended = str(status)
+        return status
+
+    async def run_post_stop_hook(self):
+        """After every end of a server. One that ended without :meth:`stop` (its container
+        died: an engine restart, an out-of-memory kill; JupyterHub's poll found it so and
+        does not call ``stop()`` for a server already dead), or whose ``stop()`` failed (the
+        engine went away under it), would leave its container, network and open registry
+        row behind, unknown to the hub once it clears the state. They are removed here,
+        each audited ``hub.reconciled``; while the engine does not answer (it is
+        restarting), again every ``reconcile_retry_seconds`` until it does."""
+        await maybe_future(super().run_post_stop_hook())
+        if self.project:
+            ended = Ended(
+                project=self.project,
+                names=self.names,
+                container_id=self.object_id,
+                network_id=self.network_id,
+                before=self._now(),
+                reason=f"the workspace ended without the hub stopping it ({self._ended or 'gone'})",
+            )
+            self.project = ""
+            if await self._in_thread(self._close_row, ended):
+                await self._reconciled(ended, "row", ended.names.container)
+            try:
+                await self._remove_ended(ended)
+            except Exception as exc:  # the engine is away: try again until it answers
+                self.log.warning(
+                    "%s: engine unreachable (%s); retrying", ended.names.container, exc
+                )
+                task = asyncio.ensure_future(self._retry_remove_ended(ended))
+                self._retries.add(task)
+                task.add_done_callback(self._retries.discard)
+
+    _retries: set = set()  # the pending retries' tasks (held, so they are not collected)
+
+    async def _retry_remove_ended(self, ended: Ended) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reconcile_retry_for
+        while loop.time() < deadline:
+            await asyncio.sleep(self.reconcile_retry_seconds)
+            try:
+                await self._remove_ended(ended)
+                return
+            except Exception as exc:
+                self.log.debug("%s: still unreachable (%s)", ended.names.container, exc)
+        self.log.error("%s: left for the next hub start to remove", ended.names.container)
+
+    async def _remove_ended(self, ended: Ended) -> None:
+        """Remove the dead workspace's container and network: only the very objects it had
+        (by id), and only while nothing runs in them (a newer start reuses the names)."""
+        names = ended.names
+        try:
+            info = await self.docker("inspect_container", names.container)
+        except NotFound:
+            info = None
+        if (
+            info is not None
+            and info["Id"] == (ended.container_id or info["Id"])
+            and not info["State"]["Running"]
+        ):
+            with contextlib.suppress(NotFound):
+                await self.docker("remove_container", info["Id"], force=True)
+                await self._reconciled(ended, "container", names.container)
+        try:
+            net = await self.docker("inspect_network", names.network)
+        except NotFound:
+            return
+        if net["Id"] == (ended.network_id or net["Id"]) and not net.get("Containers"):
+            with contextlib.suppress(NotFound):
+                await self.docker("remove_network", net["Id"])
+                await self._reconciled(ended, "network", names.network)
+
+    async def _reconciled(self, ended: Ended, kind: str, name: str) -> None:
+        obj = {"name": name, "user": self.user.name, "project": ended.project}
+        await self._in_thread(
+            reconcile.record_removed, _sessionmaker(self.registry_url), obj, kind, ended.reason
+        )
+
+    def _close_row(self, ended: Ended) -> bool:
+        """Close the open registry row of this server's dead start; True if one was open."""
+        with _sessionmaker(self.registry_url)() as session, session.begin():
+            outcome = ops.close_workspace(
+                session, self.user.name, username=self.user.name, server_name=self.name,
+                project=ended.project, now=self._now(), started_before=ended.before,
+            )  # fmt: skip
+        return outcome.status == "stopped"
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A workspace that ended without the hub stopping it: what it had, to remove."""
+
+    project: str
+    names: WorkspaceNames
+    container_id: str
+    network_id: str
+    before: datetime  # the end was seen then: a row or object of a later start is kept
+    reason: str
 
 
 #: Test hook, inert unless set: the name of a point in a start at which the hub process

@@ -677,9 +677,14 @@ def open_workspaces(
     return list(session.scalars(stmt.order_by(Workspace.id.desc())))
 
 
-def close_workspace(session, actor, *, username, server_name, project, now, audit_event=True):
-    """Mark (username, server) stopped; with ``audit_event``, write ``workspace.stopped``."""
+def close_workspace(
+    session, actor, *, username, server_name, project, now, audit_event=True, started_before=None
+):
+    """Mark (username, server) stopped; with ``audit_event``, write ``workspace.stopped``.
+    ``started_before``: only rows started before then (not a newer start of the server)."""
     rows = open_workspaces(session, username=username, server_name=server_name)
+    if started_before is not None:
+        rows = [ws for ws in rows if ws.started_at < started_before]
     for ws in rows:
         ws.stopped_at = now
     if audit_event:

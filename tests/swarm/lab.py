@@ -16,16 +16,21 @@ PID and removed in :meth:`Lab.down`.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.private_engine import (
+    Engine,
+    load_image,
+    mount_tmpfs,
+    stop_all,
+    unmount_under,
+)
+from tests.private_engine import prerequisites as engine_prerequisites
 
 PREFIX = "sdesw"
 OUTSIDE_NS = f"{PREFIX}-x"  # the switch, and the "outside test host" on it
@@ -40,17 +45,26 @@ def _run(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=check, capture_output=True, text=True, **kw)
 
 
+#: The node engines' flags (tests/private_engine.py adds the private data root, socket...)
+NODE_FLAGS = (
+    "--bridge=none",
+    # iptables inside the node's own namespace only: the overlay and the
+    # docker_gwbridge rules of this node, none on the host.
+    "--iptables=true", "--ip6tables=false",
+    # Swarm services (API 1.41) cannot ask for no-new-privileges or a private
+    # IPC namespace: the node's defaults give them to every container.
+    "--no-new-privileges", "--default-ipc-mode=private",
+    "--userland-proxy=false",
+)  # fmt: skip
+
+
 def prerequisites() -> str:
     """Why this machine cannot run the lab, or '' when it can."""
-    if os.geteuid() != 0:
-        return "the swarm lab needs root (network namespaces and its own dockerd)"
-    for tool in ("dockerd", "containerd", "ip", "iptables", "docker"):
-        if not shutil.which(tool):
-            return f"the swarm lab needs {tool} on PATH"
     probe = f"{PREFIX}-probe"
-    res = _run("ip", "netns", "add", probe, check=False)
-    if res.returncode != 0:
-        return f"cannot create a network namespace: {res.stderr.strip()}"
+    reason = engine_prerequisites("the swarm lab", probe)
+    if reason:
+        return reason
+    _run("ip", "netns", "add", probe)
     try:
         res = _run(
             "ip", "netns", "exec", probe,
@@ -86,30 +100,29 @@ def kernel_ipsec() -> str:
 class Node:
     name: str
     addr: str
-    pid: int = 0
     node_id: str = ""
-    proc: subprocess.Popen | None = None
-    log_file: object = None
+    engine: Engine = field(init=False)
+
+    def __post_init__(self):
+        self.engine = Engine(f"{PREFIX}-{self.name}", ROOT / self.name, NODE_FLAGS)
 
     @property
     def netns(self) -> str:
-        return f"{PREFIX}-{self.name}"
+        return self.engine.netns
 
     @property
     def dir(self) -> Path:
-        return ROOT / self.name
+        return self.engine.dir
 
     @property
     def sock(self) -> str:
-        return f"unix://{self.dir / 'docker.sock'}"
+        return self.engine.sock
 
     def docker(self, *args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
-        return _run("docker", "-H", self.sock, *args, check=check, **kw)
+        return self.engine.docker(*args, check=check, **kw)
 
     def client(self):
-        import docker
-
-        return docker.DockerClient(base_url=self.sock, timeout=120)
+        return self.engine.client()
 
 
 @dataclass
@@ -142,59 +155,18 @@ class Lab:
             _run(*ns, "ip", "link", "set", "lo", "up")
 
     # ---- engines ----------------------------------------------------------------
-    def _start_engine(self, node: Node) -> None:
-        node.dir.mkdir(parents=True, exist_ok=True)
-        config = node.dir / "daemon.json"
-        config.write_text(json.dumps({}))  # not the machine's /etc/docker/daemon.json
-        log = node.log_file = open(node.dir / "dockerd.log", "w")  # noqa: SIM115 - closed in down
-        proc = subprocess.Popen(
-            [
-                # nsenter, not `ip netns exec`: that remounts /sys and hides the cgroups
-                "nsenter", f"--net=/run/netns/{node.netns}", "dockerd",
-                "--config-file", str(config),
-                "--data-root", str(node.dir / "data"),
-                "--exec-root", str(node.dir / "exec"),
-                "--pidfile", str(node.dir / "docker.pid"),
-                "-H", node.sock,
-                "--bridge=none",
-                # iptables inside the node's own namespace only: the overlay and the
-                # docker_gwbridge rules of this node, none on the host.
-                "--iptables=true", "--ip6tables=false",
-                # Swarm services (API 1.41) cannot ask for no-new-privileges or a private
-                # IPC namespace: the node's defaults give them to every container.
-                "--no-new-privileges", "--default-ipc-mode=private",
-                "--userland-proxy=false",
-            ],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        node.proc, node.pid = proc, proc.pid  # nsenter execs dockerd: the same PID
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"dockerd {node.name} exited: {self.log(node)[-2000:]}")
-            if node.docker("version", check=False).returncode == 0:
-                return
-            time.sleep(0.3)
-        raise RuntimeError(f"dockerd {node.name} did not answer: {self.log(node)[-2000:]}")
-
     def log(self, node: Node) -> str:
-        try:
-            return (node.dir / "dockerd.log").read_text(errors="replace")
-        except OSError:
-            return ""
+        return node.engine.log()
 
     def up(self, images: tuple[str, ...] = ()) -> Lab:
         t0 = time.monotonic()
         self.down()
         # The engines' data roots live on a tmpfs of the lab's own: loading the image is a
         # memory copy and removing two image stores at the end is one unmount.
-        ROOT.mkdir(parents=True)
-        _run(
-            "mount", "-t", "tmpfs", "-o", f"size={ROOT_SIZE},mode=0755", f"{PREFIX}-lab", str(ROOT)
-        )
+        mount_tmpfs(ROOT, ROOT_SIZE, f"{PREFIX}-lab")
         self._net_up()
         for node in self.nodes.values():
-            self._start_engine(node)
+            node.engine.start()
         self.timings["engines"] = time.monotonic() - t0
         a, b = self.nodes["a"], self.nodes["b"]
         t1 = time.monotonic()
@@ -221,94 +193,15 @@ class Lab:
 
     def load_image(self, image: str) -> None:
         """The machine engine's image, loaded into every node (one save, piped to each)."""
-        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
-        loaders = [
-            subprocess.Popen(
-                ["docker", "-H", n.sock, "load", "-q"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-            for n in self.nodes.values()
-        ]
-        assert save.stdout is not None
-        while chunk := save.stdout.read(1 << 20):
-            for loader in loaders:
-                loader.stdin.write(chunk)
-        save.wait()
-        save.stdout.close()
-        for loader in loaders:
-            loader.stdin.close()
-            err = loader.stderr.read().decode()
-            loader.stderr.close()
-            if loader.wait() != 0:
-                raise RuntimeError(f"docker load {image}: {err}")
+        load_image(image, [n.engine for n in self.nodes.values()])
 
     def down(self) -> None:
         """Stop every engine of the lab by its PID and remove its namespaces and files."""
-        pids = {}
-        for node in self.nodes.values():  # all engines at once: each takes seconds to stop
-            pid = node.pid
-            pidfile = node.dir / "docker.pid"
-            if not pid and pidfile.exists():
-                try:
-                    pid = int(pidfile.read_text().strip())
-                except ValueError:
-                    pid = 0
-            # only a dockerd of this lab (a stale pid file may name another process now)
-            if pid and pid in _pids_under(node.dir):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-                    pids[node.name] = pid
-        deadline = time.monotonic() + 15
-        for pid in pids.values():
-            try:
-                while time.monotonic() < deadline:
-                    os.kill(pid, 0)
-                    time.sleep(0.1)
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop_all([n.engine for n in self.nodes.values()])
         for node in self.nodes.values():
-            node.pid = 0
-            if node.proc is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    node.proc.wait(5)
-                node.proc = None
-            if node.log_file is not None:
-                node.log_file.close()
-                node.log_file = None
-            # the engines' containers' shims, if dockerd died before stopping them
-            for shim in _pids_under(node.dir):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(shim, signal.SIGKILL)
             _run("ip", "netns", "del", node.netns, check=False)
         _run("ip", "netns", "del", OUTSIDE_NS, check=False)
-        if ROOT.exists():
-            # overlay mounts and netns bind mounts left under the exec roots
-            mounts = [
-                line.split()[1]
-                for line in Path("/proc/mounts").read_text().splitlines()
-                if line.split()[1].startswith(str(ROOT))
-            ]
-            for mnt in sorted(mounts, key=len, reverse=True):
-                _run("umount", "-l", mnt, check=False)
-            shutil.rmtree(ROOT, ignore_errors=True)  # empty once the tmpfs is gone
-
-
-def _pids_under(directory: Path) -> list[int]:
-    """Processes whose command line names ``directory`` (this lab's containerd and shims)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if str(directory) in cmdline:
-            out.append(int(entry.name))
-    return out
+        unmount_under(ROOT)  # overlay mounts and netns bind mounts left under the exec roots
 
 
 if __name__ == "__main__":
