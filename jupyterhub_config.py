@@ -7,7 +7,9 @@ SDE_HUB_PORT (hub API port workspaces reach through their gateway, default 8081)
 SDE_PROXY_API_PORT (default 8001, loopback only), SDE_SERVICE_PORT (the sde service, 9100),
 SDE_OBJECT_PREFIX (Docker object names and labels, default sde), SDE_NETWORK_POOL (address
 range of the workspace networks, one /28 each, default 10.213.0.0/16; empty: Docker's default
-pools, about 30 networks), SDE_HUB_DB_URL (JupyterHub's own database, default SQLite in
+pools, about 30 networks), SDE_START_CONCURRENCY (workspace starts doing their costly part
+at once, the rest queued first come first served; default the hub's CPUs, at least 2; 0: no
+limit), SDE_HUB_DB_URL (JupyterHub's own database, default SQLite in
 SDE_STATE_DIR), SDE_FIREWALL_WATCH_SECONDS
 (how often the hub checks the host firewall chain and puts it back, default 1; 0: never),
 SDE_FIREWALL_CHAIN and SDE_BRIDGE_PREFIX (the chain's and the workspace bridges' names,
@@ -114,6 +116,10 @@ else:
     # One /28 per workspace network from this range: Docker's default pools hold only ~30
     # networks, so the 31st concurrent workspace would fail. Empty: Docker's pools.
     c.SDESpawner.network_pool = os.environ.get("SDE_NETWORK_POOL", "10.213.0.0/16")
+    # A crowd's starts taken in turns, first come first served: the early ones are ready
+    # early instead of all at the end (README, Start queue). Unset: the hub's CPUs, >= 2.
+    if os.environ.get("SDE_START_CONCURRENCY", "").strip():
+        c.SDESpawner.start_concurrency = int(os.environ["SDE_START_CONCURRENCY"])
 c.Spawner.default_url = "/lab"
 # A crowd at nine o'clock queues on the CPU: with 50 spawns at once on two cores the last
 # workspace listens after ~2-3 minutes (python -m benchmarks.spawn --curve 1,10,20,50), and

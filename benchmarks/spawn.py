@@ -28,7 +28,9 @@ measurement for both. Each server is then stopped (``DELETE``, not counted) befo
 5. Diagnostics of the image: ``docker run --rm IMAGE true`` and the import time of
    ``jupyter_server.serverapp, jupyterlab`` inside it.
 
-The image is ``sde-notebook:$SDE_IMAGE_TAG`` (default latest) for both hubs.
+The image is ``sde-notebook:$SDE_IMAGE_TAG`` (default latest) for both hubs. The SDE hub
+inherits the environment, so ``SDE_START_CONCURRENCY=N`` runs it with that start queue
+limit (README, Start queue; 0: no queue).
 
 Everything the run created is removed at the end (containers, networks and volumes labelled
 with the run's prefix, stock containers of the run's users, the hub's firewall port).

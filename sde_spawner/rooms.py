@@ -338,6 +338,15 @@ class LockedRoomMixin(LoggingConfigurable):
             return await self._start()
         finally:
             self._starting = False
+            self._release_start_slot()
+
+    # ---- start queue: the engine's spawner may let only so many starts run at once ------
+    async def _take_start_slot(self) -> None:
+        """Called once a person is admitted, before the costly part of the start (the
+        extract, then the engine's work): wait for a turn. Here: no queue."""
+
+    def _release_start_slot(self) -> None:
+        """Called when ``start()`` ends, however it ends (idempotent)."""
 
     async def _admit(self) -> tuple[Eligibility, BuildResult]:
         """Steps 1 and 2: the gate and the extract; sets ``self.project`` once admitted.
@@ -356,6 +365,7 @@ class LockedRoomMixin(LoggingConfigurable):
         await self._ensure_not_open_elsewhere(project)
         self.project = project
         self._project_facts = found
+        await self._take_start_slot()
 
         self._event(30, "Preparing your data")
         extract = os.path.join(project, escape(self.user.name))

@@ -57,6 +57,7 @@ from sde_spawner.rooms import (  # noqa: F401 - re-exported: the names' old home
     project_sdc_env,
     render_project_form,
 )
+from sde_spawner.start_queue import StartQueue
 
 
 class DockerRoomDefaults(LoggingConfigurable):
@@ -202,6 +203,21 @@ class SDESpawner(LockedRoomMixin, DockerRoomDefaults, DockerSpawner):
         "reconciliation removes what is left: sde_spawner.reconcile).",
     ).tag(config=True)
 
+    start_concurrency = Integer(
+        help="How many workspace starts of this hub do their costly part at once (the "
+        "extract, the network and container, until JupyterLab listens); later ones wait "
+        "their turn, first come first served, and their progress page says how many are "
+        "ahead. A crowd of starts shares the host's CPU: all running at once, they all "
+        "become ready at the end, together; taken in turns, the early ones are ready early "
+        "and the total time is about the same. 0: no limit. Default: the number of CPUs "
+        "the hub may use, at least 2 (python -m benchmarks.spawn --concurrent 20; README, "
+        "Start queue).",
+    ).tag(config=True)
+
+    @default("start_concurrency")
+    def _default_start_concurrency(self):
+        return default_start_concurrency()
+
     @default("pull_policy")
     def _default_pull_policy(self):
         return "never"
@@ -214,6 +230,37 @@ class SDESpawner(LockedRoomMixin, DockerRoomDefaults, DockerSpawner):
         super().__init__(*args, **kwargs)
         self.network_id = ""
         self._ended = ""  # how the poll last found the workspace ended (its container state)
+        self._slot_queue: StartQueue | None = None
+
+    # ---- the start queue (one per hub process and limit) ------------------------------
+    _start_queues: dict[int, StartQueue] = {}
+
+    @property
+    def start_queue(self) -> StartQueue:
+        limit = self.start_concurrency
+        if limit not in self._start_queues:
+            self._start_queues[limit] = StartQueue(limit)
+        return self._start_queues[limit]
+
+    async def _take_start_slot(self) -> None:
+        queue = self.start_queue
+
+        def ahead(n: int) -> None:
+            message = (
+                f"Waiting for a start slot: {n} start(s) ahead of yours"
+                if n
+                else "Waiting for a start slot: yours is next"
+            )
+            self.log.info("%s/%s: %s", self.user.name, self.name, message)
+            self._event(25, message)
+
+        await queue.acquire(ahead)
+        self._slot_queue = queue
+
+    def _release_start_slot(self) -> None:
+        queue, self._slot_queue = self._slot_queue, None
+        if queue is not None:
+            queue.release()
 
     # ---- state (the project is LockedRoomMixin's) -------------------------------------
     def load_state(self, state):
@@ -620,6 +667,15 @@ class Ended:
     network_id: str
     before: datetime  # the end was seen then: a row or object of a later start is kept
     reason: str
+
+
+def default_start_concurrency() -> int:
+    """The CPUs this process may run on (its affinity), at least 2."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(2, cpus)
 
 
 #: Test hook, inert unless set: the name of a point in a start at which the hub process
