@@ -15,9 +15,10 @@ measurement for both. Each server is then stopped (``DELETE``, not counted) befo
 1. ``--count`` rounds (default 10), interleaved: one SDE spawn and one stock spawn per round,
    the order alternating every round to cancel drift; after ``--warmup`` untimed rounds.
 2. ``--concurrent`` (default 20) SDE spawns at once by distinct eligible researchers (created
-   for the run); readiness comes from one poller listing all users every 0.1 s, so the
-   measurement does not itself load the hub. ``--stock-concurrent`` does the same on the stock
-   hub (default 0: off).
+   for the run); readiness comes from one poller listing all users every 0.1 s (one request,
+   not one per spawn; it is not free: during a 20-spawn burst about a third of the hub's
+   event loop answered it). ``--stock-concurrent`` does the same on the stock hub (default 0:
+   off).
 3. Where the time goes, from Docker's own event stream and the workspace's log timestamps:
    POST -> network created (SDE) -> container created -> started -> the single-user server
    logs "is running at" -> the hub reports ready.
