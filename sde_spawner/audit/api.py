@@ -15,6 +15,7 @@ import json
 from tornado import web
 
 from sde_spawner import audit
+from sde_spawner.checking.base import FaultAnswers
 from sde_spawner.services.identity import WorkspaceIdentity, identify_workspace
 
 WORKSPACE_ACTIONS = frozenset(
@@ -138,8 +139,12 @@ def validate_batch(body: dict) -> list[dict]:
 
 
 @web.stream_request_body
-class AuditEventsHandler(web.RequestHandler):
+class AuditEventsHandler(FaultAnswers):
     """Workspaces post their activity here with their own server token.
+
+    The registry database away (restarting, unreachable) answers 503 with ``Retry-After``
+    (:class:`~sde_spawner.checking.base.FaultAnswers`, as the export API does); the shipper
+    keeps the batch and sends it again.
 
     Flood limits (:mod:`sde_spawner.checking.limits`): a request budget per client address
     and per workspace, an events budget per workspace (a batch costs its size), a body limit
@@ -282,19 +287,6 @@ class AuditEventsHandler(web.RequestHandler):
             reason=reason,
             details=details,
         )
-
-    def send_error(self, status_code: int = 500, **kwargs) -> None:
-        """The registry database away (restarting, unreachable) answers 503 with a reason and
-        ``Retry-After``, as the export API does; the shipper keeps the batch and sends it
-        again (it retries any status but 400 and 413)."""
-        from sde_spawner.checking.base import FAULT_RETRY_AFTER, fault_of
-
-        fault = fault_of(kwargs.get("exc_info", (None, None, None))[1])
-        if status_code == 500 and fault is not None:
-            status_code, kwargs["reason"] = fault
-            if status_code == 503:
-                self._retry_after = self._retry_after or FAULT_RETRY_AFTER
-        super().send_error(status_code, **kwargs)
 
     def write_error(self, status_code, **kwargs):
         exc = kwargs.get("exc_info", (None, None))[1]

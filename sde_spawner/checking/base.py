@@ -205,11 +205,13 @@ def fault_of(exc: BaseException | None) -> tuple[int, str] | None:
     return None
 
 
-class BaseHandler(web.RequestHandler):
+class FaultAnswers(web.RequestHandler):
+    """A handler whose unexpected exception that is a database outage or a full disk answers
+    with its own status and a reason the user can act on (and, for the database,
+    ``self._retry_after`` set for the handler's ``write_error`` to send as ``Retry-After``),
+    not a bare 500."""
+
     def send_error(self, status_code: int = 500, **kwargs) -> None:
-        """An unexpected exception that is a database outage or a full disk answers with its
-        own status and a reason the user can act on (and, for the database, ``Retry-After``),
-        not a bare 500."""
         fault = fault_of(kwargs.get("exc_info", (None, None, None))[1])
         if status_code == 500 and fault is not None:
             status_code, kwargs["reason"] = fault
@@ -217,6 +219,8 @@ class BaseHandler(web.RequestHandler):
                 self._retry_after = getattr(self, "_retry_after", None) or FAULT_RETRY_AFTER
         super().send_error(status_code, **kwargs)
 
+
+class BaseHandler(FaultAnswers):
     def set_default_headers(self):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "same-origin")
