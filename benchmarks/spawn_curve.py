@@ -92,12 +92,12 @@ def run_curves(client, root: Path, events, args) -> list[str]:
                 print(f"  databases {', '.join(names)} on {args.pg_url.rsplit('@', 1)[-1]}")
             pair = stack.enter_context(hub_pair(client, root / f"curve-{db}", top, top, **urls))
             for n in args.curve:
-                for label, side, users, poll in (
-                    ("sde", pair.sde_side, pair.crowd[:n], pair.logins["admin"]),
-                    ("stock", pair.stock_side, pair.stock_crowd[:n], pair.stock_api),
+                for label, side, users in (
+                    ("sde", pair.sde_side, pair.crowd[:n]),
+                    ("stock", pair.stock_side, pair.stock_crowd[:n]),
                 ):
                     print(f"  {db} {label} x{n}:", flush=True)
-                    samples = concurrent(side, users, poll, client, events)
+                    samples = concurrent(side, users, client, events)
                     report(label, samples)
                     ok = [s.seconds for s in samples if s.ok]
                     lines.append(

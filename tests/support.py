@@ -11,6 +11,7 @@ Traffic goes only to loopback, to containers these fixtures create and to the na
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,6 +168,13 @@ class Hub:
         except BaseException:
             self.stop()  # a hub that did not come up is not left running
             raise
+        self._children = self._descendants()
+
+    def _descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:  # it died: what it had started is still known
+            return []
 
     def wait_started(self) -> None:
         """The hub API answers, and so does the `sde` service through the proxy."""
@@ -184,8 +193,12 @@ class Hub:
         return requests.get(f"{self.url}/hub/api/", timeout=2).status_code == 200
 
     def stop(self) -> None:
+        """SIGTERM the hub (SIGKILL after 30 s), then end whatever it started and left
+        running (its proxy, its managed services), by PID: a hub that is killed, or whose
+        children outlive its cleanup, must not leave processes behind on the test host."""
         if self.proc is None:
             return
+        known = {p.pid: p for p in [*getattr(self, "_children", []), *self._descendants()]}
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(30)
@@ -194,6 +207,24 @@ class Hub:
             self.proc.wait(10)
         self.proc = None
         self._log.close()
+        end_processes(list(known.values()))
+
+
+def end_processes(procs: list[psutil.Process], timeout: float = 10) -> list[psutil.Process]:
+    """SIGTERM those of ``procs`` still running (psutil checks that a PID was not reused),
+    SIGKILL any left after ``timeout``; returns the ones that had to be ended."""
+    alive = []
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                p.terminate()
+                alive.append(p)
+    _, left = psutil.wait_procs(alive, timeout=timeout)
+    for p in left:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(left, timeout=timeout)
+    return alive
 
     def log_tail(self, n: int = 60) -> str:
         try:
