@@ -209,6 +209,20 @@ class Hub:
         self._log.close()
         end_processes(list(known.values()))
 
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def events(self, **filters) -> list[dict]:
+        """Audit events, read through ``sde-admin audit export``."""
+        out = self.state_dir / "events.jsonl"
+        res = self.admin("audit", "export", "--out", str(out))
+        assert res.returncode == 0, res.stderr
+        rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+        return [r for r in rows if all(r.get(k) == v for k, v in filters.items())]
+
 
 def end_processes(procs: list[psutil.Process], timeout: float = 10) -> list[psutil.Process]:
     """SIGTERM those of ``procs`` still running (psutil checks that a PID was not reused),
@@ -225,20 +239,6 @@ def end_processes(procs: list[psutil.Process], timeout: float = 10) -> list[psut
             p.kill()
     psutil.wait_procs(left, timeout=timeout)
     return alive
-
-    def log_tail(self, n: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def events(self, **filters) -> list[dict]:
-        """Audit events, read through ``sde-admin audit export``."""
-        out = self.state_dir / "events.jsonl"
-        res = self.admin("audit", "export", "--out", str(out))
-        assert res.returncode == 0, res.stderr
-        rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-        return [r for r in rows if all(r.get(k) == v for k, v in filters.items())]
 
 
 def own_firewall(env: dict[str, str], code: str) -> subprocess.CompletedProcess:
