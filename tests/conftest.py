@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.support import REPO, Hub, OutsideHost, close_sessions
+from tests.support import REPO, Hub, OutsideHost, retire_hub
 
 #: ``SDE_IMAGE_TAG`` picks images built with the same variable (scripts/build-images.sh); the
 #: test hubs inherit the environment, so their spawner uses the same workspace image.
@@ -42,31 +42,14 @@ def notebook_image(docker_client):
     return NOTEBOOK_IMAGE
 
 
-def remove_prefixed(client, prefix: str) -> None:
-    """Remove every container, network and volume a test hub with ``prefix`` created."""
-    flt = {"label": f"org.sde-tre.managed-by={prefix}"}
-    for c in client.containers.list(all=True, filters=flt):
-        c.remove(force=True)
-    for n in client.networks.list(filters=flt):
-        n.remove()
-    for v in client.volumes.list(filters=flt):
-        v.remove(force=True)
-
-
 @pytest.fixture(scope="session")
 def hub(tmp_path_factory, docker_client, notebook_image):
-    from sde_spawner import firewall
-
     prefix = f"sdet{uuid.uuid4().hex[:6]}"
     h = Hub(tmp_path_factory.mktemp("hub"), prefix)
     h.seed()
     h.start()
     yield h
-    close_sessions()
-    h.stop()
-    remove_prefixed(docker_client, prefix)
-    firewall.revoke(h.hub_port)
-    firewall.revoke(h.service_port)
+    retire_hub(h, docker_client)
 
 
 @pytest.fixture(scope="session")

@@ -168,13 +168,16 @@ class Hub:
         except BaseException:
             self.stop()  # a hub that did not come up is not left running
             raise
-        self._children = self._descendants()
+        self._remember_children()
 
-    def _descendants(self) -> list[psutil.Process]:
-        try:
-            return psutil.Process(self.proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:  # it died: what it had started is still known
-            return []
+    def _remember_children(self) -> None:
+        """Note the hub's descendants (its proxy, its services) while it runs: once it has
+        died they are parented to init and can no longer be found through it."""
+        known = getattr(self, "_children", {})
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for p in psutil.Process(self.proc.pid).children(recursive=True):
+                known.setdefault(p.pid, p)
+        self._children = known
 
     def wait_started(self) -> None:
         """The hub API answers, and so does the `sde` service through the proxy."""
@@ -188,6 +191,8 @@ class Hub:
         )
 
     def _up(self) -> bool:
+        if self.proc is not None:
+            self._remember_children()
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"hub exited: {self.log_tail()}")
         return requests.get(f"{self.url}/hub/api/", timeout=2).status_code == 200
@@ -198,7 +203,8 @@ class Hub:
         children outlive its cleanup, must not leave processes behind on the test host."""
         if self.proc is None:
             return
-        known = {p.pid: p for p in [*getattr(self, "_children", []), *self._descendants()]}
+        self._remember_children()
+        known, self._children = self._children, {}
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(30)
@@ -239,6 +245,33 @@ def end_processes(procs: list[psutil.Process], timeout: float = 10) -> list[psut
             p.kill()
     psutil.wait_procs(left, timeout=timeout)
     return alive
+
+
+def remove_prefixed(client, prefix: str) -> None:
+    """Remove every container, network and volume a test hub with ``prefix`` created."""
+    flt = {"label": f"org.sde-tre.managed-by={prefix}"}
+    for c in client.containers.list(all=True, filters=flt):
+        c.remove(force=True)
+    for n in client.networks.list(filters=flt):
+        n.remove()
+    for v in client.volumes.list(filters=flt):
+        v.remove(force=True)
+
+
+def retire_hub(h: Hub, docker_client, own_firewall_env: dict[str, str] | None = None) -> None:
+    """A test hub's whole teardown: close the open sessions, stop the hub (and what it left
+    running), remove its Docker objects, and take its ports out of the shared firewall chain,
+    or remove its own chain when it had one (``own_firewall_env``, see :func:`own_firewall`)."""
+    close_sessions()
+    h.stop()
+    remove_prefixed(docker_client, h.prefix)
+    if own_firewall_env is None:
+        from sde_spawner import firewall
+
+        firewall.revoke(h.hub_port)
+        firewall.revoke(h.service_port)
+    else:
+        own_firewall(own_firewall_env, "firewall.remove(); firewall.remove(ipv6=True)")
 
 
 def own_firewall(env: dict[str, str], code: str) -> subprocess.CompletedProcess:

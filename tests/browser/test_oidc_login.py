@@ -16,9 +16,8 @@ import pytest
 
 from sde_spawner.containers import workspace_names
 from sde_spawner.oidc import PAGES, Refusal
-from tests.conftest import remove_prefixed
 from tests.oidc import OidcProvider
-from tests.support import Hub
+from tests.support import Hub, remove_prefixed
 
 pytestmark = pytest.mark.docker
 

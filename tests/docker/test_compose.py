@@ -20,8 +20,7 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import remove_prefixed
-from tests.support import REPO, User, free_port, wait_for
+from tests.support import REPO, User, free_port, remove_prefixed, wait_for
 
 pytestmark = pytest.mark.docker
 

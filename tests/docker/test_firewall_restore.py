@@ -22,8 +22,7 @@ import uuid
 import pytest
 
 from sde_spawner.containers import workspace_names
-from tests.conftest import remove_prefixed
-from tests.support import Hub, User, close_sessions, own_firewall, wait_for
+from tests.support import Hub, User, retire_hub, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -71,10 +70,7 @@ def own_hub(tmp_path_factory, docker_client, notebook_image):
     h.seed()
     h.start()
     yield h
-    close_sessions()
-    h.stop()
-    remove_prefixed(docker_client, prefix)
-    own_firewall(OWN, "firewall.remove(); firewall.remove(ipv6=True)")
+    retire_hub(h, docker_client, OWN)
 
 
 class Listener:

@@ -27,8 +27,7 @@ import requests
 from sqlalchemy import create_engine, text
 
 from sde_spawner.containers import workspace_names
-from tests.conftest import remove_prefixed
-from tests.support import Hub, User, close_sessions, own_firewall
+from tests.support import Hub, User, own_firewall, retire_hub
 
 pytestmark = pytest.mark.docker
 
@@ -61,10 +60,7 @@ def fault_hub(tmp_path_factory, docker_client, notebook_image):
     h.add_project(TEN, PEOPLE)
     h.start()
     yield h
-    close_sessions()
-    h.stop()
-    remove_prefixed(docker_client, prefix)
-    own_firewall(OWN, "firewall.remove(); firewall.remove(ipv6=True)")
+    retire_hub(h, docker_client, OWN)
 
 
 def open_rows(hub, username: str | None = None) -> list[tuple]:

@@ -17,8 +17,7 @@ import psutil
 import pytest
 
 from sde_spawner import firewall
-from tests.conftest import remove_prefixed
-from tests.support import Hub
+from tests.support import Hub, remove_prefixed
 
 pytestmark = pytest.mark.docker
 

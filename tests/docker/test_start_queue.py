@@ -18,8 +18,7 @@ import pytest
 
 from benchmarks.spawn import DockerEvents, container_log_times
 from sde_spawner.containers import workspace_names
-from tests.conftest import remove_prefixed
-from tests.support import Hub, User, close_sessions
+from tests.support import Hub, User, retire_hub
 
 pytestmark = pytest.mark.docker
 
@@ -35,7 +34,6 @@ class QueueHub(Hub):
 
 @pytest.fixture(scope="module")
 def queue_hub(tmp_path_factory, docker_client, notebook_image):
-    from sde_spawner import firewall
 
     prefix = f"sdeq{uuid.uuid4().hex[:6]}"
     h = QueueHub(tmp_path_factory.mktemp("queue-hub"), prefix)
@@ -43,11 +41,7 @@ def queue_hub(tmp_path_factory, docker_client, notebook_image):
     h.add_project(PROJECT, PEOPLE)
     h.start()
     yield h
-    close_sessions()
-    h.stop()
-    remove_prefixed(docker_client, prefix)
-    firewall.revoke(h.hub_port)
-    firewall.revoke(h.service_port)
+    retire_hub(h, docker_client)
 
 
 def test_starts_take_turns_in_arrival_order(queue_hub, docker_client):

@@ -318,8 +318,7 @@ def test_the_hub_and_its_service_through_a_postgres_restart(own_postgres, tmp_pa
     import uuid
 
     from sde_spawner import firewall
-    from tests.conftest import remove_prefixed
-    from tests.support import Hub, User, close_sessions
+    from tests.support import Hub, User, close_sessions, remove_prefixed
 
     pg = own_postgres
     hub = Hub(tmp_path, f"sdet{uuid.uuid4().hex[:6]}")

@@ -20,8 +20,7 @@ import pytest
 import requests
 
 from sde_spawner.containers import workspace_names
-from tests.conftest import remove_prefixed
-from tests.support import Hub, User, close_sessions, wait_for
+from tests.support import Hub, User, retire_hub, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -77,18 +76,13 @@ class SubdomainHub(Hub):
 
 @pytest.fixture(scope="module")
 def subhub(tmp_path_factory, docker_client, notebook_image):
-    from sde_spawner import firewall
 
     prefix = f"sdes{uuid.uuid4().hex[:6]}"
     h = SubdomainHub(tmp_path_factory.mktemp("subhub"), prefix)
     h.seed()
     h.start()
     yield h
-    close_sessions()
-    h.stop()
-    remove_prefixed(docker_client, prefix)
-    firewall.revoke(h.hub_port)
-    firewall.revoke(h.service_port)
+    retire_hub(h, docker_client)
 
 
 @pytest.fixture(scope="module")
