@@ -193,8 +193,8 @@ class Hub:
     def _up(self) -> bool:
         if self.proc is not None:
             self._remember_children()
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"hub exited: {self.log_tail()}")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hub exited: {self.log_tail()}")
         return requests.get(f"{self.url}/hub/api/", timeout=2).status_code == 200
 
     def stop(self) -> None:

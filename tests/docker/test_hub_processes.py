@@ -16,8 +16,7 @@ import uuid
 import psutil
 import pytest
 
-from sde_spawner import firewall
-from tests.support import Hub, remove_prefixed
+from tests.support import Hub, retire_hub
 
 pytestmark = pytest.mark.docker
 
@@ -46,20 +45,13 @@ def _alive(procs: list[psutil.Process]) -> list[str]:
     return left
 
 
-def _cleanup(h: Hub, docker_client) -> None:
-    remove_prefixed(docker_client, h.prefix)
-    firewall.revoke(h.hub_port)
-    firewall.revoke(h.service_port)
-
-
 def test_a_stopped_hub_leaves_no_child_running(tmp_path, docker_client):
     h, children = _start(tmp_path)
     try:
         h.stop()
         assert _alive(children) == []
     finally:
-        h.stop()
-        _cleanup(h, docker_client)
+        retire_hub(h, docker_client)
 
 
 def test_a_killed_hub_leaves_no_child_running(tmp_path, docker_client):
@@ -73,5 +65,4 @@ def test_a_killed_hub_leaves_no_child_running(tmp_path, docker_client):
         h.stop()
         assert _alive(children) == []
     finally:
-        h.stop()
-        _cleanup(h, docker_client)
+        retire_hub(h, docker_client)
