@@ -247,6 +247,25 @@ def end_processes(procs: list[psutil.Process], timeout: float = 10) -> list[psut
     return alive
 
 
+@contextlib.contextmanager
+def seeded_registry(directory: Path):
+    """A registry seeded with the demo (SQLite in ``directory``, demo data under ``data/``),
+    for tests that build spawners without a hub: yields ``url``, ``sm`` (the sessionmaker)
+    and ``extracts`` (where extracts go); its engine is disposed afterwards."""
+    import types
+
+    from sde_spawner.db import open_db
+    from sde_spawner.demo import seed
+
+    url = f"sqlite:///{directory}/registry.sqlite"
+    sm = open_db(url)
+    try:
+        seed(sm, str(directory / "data"), "tester")
+        yield types.SimpleNamespace(url=url, sm=sm, extracts=str(directory / "extracts"))
+    finally:
+        sm.kw["bind"].dispose()
+
+
 def remove_prefixed(client, prefix: str) -> None:
     """Remove every container, network and volume a test hub with ``prefix`` created."""
     flt = {"label": f"org.sde-tre.managed-by={prefix}"}

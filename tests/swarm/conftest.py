@@ -9,13 +9,11 @@ import signal
 import subprocess
 import sys
 import time
-import types
 
 import pytest
 
-from sde_spawner.db import open_db
-from sde_spawner.demo import seed
 from sde_spawner.swarm import EXTRACTS_LABEL
+from tests.support import seeded_registry
 from tests.swarm import lab as lab_mod
 
 NOTEBOOK_IMAGE = f"sde-notebook:{os.environ.get('SDE_IMAGE_TAG', 'latest')}"
@@ -91,9 +89,5 @@ def outside_listener(swarm_lab):
 
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory):
-    d = tmp_path_factory.mktemp("swarm-registry")
-    url = f"sqlite:///{d}/registry.sqlite"
-    sm = open_db(url)
-    seed(sm, str(d / "data"), "tester")
-    yield types.SimpleNamespace(url=url, sm=sm, extracts=str(d / "extracts"))
-    sm.kw["bind"].dispose()
+    with seeded_registry(tmp_path_factory.mktemp("swarm-registry")) as registry:
+        yield registry

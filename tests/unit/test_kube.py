@@ -23,8 +23,6 @@ from kubernetes_asyncio.config import kube_config
 
 from sde_spawner import audit
 from sde_spawner.containers import Limits
-from sde_spawner.db import open_db
-from sde_spawner.demo import seed
 from sde_spawner.kube import (
     HubPeers,
     check_network_policy,
@@ -38,6 +36,7 @@ from sde_spawner.kube import (
 )
 from sde_spawner.kube_spawner import SDEKubeSpawner, manifest_dict
 from sde_spawner.rooms import SDC_SETTINGS, SpawnRefused
+from tests.support import seeded_registry
 
 #: The oldest Kubernetes Zero to JupyterHub's chart supports (Chart.yaml kubeVersion
 #: ">=1.32.0-0") and the newest schema kubernetes-validate ships.
@@ -67,12 +66,8 @@ def validate_all(manifest: dict) -> None:
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    d = tmp_path_factory.mktemp("registry")
-    url = f"sqlite:///{d}/registry.sqlite"
-    sm = open_db(url)
-    seed(sm, str(d / "data"), "tester")
-    yield types.SimpleNamespace(url=url, sm=sm, extracts=str(d / "extracts"))
-    sm.kw["bind"].dispose()
+    with seeded_registry(tmp_path_factory.mktemp("registry")) as registry:
+        yield registry
 
 
 @pytest.fixture

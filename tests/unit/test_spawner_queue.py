@@ -13,20 +13,15 @@ import types
 
 import pytest
 
-from sde_spawner.db import open_db
-from sde_spawner.demo import seed
 from sde_spawner.rooms import SDC_SETTINGS, SpawnRefused
 from sde_spawner.spawner import SDESpawner, default_start_concurrency
+from tests.support import seeded_registry
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    d = tmp_path_factory.mktemp("registry")
-    url = f"sqlite:///{d}/registry.sqlite"
-    sm = open_db(url)
-    seed(sm, str(d / "data"), "tester")
-    yield types.SimpleNamespace(url=url, sm=sm, extracts=str(d / "extracts"))
-    sm.kw["bind"].dispose()
+    with seeded_registry(tmp_path_factory.mktemp("registry")) as registry:
+        yield registry
 
 
 @pytest.fixture
