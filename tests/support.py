@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -28,7 +29,36 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A TCP port that is free on every address now, for a server the test starts later.
+
+    Taken below the kernel's ephemeral range (``ip_local_port_range``): ports in that range are
+    what the kernel gives every outgoing connection, so one freed by a ``bind(0)`` probe can be
+    taken by any client's ``connect`` before the test's server binds it (a hub then dies in its
+    start with "address already in use"). Random in 20000 up to that range, never the same
+    twice in one process; ``bind(0)`` only where the range starts too low to leave room."""
+    low, high = 20000, _ephemeral_low() - 1
+    for _ in range(200 if high - low >= 1000 else 0):
+        port = random.randint(low, high)
+        if port in _PORTS_GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        _PORTS_GIVEN.add(port)
+        return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
