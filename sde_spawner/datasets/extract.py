@@ -36,6 +36,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -242,10 +243,14 @@ def check_identifier(path: str, identifier: str) -> None:
 
 
 # ---- one dataset --------------------------------------------------------------------------
-def _sha256_file(path: Path) -> str:
+def _sha256_file(path: Path, stop: threading.Event | None = None) -> str:
+    """The file's SHA-256 (hashlib releases the GIL: it may run beside the build); ``stop``
+    set: give up (the build failed, nobody will read the result)."""
     h = hashlib.sha256()
     with path.open("rb") as fh:
         while chunk := fh.read(1 << 20):
+            if stop is not None and stop.is_set():
+                return ""
             h.update(chunk)
     return h.hexdigest()
 
@@ -353,7 +358,8 @@ def _write_pseudonymised(
         keep = pc.and_(valid, pc.invert(batch.column("opted_out")))
         if row_filter:
             keep = pc.and_(keep, batch.column("filter_ok"))
-        kept = batch.filter(keep)
+        # only what is written (and the identifier, for its pseudonym) is cut to the kept rows
+        kept = batch.select(["id", *granted]).filter(keep)
         arrays = [
             pseudonymise(kept.column("id")) if c == PSEUDONYM_COLUMN else kept.column(c)
             for c in columns
@@ -405,7 +411,23 @@ def _write_pseudonymised(
 
 
 def build_dataset(con, grant: GrantSpec, safe: SafeData, out_dir: Path) -> dict:
-    """Write one granted table into ``out_dir``; returns its counts and checksums."""
+    """Write one granted table into ``out_dir``; returns its counts and checksums.
+
+    The source's checksum is computed in a thread of its own while the extract is built (one
+    more reader of a file the build reads anyway), so it adds no time at the end."""
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sde-extract-hash") as hashing:
+        source_sha256 = None
+        if Path(grant.source_path).is_file():
+            source_sha256 = hashing.submit(_sha256_file, Path(grant.source_path), stop)
+        try:
+            return _build_dataset(con, grant, safe, out_dir, source_sha256)
+        except BaseException:
+            stop.set()
+            raise
+
+
+def _build_dataset(con, grant: GrantSpec, safe: SafeData, out_dir: Path, source_sha256) -> dict:
     cols = source_columns(con, grant.source_path)
     columns, row_filter = _plan(grant, cols)
     ident = grant.identifier_column
@@ -516,7 +538,7 @@ def build_dataset(con, grant: GrantSpec, safe: SafeData, out_dir: Path) -> dict:
         "row_filter": grant.row_filter,
         "columns": [{"name": f.name, "type": str(f.type)} for f in schema],
         **counts,
-        "source_sha256": _sha256_file(Path(grant.source_path)),
+        "source_sha256": source_sha256.result(),
         "files": files,
     }
 
