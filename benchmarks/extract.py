@@ -7,8 +7,11 @@ person-level records (valid NHS numbers, ten columns) and a national opt-out lis
 * ours: :func:`sde_spawner.datasets.extract.build_extract` — drop invalid identifiers, remove
   everyone on the list, replace the NHS number by the project's HMAC-SHA256 pseudonym, keep
   six of the ten columns, apply the row filter ``age >= 18``, write Parquet, plus its counts,
-  source and output SHA-256 and the data dictionary (the native pseudonym path where the
-  library was built; the run says which);
+  source and output SHA-256 and the data dictionary (the native path where the library was
+  built; the run says which). On the native path DuckDB streams Arrow batches to two worker
+  threads (NHS number check, HMAC, cut to the kept rows, the low-cardinality string columns
+  dictionary-encoded) and one pyarrow writer thread, which hashes the file as it writes; the
+  source's SHA-256 is taken in a thread of its own meanwhile;
 * for the record (run once): the same plain copy with only the NHS number replaced by the
   pseudonym written in DuckDB SQL (the fallback's way), to show what that costs;
 * baseline: ``COPY (SELECT <the same six columns> FROM read_parquet(source)) TO ... (FORMAT

@@ -11,6 +11,9 @@
  * waits on the one before it, so a single stream leaves the unit idle half the time);
  * otherwise, and for longer values, OpenSSL's SHA-256 is used. The GIL is released by ctypes
  * around the call. tests/unit/test_pseudonym_batch.py compares both paths with Python's hmac.
+ *
+ * sde_dict_encode (at the end) dictionary-encodes a low-cardinality string column for the
+ * extract's Parquet writer; tests/unit/test_parquet_out.py compares it with pyarrow's.
  */
 #define OPENSSL_SUPPRESS_DEPRECATED
 #include <openssl/sha.h>
@@ -250,4 +253,67 @@ int64_t sde_nhs_valid(const unsigned char *data, const int32_t *offsets, int64_t
         valid += ok;
     }
     return valid;
+}
+
+/* Dictionary encoding of a low-cardinality Arrow utf8 array (the extract's writer then writes
+ * its dictionary and indices as they are instead of hashing every value again).
+ * data/offsets: the array's buffers (n values); validity: its bitmap, or NULL (no nulls).
+ * indices: n int32 (a null slot gets 0). dict_offsets: limit + 1 int32; dict_data:
+ * dict_cap bytes; the distinct values are stored there in order of first appearance.
+ * limit: at most this many distinct values (at most 4096).
+ * Returns the number of distinct values, or -1 when there are more than limit or they do not
+ * fit in dict_cap bytes (nothing is then promised of the outputs), or -2 on a bad argument. */
+int64_t sde_dict_encode(const unsigned char *data, const int32_t *offsets,
+                        const unsigned char *validity, int64_t n, int32_t *indices,
+                        int32_t *dict_offsets, unsigned char *dict_data, int64_t dict_cap,
+                        int limit)
+{
+    enum { BITS = 13, SLOTS = 1 << BITS }; /* at least twice the largest limit */
+    int32_t table[SLOTS];
+    uint64_t keys[4096]; /* a value of up to 8 bytes itself (zero-padded), else its hash */
+    int64_t count = 0, used = 0;
+    if (n < 0 || limit < 1 || limit > 4096 || dict_cap < 0) return -2;
+    for (int k = 0; k < SLOTS; k++) table[k] = -1;
+    dict_offsets[0] = 0;
+    const int32_t end = n ? offsets[n] : 0; /* the values' bytes end here */
+    for (int64_t i = 0; i < n; i++) {
+        if (validity && !(validity[i >> 3] & (1u << (i & 7)))) {
+            indices[i] = 0;
+            continue;
+        }
+        int32_t start = offsets[i], len = offsets[i + 1] - start;
+        if (start < 0 || len < 0) return -2;
+        const unsigned char *s = data + start;
+        uint64_t key = 0;
+        if (len <= 8 && start + 8 <= end) { /* one load (within the data), masked */
+            memcpy(&key, s, 8);
+            key &= len == 8 ? ~0ull : (1ull << (8 * len)) - 1;
+        } else if (len <= 8) {
+            for (int32_t j = 0; j < len; j++) key |= (uint64_t)s[j] << (8 * j);
+        } else {
+            key = 14695981039346656037ull; /* FNV-1a */
+            for (int32_t j = 0; j < len; j++) key = (key ^ s[j]) * 1099511628211ull;
+        }
+        uint32_t slot = (uint32_t)(((key ^ (uint64_t)len) * 0x9E3779B97F4A7C15ull) >> (64 - BITS));
+        for (;;) {
+            int32_t e = table[slot];
+            if (e < 0) { /* a new value */
+                if (count == limit || used + len > dict_cap) return -1;
+                memcpy(dict_data + used, s, (size_t)len);
+                used += len;
+                dict_offsets[count + 1] = (int32_t)used;
+                keys[count] = key;
+                table[slot] = (int32_t)count;
+                indices[i] = (int32_t)count++;
+                break;
+            }
+            if (keys[e] == key && dict_offsets[e + 1] - dict_offsets[e] == len &&
+                (len <= 8 || memcmp(dict_data + dict_offsets[e], s, (size_t)len) == 0)) {
+                indices[i] = e;
+                break;
+            }
+            slot = (slot + 1) & (SLOTS - 1);
+        }
+    }
+    return count;
 }

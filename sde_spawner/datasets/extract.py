@@ -2,7 +2,9 @@
 
 For each grant, in one pass over the source (DuckDB reads and filters; a person-level
 table's NHS number check and pseudonyms are computed in native code, see
-:mod:`sde_spawner.datasets.pseudonym_batch`, with the same HMAC in SQL as the fallback)::
+:mod:`sde_spawner.datasets.pseudonym_batch`, with the same HMAC in SQL as the fallback, and
+written with pyarrow, see :mod:`sde_spawner.datasets.parquet_out`; the source's and the
+output's SHA-256 are taken while the extract is built, not read again after it)::
 
     source rows
       - rows whose identifier is not a valid NHS number
@@ -31,6 +33,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -49,7 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sde_spawner.datasets import pseudonym_batch
+from sde_spawner.datasets import parquet_out, pseudonym_batch
 from sde_spawner.datasets.nhs_number import valid_sql
 from sde_spawner.datasets.pseudonyms import pads, pseudonym_sql
 
@@ -322,15 +325,18 @@ def _write_pseudonymised(
     safe: SafeData,
     out: Path,
 ) -> dict:
-    """The person-level extract in one pass; returns its counts.
+    """The person-level extract in one pass; returns its counts and the file's SHA-256.
 
     DuckDB reads the source once and gives, per row, the normalised identifier, whether it is
     on any list in force (and on each, when there are several), whether the row filter holds
     and the granted columns. In worker threads each batch gets the NHS number check and the
     pseudonyms from :class:`~sde_spawner.datasets.pseudonym_batch.Pseudonymiser` (native code,
-    the GIL released), is counted and cut to the kept rows (valid, not opted out, filter); one
-    writer thread writes the batches in order with pyarrow, so reading, checking, hashing and
-    writing overlap. The identifier never reaches the output: only its pseudonym.
+    the GIL released), is counted and cut to the kept rows (valid, not opted out, filter), and
+    its low-cardinality string columns are made dictionary arrays (native code too, see
+    :mod:`~sde_spawner.datasets.parquet_out`: the writer then neither hashes nor compares every
+    value; the file reads back as the same plain strings). One writer thread writes the batches
+    in order with pyarrow, hashing the file's bytes as they go, so reading, checking, hashing
+    and writing overlap. The identifier never reaches the output: only its pseudonym.
     """
     granted = [c for c in columns if c != PSEUDONYM_COLUMN]
     # one list in force (the usual case): its membership is the opt-out flag itself
@@ -361,7 +367,11 @@ def _write_pseudonymised(
         # only what is written (and the identifier, for its pseudonym) is cut to the kept rows
         kept = batch.select(["id", *granted]).filter(keep)
         arrays = [
-            pseudonymise(kept.column("id")) if c == PSEUDONYM_COLUMN else kept.column(c)
+            pseudonymise(kept.column("id"))
+            if c == PSEUDONYM_COLUMN
+            else parquet_out.as_dictionary(kept.column(c))
+            if c in dictionary_columns
+            else kept.column(c)
             for c in columns
         ]
         return stats, pa.RecordBatch.from_arrays(arrays, names=columns)
@@ -375,6 +385,9 @@ def _write_pseudonymised(
                 for c in columns
             ]
         )
+        batches = iter(reader)
+        first = next(batches, None)
+        dictionary_columns = parquet_out.dictionary_columns(schema, first, granted)
         # The pseudonym column is unique per row and hex: no dictionary, no min/max statistics,
         # no compression (snappy saved 10% of its size for half the writer's time)
         others = [c for c in columns if c != PSEUDONYM_COLUMN]
@@ -382,8 +395,16 @@ def _write_pseudonymised(
         with (
             ThreadPoolExecutor(max_workers=2, thread_name_prefix="sde-extract") as pool,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="sde-extract-write") as writes,
+            parquet_out.HashingFile(out) as sink,
             pq.ParquetWriter(
-                out, schema, use_dictionary=others, write_statistics=others, compression=compression
+                sink,
+                parquet_out.with_dictionaries(schema, dictionary_columns),
+                use_dictionary=others,
+                write_statistics=others,
+                compression=compression,
+                # the file's Arrow schema would name the dictionary arrays; without it, it
+                # reads back as the plain schema (checked by _dictionary_columns)
+                store_schema=not dictionary_columns,
             ) as writer,
         ):
 
@@ -398,7 +419,7 @@ def _write_pseudonymised(
                     writer.write_batch(table)
 
             pending: deque = deque()
-            for batch in reader:
+            for batch in itertools.chain([] if first is None else [first], batches):
                 pending.append(writes.submit(write, pool.submit(work, batch)))
                 while len(pending) > 3:  # at most a few batches in memory
                     pending.popleft().result()
@@ -407,7 +428,7 @@ def _write_pseudonymised(
     except duckdb.Error as exc:
         raise _extract_error(grant, row_filter, exc) from None
     counts["removed_by_optout_per_list"] = dict(zip(per_list_names, per_list, strict=True))
-    return counts
+    return counts, sink.sha256()
 
 
 def build_dataset(con, grant: GrantSpec, safe: SafeData, out_dir: Path) -> dict:
@@ -435,6 +456,7 @@ def _build_dataset(con, grant: GrantSpec, safe: SafeData, out_dir: Path, source_
     relation = source_relation(grant.source_path, ident)
     out = out_dir / f"{grant.dataset}.parquet"
     counts: dict = {}
+    out_sha256 = ""  # the native path hashes its file as it writes it
     if ident:
         if not safe.key:
             raise ExtractError(f"no pseudonym key for the person-level dataset {grant.dataset}")
@@ -461,7 +483,7 @@ def _build_dataset(con, grant: GrantSpec, safe: SafeData, out_dir: Path, source_
         if native:
             # One pass: DuckDB reads, checks and filters; the pseudonyms are made in native code
             # from Arrow batches and written with pyarrow (see _write_pseudonymised).
-            counts = _write_pseudonymised(
+            counts, out_sha256 = _write_pseudonymised(
                 con, grant, columns, row_filter, norm, list_checks, per_list_names, safe, out
             )
         else:  # the SQL HMAC: a counting pass, then one COPY
@@ -522,7 +544,7 @@ def _build_dataset(con, grant: GrantSpec, safe: SafeData, out_dir: Path, source_
         counts["rows_in"] - counts["removed_invalid_identifier"] - counts["removed_by_optout"]
     ) - rows_out
     counts["rows_out"] = rows_out
-    files = {out.name: _sha256_file(out)}
+    files = {out.name: out_sha256 or _sha256_file(out)}
     if safe.write_csv:
         csv_out = out_dir / f"{grant.dataset}.csv"
         con.execute(

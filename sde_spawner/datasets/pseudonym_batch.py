@@ -6,6 +6,10 @@ array in one ctypes call: the HMAC pads' states computed once, two identifiers h
 with the CPU's SHA extensions where it has them (OpenSSL's SHA-256 otherwise), no Python per
 row, the GIL released. Where the library is missing (no compiler at install), an extract
 uses the SQL form of the same HMAC instead; both are tested against the reference.
+
+The library also dictionary-encodes low-cardinality string columns for the extract's Parquet
+writer (:func:`dictionary_encode`, used by :mod:`sde_spawner.datasets.parquet_out`); a library
+built from an older source without it still serves the pseudonyms.
 """
 
 from __future__ import annotations
@@ -60,6 +64,61 @@ def _library():
     shani.restype = ctypes.c_int
     shani.argtypes = []
     return fn, valid, bool(shani())
+
+
+@cache
+def _dict_encoder():
+    """The library's dictionary encoder, or None (a library built from an older source)."""
+    lib = _library()
+    if lib is None:
+        return None
+    fn = getattr(ctypes.CDLL(str(LIBRARY)), "sde_dict_encode", None)
+    if fn is None:
+        return None
+    fn.restype = ctypes.c_int64
+    fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 3
+    fn.argtypes += [ctypes.c_int64, ctypes.c_int]
+    return fn
+
+
+#: at most this many distinct values in one batch for :func:`dictionary_encode`
+DICTIONARY_LIMIT = 1024
+_DICTIONARY_BYTES = 1 << 16
+
+
+def dictionary_encode(values: pa.Array, limit: int = DICTIONARY_LIMIT) -> pa.Array | None:
+    """``values`` (utf8) as a dictionary array (int32 indices, the distinct values in order of
+    first appearance), or None when it has more than ``limit`` distinct values (or they are
+    long) or the library has no encoder. Equal to ``values`` value for value."""
+    fn = _dict_encoder() if USE_NATIVE else None
+    if fn is None or not 1 <= limit <= 4096:
+        return None
+    values = _plain(values)
+    n = len(values)
+    validity, offsets, data = values.buffers()
+    indices = pa.allocate_buffer(4 * n)
+    dict_offsets = pa.allocate_buffer(4 * (limit + 1))
+    dict_data = pa.allocate_buffer(_DICTIONARY_BYTES)
+    count = fn(
+        data.address if data is not None else None,
+        offsets.address if offsets is not None else None,
+        validity.address if validity is not None and values.null_count else None,
+        n,
+        indices.address,
+        dict_offsets.address,
+        dict_data.address,
+        _DICTIONARY_BYTES,
+        limit,
+    )
+    if count == -2:
+        raise RuntimeError("the native pseudonym library refused its input")
+    if count < 0:
+        return None
+    dictionary = pa.Array.from_buffers(pa.string(), count, [None, dict_offsets, dict_data])
+    codes = pa.Array.from_buffers(
+        pa.int32(), n, [validity if values.null_count else None, indices], values.null_count
+    )
+    return pa.DictionaryArray.from_arrays(codes, dictionary, safe=False)  # in range by construction
 
 
 def uses_shani() -> bool:
