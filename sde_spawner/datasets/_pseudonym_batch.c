@@ -317,3 +317,117 @@ int64_t sde_dict_encode(const unsigned char *data, const int32_t *offsets,
     }
     return count;
 }
+
+/* ---- the NHS number check and the opt-out lists in one pass --------------------------------
+ * An opt-out set is an open-addressing table of slots (a power of two, at least twice the
+ * entries): keys[k] is a ten-digit number plus one (0: an empty slot), masks[k] the lists
+ * (bit i: list i) it is on. Both arrays start zeroed. */
+static uint64_t slot_of(uint64_t number, int64_t slots)
+{
+    return (number * 0x9E3779B97F4A7C15ull) >> 17 & (uint64_t)(slots - 1);
+}
+
+/* Ten ASCII digits as a number, or -1 (anything else: only exactly ten digits can equal a
+ * valid, normalised NHS number). */
+static int64_t ten_digits(const unsigned char *s, int32_t len)
+{
+    int64_t v = 0;
+    if (len != 10) return -1;
+    for (int j = 0; j < 10; j++) {
+        if (s[j] < '0' || s[j] > '9') return -1;
+        v = v * 10 + (s[j] - '0');
+    }
+    return v;
+}
+
+/* Add the values of an Arrow utf8 array (n values; validity: its bitmap or NULL) to list bit
+ * (0..31). Values that are not ten digits are left out. Returns 0, or -1 (bad argument or
+ * the table is full). */
+int sde_optout_add(uint64_t *keys, uint32_t *masks, int64_t slots, const unsigned char *data,
+                   const int32_t *offsets, const unsigned char *validity, int64_t n, int bit)
+{
+    if (slots < 2 || (slots & (slots - 1)) || bit < 0 || bit > 31 || n < 0) return -1;
+    for (int64_t i = 0; i < n; i++) {
+        if (validity && !(validity[i >> 3] & (1u << (i & 7)))) continue;
+        if (offsets[i + 1] < offsets[i] || offsets[i] < 0) return -1;
+        int64_t v = ten_digits(data + offsets[i], offsets[i + 1] - offsets[i]);
+        if (v < 0) continue;
+        uint64_t k = slot_of((uint64_t)v, slots);
+        for (int64_t probes = 0;; probes++) {
+            if (probes == slots) return -1;
+            if (keys[k] == 0) keys[k] = (uint64_t)v + 1;
+            if (keys[k] == (uint64_t)v + 1) {
+                masks[k] |= 1u << bit;
+                break;
+            }
+            k = (k + 1) & (uint64_t)(slots - 1);
+        }
+    }
+    return 0;
+}
+
+/* For each value of an Arrow utf8 array (n values; null slots are the caller's to mask):
+ * valid[i] = 1 when the value with its spaces removed (SQL replace(value, ' ', '')) is a valid
+ * NHS number (ten digits, the tenth the Modulus 11 check digit of the first nine), and then
+ * lists[i] = the opt-out lists it is on (0: none), else 0. Returns the number of valid values
+ * that had spaces (their normalised form is what must be pseudonymised), or -1. */
+int64_t sde_nhs_check(const unsigned char *data, const int32_t *offsets, int64_t n,
+                      const uint64_t *keys, const uint32_t *masks, int64_t slots,
+                      unsigned char *valid, uint32_t *lists)
+{
+    /* In blocks: check a block's values and prefetch their slots, then probe them (the table
+     * is larger than the caches; its lookups would otherwise wait on memory one by one). */
+    enum { BLOCK = 64 };
+    uint64_t number[BLOCK], slot[BLOCK];
+    int64_t spaced = 0;
+    if (n < 0 || slots < 2 || (slots & (slots - 1))) return -1;
+    for (int64_t base = 0; base < n; base += BLOCK) {
+        int64_t m = n - base < BLOCK ? n - base : BLOCK;
+        for (int64_t b = 0; b < m; b++) {
+            int64_t i = base + b;
+            int32_t start = offsets[i], end = offsets[i + 1];
+            int digits = 0, total = 0, ok = end >= start && start >= 0;
+            int64_t v = 0;
+            for (int32_t j = start; ok && j < end; j++) {
+                unsigned char c = data[j];
+                if (c == ' ') continue;
+                if (c < '0' || c > '9' || digits == 10) {
+                    ok = 0;
+                    break;
+                }
+                v = v * 10 + (c - '0');
+                if (digits < 9) total += (c - '0') * (10 - digits);
+                else {
+                    int check = 11 - total % 11;
+                    if (check == 11) check = 0;
+                    ok = check == c - '0'; /* a check of 10 matches no digit: invalid */
+                }
+                digits++;
+            }
+            ok = ok && digits == 10;
+            valid[i] = (unsigned char)ok;
+            number[b] = (uint64_t)v;
+            if (ok) {
+                spaced += (end - start) != 10;
+                slot[b] = slot_of((uint64_t)v, slots);
+                __builtin_prefetch(&keys[slot[b]]);
+            }
+        }
+        for (int64_t b = 0; b < m; b++) {
+            int64_t i = base + b;
+            uint32_t on = 0;
+            if (valid[i]) {
+                uint64_t k = slot[b];
+                for (int64_t probes = 0; probes < slots && keys[k]; probes++) {
+                    if (keys[k] == number[b] + 1) {
+                        on = masks[k];
+                        break;
+                    }
+                    k = (k + 1) & (uint64_t)(slots - 1);
+                }
+            }
+            lists[i] = on;
+        }
+    }
+    return spaced;
+}

@@ -319,55 +319,70 @@ def _write_pseudonymised(
     grant: GrantSpec,
     columns: list[str],
     row_filter: RowFilter | None,
-    norm: str,
-    list_checks: list[str],  # SQL: ``id`` is on list i
-    per_list_names: list[str],
+    ident: str,
+    per_list_names: list[str],  # the lists in force: DuckDB tables optout_0, optout_1, ...
     safe: SafeData,
     out: Path,
 ) -> dict:
     """The person-level extract in one pass; returns its counts and the file's SHA-256.
 
-    DuckDB reads the source once and gives, per row, the normalised identifier, whether it is
-    on any list in force (and on each, when there are several), whether the row filter holds
-    and the granted columns. In worker threads each batch gets the NHS number check and the
-    pseudonyms from :class:`~sde_spawner.datasets.pseudonym_batch.Pseudonymiser` (native code,
-    the GIL released), is counted and cut to the kept rows (valid, not opted out, filter), and
-    its low-cardinality string columns are made dictionary arrays (native code too, see
+    DuckDB reads the source once and gives, per row, the identifier as text, whether the row
+    filter holds and the granted columns. In worker threads each batch gets, in native code
+    with the GIL released, the NHS number check of the identifier with its spaces removed and
+    its membership of each list in force
+    (:class:`~sde_spawner.datasets.pseudonym_batch.OptoutCheck`: the same answers as the SQL
+    path's ``replace(id, ' ', '')``, ``valid`` and ``IN``), is counted and cut to the kept rows
+    (valid, not opted out, filter), gets the pseudonyms of the normalised identifiers
+    (:class:`~sde_spawner.datasets.pseudonym_batch.Pseudonymiser`), and its low-cardinality
+    string columns are made dictionary arrays (native code too, see
     :mod:`~sde_spawner.datasets.parquet_out`: the writer then neither hashes nor compares every
     value; the file reads back as the same plain strings). One writer thread writes the batches
     in order with pyarrow, hashing the file's bytes as they go, so reading, checking, hashing
     and writing overlap. The identifier never reaches the output: only its pseudonym.
     """
     granted = [c for c in columns if c != PSEUDONYM_COLUMN]
-    # one list in force (the usual case): its membership is the opt-out flag itself
-    lists = list_checks if len(list_checks) > 1 else []
     query = (
-        "SELECT id, coalesce(id IN (SELECT nhs_number FROM optouts), false) AS opted_out"
-        + "".join(f", coalesce({c}, false) AS list_{i}" for i, c in enumerate(lists))
+        f"SELECT CAST({quote(ident)} AS VARCHAR) AS id"
         + (f", coalesce(({row_filter.sql}), false) AS filter_ok" if row_filter else "")
         + "".join(f", {quote(c)}" for c in granted)
-        + f" FROM (SELECT *, {norm} AS id FROM src)"
+        + " FROM src"
+    )
+    n_lists = len(per_list_names)
+    check = pseudonym_batch.OptoutCheck(
+        [
+            con.sql(f"SELECT CAST(nhs_number AS VARCHAR) FROM optout_{i}").to_arrow_table()[0]
+            for i in range(n_lists)
+        ]
     )
     pseudonymise = pseudonym_batch.Pseudonymiser(safe.key)
     params = dict(row_filter.params) if row_filter else {}
     counts = {"rows_in": 0, "removed_invalid_identifier": 0, "removed_by_optout": 0}
-    per_list = [0] * len(list_checks)
+    per_list = [0] * n_lists
 
     def count(mask) -> int:
         return pc.sum(mask).as_py() or 0
 
     def work(batch: pa.RecordBatch):
-        valid = pseudonymise.valid_nhs_numbers(batch.column("id"))
-        n_opted = count(pc.and_(valid, batch.column("opted_out")))
-        on_lists = [count(pc.and_(valid, batch.column(f"list_{i}"))) for i in range(len(lists))]
-        stats = (batch.num_rows, batch.num_rows - count(valid), n_opted, on_lists or [n_opted])
-        keep = pc.and_(valid, pc.invert(batch.column("opted_out")))
+        valid, on, spaced = check(batch.column("id"))
+        opted = pc.and_(valid, pc.not_equal(on, 0))
+        n_opted = count(opted)
+        on_lists = [n_opted]  # one list in force (the usual case): it is the opt-out flag
+        if n_lists > 1:
+            bits = [pa.scalar(1 << i, pa.uint32()) for i in range(n_lists)]
+            on_lists = [
+                count(pc.and_(valid, pc.not_equal(pc.bit_wise_and(on, b), 0))) for b in bits
+            ]
+        stats = (batch.num_rows, batch.num_rows - count(valid), n_opted, on_lists)
+        keep = pc.and_(valid, pc.invert(opted))
         if row_filter:
             keep = pc.and_(keep, batch.column("filter_ok"))
         # only what is written (and the identifier, for its pseudonym) is cut to the kept rows
         kept = batch.select(["id", *granted]).filter(keep)
+        ids = kept.column("id")
+        if spaced:  # the pseudonym is that of the identifier with its spaces removed
+            ids = pc.replace_substring(ids, " ", "")
         arrays = [
-            pseudonymise(kept.column("id"))
+            pseudonymise(ids)
             if c == PSEUDONYM_COLUMN
             else parquet_out.as_dictionary(kept.column(c))
             if c in dictionary_columns
@@ -477,14 +492,16 @@ def _build_dataset(con, grant: GrantSpec, safe: SafeData, out_dir: Path, source_
             list_checks.append(f"id IN (SELECT nhs_number FROM optout_{i})")
         con.execute("CREATE OR REPLACE TEMP TABLE optouts AS SELECT DISTINCT * FROM optouts_all")
         per_list_names = [f"{ov.name} v{ov.version}" for ov in safe.optouts]
-        native = pseudonym_batch.available() and not (
-            row_filter and PSEUDONYM_COLUMN in row_filter.columns
+        native = (
+            pseudonym_batch.available()
+            and not (row_filter and PSEUDONYM_COLUMN in row_filter.columns)
+            and len(safe.optouts) <= pseudonym_batch.MAX_LISTS
         )
         if native:
             # One pass: DuckDB reads, checks and filters; the pseudonyms are made in native code
             # from Arrow batches and written with pyarrow (see _write_pseudonymised).
             counts, out_sha256 = _write_pseudonymised(
-                con, grant, columns, row_filter, norm, list_checks, per_list_names, safe, out
+                con, grant, columns, row_filter, ident, per_list_names, safe, out
             )
         else:  # the SQL HMAC: a counting pass, then one COPY
             stats_sql = (

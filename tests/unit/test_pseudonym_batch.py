@@ -168,3 +168,23 @@ def test_the_native_extract_equals_the_sql_extract(
         opted = set(national) | (set(local) if lists == 2 else set())
         expected = {pseudonym(KEY, n) for n in numbers if n not in opted}
         assert set(a.column("pseudonym").to_pylist()) <= expected
+
+
+def test_the_native_optout_check_equals_sql_replace_valid_and_in():
+    """valid(replace(id, ' ', '')) and membership of each list, as the SQL path computes."""
+    rng = random.Random(1)
+    nums = [with_check_digit(f"{rng.randrange(10**9):09d}") for _ in range(5000)]
+    nums = [n for n in nums if n]
+    vals = nums + [f"{n[:3]} {n[3:6]} {n[6:]}" for n in nums[:300]] + [n + " " for n in nums[:50]]
+    vals += ["", " ", "abc", "94347659190", "943476591", None, "9434765919", "0000000000"]
+    l1, l2 = [*nums[::7], "xx", None, "943 476 5919"], [*nums[::11], "0000000000"]
+    check = pseudonym_batch.OptoutCheck([pa.array(l1, pa.string()), pa.array(l2, pa.string())])
+    valid, lists, spaced = check(pa.array(vals, pa.string()))
+    expected_spaced = 0
+    for v, ok, on in zip(vals, valid.to_pylist(), lists.to_pylist(), strict=True):
+        norm = None if v is None else v.replace(" ", "")
+        assert ok == (norm is not None and is_valid(norm)), v
+        if ok:
+            expected_spaced += norm != v
+            assert on == (norm in set(l1)) + 2 * (norm in set(l2)), v
+    assert spaced == expected_spaced > 0
