@@ -577,7 +577,9 @@ def _build_dataset(con, grant: GrantSpec, safe: SafeData, out_dir: Path, source_
         "row_filter": grant.row_filter,
         "columns": [{"name": f.name, "type": str(f.type)} for f in schema],
         **counts,
-        "source_sha256": source_sha256.result(),
+        "source_sha256": (
+            source_sha256.result() if source_sha256 else _sha256_file(Path(grant.source_path))
+        ),
         "files": files,
     }
 
