@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import PurePosixPath
 
 from sde_airlock.sdc import docs as sdc_docs
+from sde_airlock.sdc import jsontables as sdc_jsontables
 from sde_airlock.sdc import tables as sdc_tables
 from sde_airlock.sdc.core import (
     FAIL,
@@ -175,11 +176,48 @@ def read_parquet(data: bytes, max_rows: int) -> Table:
     return sdc_tables.read_parquet(data, max_rows)
 
 
+#: Delimiters a ``.csv`` or ``.tsv`` file may really use: spreadsheets set to a European
+#: locale write ``;`` (the comma is their decimal mark), some tools ``|``.
+OTHER_DELIMITERS = (",", "\t", ";", "|")
+DELIMITER_SAMPLE_LINES = 50
+
+
+def table_delimiter(ext: str, data: bytes) -> str:
+    """The delimiter the table in ``data`` uses: its suffix's (``,`` for ``.csv``) unless that
+    splits the header into one field, or most of the first rows into a different number of
+    fields than the header, while another of :data:`OTHER_DELIMITERS` splits the header in two
+    or more and at least 80% of the rows alike (the one that fits most rows). Read wrongly, a
+    ``;`` file is one column of text, and its counts are never checked."""
+    lines = [
+        line
+        for line in decode_text(data[: 256 * 1024]).splitlines()[: DELIMITER_SAMPLE_LINES * 2]
+        if line.strip()
+    ][:DELIMITER_SAMPLE_LINES]
+
+    def fit(delimiter: str) -> float:
+        try:
+            widths = [len(row) for row in csv.reader(lines, delimiter=delimiter)]
+        except csv.Error:
+            return 0.0
+        if not widths or widths[0] < 2:
+            return 0.0
+        body = widths[1:] or widths
+        return sum(w == widths[0] for w in body) / len(body)
+
+    default = TABLE_DELIMITERS[ext]
+    if fit(default) >= 0.8:
+        return default
+    scores = [(fit(d), -i, d) for i, d in enumerate(OTHER_DELIMITERS) if d != default]
+    best, _, delimiter = max(scores)
+    return delimiter if best >= 0.8 else default
+
+
 def read_table(path: str, data: bytes, rules: Rules) -> Table:
     ext = PurePosixPath(path).suffix.lower()
     if ext == ".parquet":
         return sdc_tables.read_parquet(data, rules.max_rows)
-    return sdc_tables.read_delimited(data, TABLE_DELIMITERS[ext], rules.max_rows, open_text)
+    delimiter = table_delimiter(ext, data)
+    return sdc_tables.read_delimited(data, delimiter, rules.max_rows, open_text)
 
 
 def check(path: str, data: bytes, rules: Rules | None = None) -> Report:
@@ -205,6 +243,8 @@ def _check_content(path: str, ext: str, data: bytes, rules: Rules) -> Report:
             return _check_notebook(data, rules)
         if ext in (".html", ".htm", ".svg"):
             return _check_html(data, rules, svg=ext == ".svg")
+        if ext == ".json":
+            return _check_json(data, rules)
         if ext in TEXT_SUFFIXES:
             report = Report("text", ["the whole text"])
             report.findings = check_text(decode_text(data), "text", rules)
@@ -242,11 +282,58 @@ def _check_content(path: str, ext: str, data: bytes, rules: Rules) -> Report:
     )
 
 
+def _json_doc(text: str):
+    """The parsed JSON, or None when the text is not JSON (or nests too deep to parse)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _check_json(data: bytes, rules: Rules) -> Report:
+    """A JSON file: its text as any text file's, and the tables its structure holds
+    (:mod:`sde_airlock.sdc.jsontables`) through the cell rules, as a CSV's."""
+    text = decode_text(data)
+    report = Report("text", ["the whole text"])
+    report.findings = check_text(text, "text", rules)
+    doc = _json_doc(text)
+    if doc is None:
+        report.findings.append(
+            Finding(
+                NOT_FULLY_CHECKED,
+                NOT_FULLY_CHECKED,
+                "file",
+                "not valid JSON: read as text only, any table in it was not checked; check it "
+                "by eye in the raw view",
+            )
+        )
+        return report
+    tables, whole = sdc_jsontables.json_tables(doc)
+    for table in tables:
+        table.where = f"JSON {table.where}"
+        report.findings += check_table(table, rules, scan_values=False)
+    report.checked.append(f"{len(tables)} table(s) in its JSON structure")
+    if not whole:
+        report.findings.append(
+            Finding(
+                NOT_FULLY_CHECKED,
+                NOT_FULLY_CHECKED,
+                "file",
+                f"more tables in its JSON than the checks read ({len(tables)} read): check the "
+                "rest by eye",
+            )
+        )
+    return report
+
+
 def _check_table_file(path: str, data: bytes, rules: Rules) -> Report:
     table = read_table(path, data, rules)
     width = max((len(r) for r in table.rows), default=len(table.header))
     cell_scan = not table.sampled and width * max(len(table.rows), 1) <= CELL_SCAN_CELLS
     report = Report("table", [_table_summary(table, rules)])
+    ext = PurePosixPath(path).suffix.lower()
+    if ext in TABLE_DELIMITERS and (d := table_delimiter(ext, data)) != TABLE_DELIMITERS[ext]:
+        report.checked.append(f"read with {d!r} as the delimiter, not {TABLE_DELIMITERS[ext]!r}")
     report.findings = check_table(table, rules, scan_values=cell_scan)
     if cell_scan:
         # The header (with any rows folded into it) is carried out too.
@@ -365,6 +452,9 @@ def _tables_of(path: str, data: bytes, rules: Rules) -> list[Table]:
     try:
         if ext in TABLE_DELIMITERS or ext == ".parquet":
             return [read_table(path, data, rules)]
+        if ext == ".json" and len(data) <= MAX_DOCUMENT:
+            doc = _json_doc(decode_text(data))
+            return [] if doc is None else sdc_jsontables.json_tables(doc)[0]
         if ext in TEXT_SUFFIXES and len(data) <= MAX_DOCUMENT:
             return [
                 sdc_tables.table_from_rows(rows, f"printed table at line {line}")

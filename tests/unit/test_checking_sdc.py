@@ -403,3 +403,87 @@ def test_adversarial_text_is_checked_in_linear_time(tmp_path, text):
 def test_e_mail_addresses_are_still_found_with_the_bounded_pattern():
     found = sdc_values.identifiers_in("jo.bloggs@nhs.net, a.b@example.co.uk; not@this; x@y.z")
     assert found == {"email": 2}
+
+
+# --- delimiters ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("semicolon.csv", "region;n\nnorth;120\nsouth;4\n"),  # a European-locale spreadsheet
+        ("pipe.csv", "region|n\nnorth|120\nsouth|4\n"),
+        ("tabs.csv", "region\tn\nnorth\t120\nsouth\t4\n"),
+        ("commas.tsv", "region,n\nnorth,120\nsouth,4\n"),
+        ("decimal_commas.csv", "region;n;mean\nnorth;120;1,5\nsouth;4;2,25\n"),
+    ],
+)
+def test_a_table_in_another_delimiter_is_still_read_as_a_table(name, text):
+    report = sdc.check(name, text.encode(), sdc.Rules())
+    assert report.kind == "table"
+    assert ("threshold", "fail") in rules_hit(report), report.findings
+    assert any("as the delimiter" in c for c in report.checked)
+    columns = 3 if name == "decimal_commas.csv" else 2  # "1,5" is one cell, not two
+    assert report.checked[0].startswith(f"table of {columns} columns"), report.checked
+
+
+def test_the_suffix_delimiter_wins_when_it_fits():
+    # commas are the delimiter; the semicolons are inside labels
+    report = check_csv("label,n\nA; B,120\nC; D,4\n")
+    assert ("threshold", "fail") in rules_hit(report)
+    assert not any("as the delimiter" in c for c in report.checked)
+    assert sdc.table_delimiter(".csv", b"label,n\nA; B,120\nC; D,4\n") == ","
+    # one column of text (no delimiter fits) stays the suffix's
+    assert sdc.table_delimiter(".csv", b"just text\nmore text\n") == ","
+    assert sdc.table_delimiter(".tsv", b"a\tb\n1\t2\n") == "\t"
+
+
+# --- JSON ---------------------------------------------------------------------------------
+
+COUNTS = {"north": 120, "south": 4}  # south is a group of four
+
+
+def _pandas_json(orient: str | None, counts: dict) -> bytes:
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"region": list(counts), "n": list(counts.values())})
+    if orient == "series":
+        return df.set_index("region")["n"].to_json().encode()
+    frame = df.set_index("region") if orient in (None, "columns", "index", "split") else df
+    return (frame.to_json() if orient is None else frame.to_json(orient=orient)).encode()
+
+
+ORIENTS = [None, "columns", "index", "split", "records", "values", "series"]
+
+
+@pytest.mark.parametrize("orient", ORIENTS)
+def test_counts_written_by_pandas_to_json_get_the_cell_rules(orient):
+    report = sdc.check("counts.json", _pandas_json(orient, COUNTS))
+    assert ("threshold", "fail") in rules_hit(report), (orient, report.findings)
+    (finding,) = [f for f in report.findings if f.rule == "threshold"]
+    assert finding.where.startswith("JSON $")
+    safe = sdc.check("counts.json", _pandas_json(orient, {"north": 120, "south": 40}))
+    assert safe.status == "pass", (orient, safe.findings)
+
+
+def test_a_table_deep_in_a_json_document_and_a_single_record():
+    nested = {"meta": {"title": "cohort"}, "results": [{"tables": {"n": {"a": 15, "b": 4}}}]}
+    report = sdc.check("out.json", json.dumps(nested).encode())
+    (finding,) = [f for f in report.findings if f.rule == "threshold"]
+    assert finding.where == "JSON $.results[0].tables, column 'n'"
+    record = sdc.check("out.json", b'{"title": "cohort", "n": 4}')
+    assert ("threshold", "fail") in rules_hit(record)
+    assert sdc.check("out.json", b'{"title": "cohort", "n": 40}').status == "pass"
+
+
+def test_json_that_does_not_parse_is_text_and_says_so():
+    report = sdc.check("out.json", b'{"n": 4, "note": "unterminated')
+    assert ("not_fully_checked", "not_fully_checked") in rules_hit(report)
+    deep = b"[" * 100_000 + b"]" * 100_000  # deeper than the parser goes
+    assert sdc.check("deep.json", deep).status in ("not_fully_checked", "fail")
+
+
+def test_json_tables_are_differenced_too():
+    first = json.dumps({"n": {"north": 120, "south": 45}}).encode()
+    second = json.dumps({"n": {"north": 117, "south": 45}}).encode()
+    reports = sdc.check_many([("t2.json", second)], against=[("t1.json", first)])
+    assert "differencing" in {f.rule for f in reports["t2.json"].findings}

@@ -94,3 +94,17 @@ def test_the_console_script_runs_the_same_code(tmp_path):
         timeout=60,
     )
     assert help_text.returncode == 0 and "--against" in help_text.stdout
+
+
+def test_counts_in_a_semicolon_csv_and_in_json_fail_through_the_command(tmp_path):
+    semicolon = tmp_path / "excel_export.csv"
+    semicolon.write_text("region;n\nnorth;120\nsouth;4\n")
+    as_json = tmp_path / "counts.json"
+    as_json.write_text(json.dumps({"n": {"north": 120, "south": 4}}))  # DataFrame.to_json()
+    code, out = run(str(semicolon), str(as_json), "--json")
+    assert code == 3
+    files = json.loads(out)["files"]
+    for path in (semicolon, as_json):
+        report = files[str(path)]
+        assert report["status"] == "fail"
+        assert [f["rule"] for f in report["findings"]] == ["threshold"], report
