@@ -7,7 +7,8 @@ Identifiers are found by *value* wherever they are in a file, with the rule id o
 rule                 a value that is
 ===================  =====================================================================
 ``nhs_number``       ten digits with a valid Modulus 11 check digit, with any spacing or
-                     hyphens (``943 476 5919``, ``943-476-5919``, ``943  4765919.``)
+                     hyphens (``943 476 5919``, ``943-476-5919``, ``943  4765919.``), or
+                     grouped 3-3-4 with dots or slashes (``943.476.5919``)
 ``postcode``         a full UK postcode (``SW1A 1AA``, ``SW1A  1AA``, ``sw1a1aa``)
 ``email``            an e-mail address (bounded pattern, linear time)
 ``phone``            a UK telephone number (``07700 900123``, ``+44 20 7946 0958``,
@@ -124,10 +125,12 @@ def valid_nhs_number(digits: str) -> bool:
     return check != 10 and check == int(digits[9])
 
 
-#: Ten digits with up to two spaces, tabs or hyphens between any two; not inside a longer run
-#: of digits. A trailing full stop, comma or bracket is punctuation, not part of the number.
-_NHS = re.compile(r"(?<![\d])\d(?:[ \t\-]{0,2}\d){9}(?![\d])")
-_SEPARATORS = re.compile(r"[ \t\-]")
+#: Ten digits with up to two spaces, tabs or hyphens between any two, or grouped 3-3-4 with
+#: dots or slashes (``943.476.5919``: only in that grouping, so that a float's decimals are
+#: not read as one); not inside a longer run of digits. A trailing full stop, comma or bracket
+#: is punctuation, not part of the number.
+_NHS = re.compile(r"(?<![\d])(?:\d(?:[ \t\-]{0,2}\d){9}|\d{3}([./])\d{3}\1\d{4})(?![\d])")
+_SEPARATORS = re.compile(r"[ \t\-./]")
 _POSTCODE = re.compile(
     r"\b(?:GIR[ \t]{0,3}0AA|[A-PR-UWYZ][A-HK-Y]?\d[A-Z\d]?[ \t]{0,3}\d[ABD-HJLNP-UW-Z]{2})\b",
     re.IGNORECASE,
@@ -177,7 +180,7 @@ _EXACT = (
 #: the exact patterns are then run over each line that holds a candidate, and the counts are
 #: exactly those of a scan of the whole text.
 _CANDIDATES = (
-    r"\d(?:[ \t\-]{0,2}\d){9}"
+    r"\d(?:[ \t\-]{0,2}\d){9}|\d{3}[./]\d{3}[./]\d{4}"
     r"|(?i:GIR[ \t]{0,3}0AA|[A-PR-UWYZ][A-HK-Y]?\d[A-Z\d]?[ \t]{0,3}\d[ABD-HJLNP-UW-Z]{2})"
     r"|@"
     r"|(?:\+44[ \t\-]?(?:\(0\)[ \t]?)?|\(0|0)[1237](?:[ \t\-\)]{0,2}\d){9}"

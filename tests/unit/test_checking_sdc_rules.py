@@ -173,6 +173,8 @@ def test_tables_printed_as_text_are_read_as_tables():
         ("NHS number 943  476  5919, seen", "nhs_number"),
         ("943-476-5919;", "nhs_number"),
         ("9434 765 919", "nhs_number"),
+        ("ref 943.476.5919", "nhs_number"),
+        ("ref 943/476/5919.", "nhs_number"),
         ("lives at SW1A  1AA", "postcode"),
     ],
 )
@@ -182,7 +184,14 @@ def test_identifiers_that_were_missed(text, rule):
 
 @pytest.mark.parametrize(
     "text",
-    ["n = 120 in 2024-03-12", "ref 12345678901234", "call extension 4471", "SW1A district"],
+    [
+        "n = 120 in 2024-03-12",
+        "ref 12345678901234",
+        "call extension 4471",
+        "SW1A district",
+        "p = 0.943476591",  # a float's decimals are not grouped 3-3-4
+        "943.476/5919",  # mixed separators
+    ],
 )
 def test_near_misses_are_not_identifiers(text):
     assert not rule_ids(sdc.check("notes.txt", text.encode())) & set(sdc_values.IDENTIFIER_KINDS)
@@ -375,3 +384,10 @@ def test_the_fast_identifier_scan_counts_what_the_exact_patterns_count():
     fast = sdc_values.identifiers_in(text)
     assert fast == sdc_values.exact_identifiers_in(text)
     assert set(fast) == set(sdc_values.IDENTIFIER_KINDS)
+
+
+def test_a_dotted_nhs_number_is_found_in_large_text_too():
+    # over FAST_SCAN_OVER the candidates are found with RE2 first, then checked exactly
+    text = ("filler line without digits\n" * 4000) + "ref 943.476.5919\n"
+    assert len(text) > sdc_values.FAST_SCAN_OVER
+    assert sdc_values.identifiers_in(text) == {"nhs_number": 1}
