@@ -33,6 +33,7 @@ from pathlib import PurePosixPath
 
 from sde_airlock.sdc import docs as sdc_docs
 from sde_airlock.sdc import jsontables as sdc_jsontables
+from sde_airlock.sdc import pdf as sdc_pdf
 from sde_airlock.sdc import tables as sdc_tables
 from sde_airlock.sdc.core import (
     FAIL,
@@ -245,6 +246,8 @@ def _check_content(path: str, ext: str, data: bytes, rules: Rules) -> Report:
             return _check_html(data, rules, svg=ext == ".svg")
         if ext == ".json":
             return _check_json(data, rules)
+        if ext == ".pdf":
+            return _check_pdf(data, rules)
         if ext in TEXT_SUFFIXES:
             report = Report("text", ["the whole text"])
             report.findings = check_text(decode_text(data), "text", rules)
@@ -280,6 +283,50 @@ def _check_content(path: str, ext: str, data: bytes, rules: Rules) -> Report:
         ["nothing"],
         [Finding("manual", INFO, "file", "no automated checks for this file type")],
     )
+
+
+def _check_pdf(data: bytes, rules: Rules) -> Report:
+    """A PDF: the text and identifier rules over its text (pages, annotations, form fields,
+    document information; :mod:`sde_airlock.sdc.pdf`), what it hides, and its figures by eye."""
+    if len(data) > MAX_DOCUMENT:
+        return _too_large(data, rules)
+    content = sdc_pdf.read(data)
+    report = Report("figure", [f"its text ({len(content.texts)} parts); not its pictures"])
+    for where, text in content.texts:
+        report.findings += check_text(text, f"PDF {where}", rules)
+    if content.scripts:
+        report.findings.append(
+            Finding(
+                "script",
+                FAIL,
+                "PDF",
+                f"JavaScript or actions a viewer runs: {', '.join(content.scripts[:5])}",
+            )
+        )
+    if content.embedded:
+        names = ", ".join(content.embedded[:5])
+        report.findings.append(
+            Finding(
+                "attachment",
+                NOT_FULLY_CHECKED,
+                "PDF",
+                f"{len(content.embedded)} file(s) embedded in it, not checked: {names}",
+            )
+        )
+    for why in content.incomplete:
+        report.findings.append(
+            Finding(NOT_FULLY_CHECKED, NOT_FULLY_CHECKED, "PDF", f"{why}: check it by eye")
+        )
+    report.findings.append(
+        Finding(
+            "manual",
+            INFO,
+            "figure",
+            "check by eye: the pictures in it (axis ranges, labels and annotations can show "
+            "small counts, outliers or single people)",
+        )
+    )
+    return report
 
 
 def _json_doc(text: str):
