@@ -33,6 +33,7 @@ from pathlib import PurePosixPath
 
 from sde_airlock.sdc import docs as sdc_docs
 from sde_airlock.sdc import jsontables as sdc_jsontables
+from sde_airlock.sdc import latex as sdc_latex
 from sde_airlock.sdc import pdf as sdc_pdf
 from sde_airlock.sdc import tables as sdc_tables
 from sde_airlock.sdc.core import (
@@ -154,6 +155,9 @@ def check_text(text: str, where: str, rules: Rules, *, code: bool = False) -> li
         )
     for line, rows in sdc_tables.text_tables(text):
         at = f"{where}, printed table at line {line}"
+        findings += check_table(sdc_tables.table_from_rows(rows, at), rules, scan_values=False)
+    for line, rows in sdc_latex.latex_tables(text):
+        at = f"{where}, LaTeX table at line {line}"
         findings += check_table(sdc_tables.table_from_rows(rows, at), rules, scan_values=False)
     return findings
 
@@ -503,9 +507,13 @@ def _tables_of(path: str, data: bytes, rules: Rules) -> list[Table]:
             doc = _json_doc(decode_text(data))
             return [] if doc is None else sdc_jsontables.json_tables(doc)[0]
         if ext in TEXT_SUFFIXES and len(data) <= MAX_DOCUMENT:
+            text = decode_text(data)
             return [
                 sdc_tables.table_from_rows(rows, f"printed table at line {line}")
-                for line, rows in sdc_tables.text_tables(decode_text(data))
+                for line, rows in sdc_tables.text_tables(text)
+            ] + [
+                sdc_tables.table_from_rows(rows, f"LaTeX table at line {line}")
+                for line, rows in sdc_latex.latex_tables(text)
             ]
     except (csv.Error, ValueError, OSError, ImportError):
         return []
