@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from sde_airlock.sdc.core import FAIL, NOT_FULLY_CHECKED, REVIEW, Finding, Rules, plural
 from sde_airlock.sdc.values import (
     IDENTIFIER_KINDS,
+    as_count,
     as_int,
+    count_with_share,
     identifier_rule_of_column,
     identifiers_in,
     is_missing,
@@ -119,6 +121,10 @@ def roles(table: Table) -> list[str]:
             out.append("identifier")
         elif not values:
             out.append("empty")
+        elif all(count_with_share(v) is not None for v in values) and not words & (
+            _MAGNITUDE_WORDS | _MINMAX_WORDS
+        ):
+            out.append("count")  # "n (%)": a count with its share, whatever the column's name
         elif _mostly_text(values) or _is_index(name, cells):
             out.append("label")
         elif words & _MINMAX_WORDS:
@@ -172,7 +178,7 @@ class _Counts:
             return
         if is_missing(value):
             return
-        n = as_int(value)
+        n = as_count(value)
         if n is None:
             return
         if n == 0:

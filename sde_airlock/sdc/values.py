@@ -51,6 +51,28 @@ def as_int(text: str) -> int | None:
     return None
 
 
+#: "n (%)" cells of a descriptive table (Table 1): a count with its share beside it,
+#: ``4 (2.0)``, ``4 (3.2%)``, ``1,204 [55.1%]``, ``4/120 (3.3%)``. The share is one number:
+#: ``54 (40-60)`` (a median and its range) is not a count.
+_COUNT_SHARE = re.compile(
+    r"^([+-]?\d{1,3}(?:,\d{3})+|[+-]?\d+)\s*(?:/\s*[\d,]+\s*)?"
+    r"[(\[]\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)\s*%?\s*[)\]]$"
+)
+
+
+def count_with_share(text: str) -> int | None:
+    """The count of an "n (%)" cell (``4 (2.0%)`` is 4), else None."""
+    m = _COUNT_SHARE.match(text.strip())
+    return int(m.group(1).replace(",", "")) if m else None
+
+
+def as_count(text: str) -> int | None:
+    """The count a cell of a count column holds: an integer (:func:`as_int`) or the count of
+    an "n (%)" cell (:func:`count_with_share`)."""
+    n = as_int(text)
+    return count_with_share(text) if n is None else n
+
+
 def is_numeric(text: str) -> bool:
     t = text.strip()
     return bool(_INT.match(t) or _FLOAT.match(t))

@@ -391,3 +391,27 @@ def test_a_dotted_nhs_number_is_found_in_large_text_too():
     text = ("filler line without digits\n" * 4000) + "ref 943.476.5919\n"
     assert len(text) > sdc_values.FAST_SCAN_OVER
     assert sdc_values.identifiers_in(text) == {"nhs_number": 1}
+
+
+# --- "n (%)" cells -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cell", ["4 (2.0)", "4 (3.2%)", "4 [3.2%]", "4/120 (3.3%)", " 4 ( 3.2 % ) ", "4 (.5)"]
+)
+def test_a_small_count_beside_its_share_fails(cell):
+    table = f'characteristic,cases n (%)\nmale,"1,204 (96.8%)"\nfemale,"{cell}"\n'
+    (finding,) = [f for f in csv(table).findings if f.rule == "threshold"]
+    assert finding.status == "fail" and "row 2: 4" in finding.message
+
+
+def test_n_percent_cells_in_a_descriptive_table_and_their_zeros():
+    table = "group,cases,controls\nA,120 (60.0),300 (55.0)\nB,0 (0.0),245 (45.0)\n"
+    assert ("zero", "fail") in rules(csv(table))
+    safe = "group,cases,controls\nA,120 (60.0),300 (55.0)\nB,80 (40.0),245 (45.0)\n"
+    assert csv(safe).status == "pass"
+
+
+def test_a_mean_or_median_with_its_spread_is_not_a_count():
+    table = "characteristic,mean (sd),median (IQR)\nage,54 (12),50 (40-60)\nbmi,27 (4),26 (23-30)\n"
+    assert "threshold" not in rule_ids(csv(table))
