@@ -467,6 +467,11 @@ def _check_notebook(data: bytes, rules: Rules) -> Report:
         elif kind == "figure":
             figures += 1
             report.findings += sdc_docs.image_metadata(sdc_docs.decoded_image(content), where)
+        elif kind == "json":
+            found_tables, _ = sdc_jsontables.json_tables(content, f"{where}, JSON $")
+            for table in found_tables:
+                tables += 1
+                report.findings += check_table(table, rules, scan_values=False)
         elif kind == "html":
             found, text, scripts, external = sdc_docs.html_parts(content)
             for n, rows in enumerate(found, 1):

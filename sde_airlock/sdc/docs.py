@@ -168,10 +168,11 @@ def _hidden(cell: dict) -> list[str]:
     return why
 
 
-def notebook_parts(nb: dict) -> Iterator[tuple[str, str, str]]:
+def notebook_parts(nb: dict) -> Iterator[tuple[str, str, object]]:
     """``(where, kind, content)`` for every part of a notebook, with ``kind`` one of
     ``text`` (prose and outputs: every rule), ``code`` (sources: identifiers only), ``html``,
-    ``figure`` (base64 image data), ``finding`` (content a :class:`Finding` about the part)."""
+    ``figure`` (base64 image data), ``json`` (the parsed data of a JSON output: plotly,
+    vega-lite), ``finding`` (content a :class:`Finding` about the part)."""
     extra = {k: v for k, v in (nb.get("metadata") or {}).items() if k not in _USUAL_METADATA}
     if extra:
         text = json.dumps(extra, sort_keys=True, default=str)
@@ -264,7 +265,7 @@ def notebook_parts(nb: dict) -> Iterator[tuple[str, str, str]]:
                 yield f"{out_where} metadata", "code", json.dumps(output["metadata"], default=str)
 
 
-def _bundle(where: str, bundle: dict) -> Iterator[tuple[str, str, str]]:
+def _bundle(where: str, bundle: dict) -> Iterator[tuple[str, str, object]]:
     for mime, value in bundle.items():
         mime = str(mime)
         if mime.startswith("image/"):
@@ -276,6 +277,9 @@ def _bundle(where: str, bundle: dict) -> Iterator[tuple[str, str, str]]:
         elif _TEXT_MIME.match(mime):
             text = value if isinstance(value, str | list) else json.dumps(value, default=str)
             yield where, "text", joined(text) if not isinstance(text, str) else text
+            if mime.endswith("json") and isinstance(value, dict | list):
+                # plotly, vega-lite, JSON display: the data behind the chart, as tables
+                yield where, "json", value
         else:
             text = json.dumps(value, default=str)
             yield where, "code", text

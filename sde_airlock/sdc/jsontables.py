@@ -4,7 +4,8 @@ A researcher's counts leave as JSON as readily as CSV: ``df.to_json()`` (``{colu
 value}}``), ``df.to_json(orient="records")`` (``[{column: value}, ...]``),
 ``orient="split"`` (``{"columns": [...], "index": [...], "data": [[...]]}``),
 ``orient="index"`` (``{row: {column: value}}``), a Series' ``value_counts().to_json()``
-(``{label: count}``) and lists of rows (``[["region", "n"], ["north", 12]]``). Checked only
+(``{label: count}``), lists of rows (``[["region", "n"], ["north", 12]]``) and of columns
+(``{"x": [...], "y": [...]}``: ``to_dict("list")``, a plotly trace). Checked only
 as text, their small counts passed unseen.
 
 :func:`json_tables` walks the parsed document and returns every such shape it finds, at any
@@ -65,6 +66,17 @@ def _records(items: list[dict], where: str) -> Table:
     header = _keys(items)
     rows = [[_cell(i.get(k)) for k in header] for i in items]
     return Table(header, rows, len(rows), where)
+
+
+def _column_lists(node: dict) -> dict[str, list[str]]:
+    """The longest set of two or more equal-length lists of plain values among ``node``'s
+    values, as cells ({} when there is none)."""
+    by_length: dict[int, dict[str, list[str]]] = {}
+    for key, value in node.items():
+        if isinstance(value, list) and value and all(_scalar(v) for v in value):
+            by_length.setdefault(len(value), {})[str(key)] = [_cell(v) for v in value]
+    groups = [g for g in by_length.values() if len(g) >= 2]
+    return max(groups, key=len) if groups else {}
 
 
 def _rows(items: list, where: str) -> Table | None:
@@ -152,6 +164,12 @@ def _walk(node, where: str, depth: int) -> Iterator[Table]:
     ):
         yield _grid(node, where)
         return
+    columns = _column_lists(node)
+    if columns:
+        # {column: [values]} (to_dict("list"), a plotly trace's x and y, vega-lite fields)
+        header = list(columns)
+        rows = [list(r) for r in zip(*columns.values(), strict=True)]
+        yield Table(header, rows, len(rows), where)
     scalars = {str(k): v for k, v in node.items() if _scalar(v)}
     if any(_number(v) for v in scalars.values()):
         record = Table(list(scalars), [[_cell(v) for v in scalars.values()]], 1, where)
@@ -164,5 +182,5 @@ def _walk(node, where: str, depth: int) -> Iterator[Table]:
                 record = series
         yield record
     for key, value in node.items():
-        if not _scalar(value):
+        if not _scalar(value) and str(key) not in columns:
             yield from _walk(value, f"{where}.{key}", depth + 1)

@@ -487,3 +487,48 @@ def test_json_tables_are_differenced_too():
     second = json.dumps({"n": {"north": 117, "south": 45}}).encode()
     reports = sdc.check_many([("t2.json", second)], against=[("t1.json", first)])
     assert "differencing" in {f.rule for f in reports["t2.json"].findings}
+
+
+def _notebook_with_output(mime: str, value) -> bytes:
+    output = {"output_type": "display_data", "metadata": {}, "data": {mime: value}}
+    cell = {
+        "cell_type": "code",
+        "id": "c1",
+        "metadata": {},
+        "execution_count": 1,
+        "source": "fig.show()",
+        "outputs": [output],
+    }
+    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [cell]}
+    return json.dumps(nb).encode()
+
+
+@pytest.mark.parametrize(
+    ("mime", "chart"),
+    [
+        (
+            "application/vnd.plotly.v1+json",
+            lambda s: {"data": [{"type": "bar", "x": ["north", "south"], "y": [120, s]}]},
+        ),
+        (
+            "application/vnd.vegalite.v5+json",
+            lambda s: {
+                "mark": "bar",
+                "data": {"values": [{"region": "north", "n": 120}, {"region": "south", "n": s}]},
+            },
+        ),
+    ],
+)
+def test_the_data_behind_a_chart_in_a_notebook_output_is_checked(mime, chart):
+    report = sdc.check("analysis.ipynb", _notebook_with_output(mime, chart(4)))
+    (finding,) = [f for f in report.findings if f.rule == "threshold"]
+    assert finding.status == "fail" and "JSON $" in finding.where
+    safe = sdc.check("analysis.ipynb", _notebook_with_output(mime, chart(40)))
+    assert "threshold" not in {f.rule for f in safe.findings}
+
+
+def test_json_columns_as_lists():
+    doc = {"region": ["north", "south"], "n": [120, 4], "note": "to_dict('list')"}
+    report = sdc.check("counts.json", json.dumps(doc).encode())
+    (finding,) = [f for f in report.findings if f.rule == "threshold"]
+    assert finding.where == "JSON $, column 'n'"
