@@ -35,6 +35,7 @@ from sde_airlock.sdc import docs as sdc_docs
 from sde_airlock.sdc import jsontables as sdc_jsontables
 from sde_airlock.sdc import latex as sdc_latex
 from sde_airlock.sdc import pdf as sdc_pdf
+from sde_airlock.sdc import stata as sdc_stata
 from sde_airlock.sdc import tables as sdc_tables
 from sde_airlock.sdc.core import (
     FAIL,
@@ -120,6 +121,7 @@ _DOF = (
     re.compile(r"Df Residuals:\s+(\d+)"),  # statsmodels summary()
     re.compile(r"on (\d+) degrees of freedom"),  # R's summary.lm
     re.compile(r"[Rr]esidual (?:[Dd]egrees of freedom|DF|df)\s*[:=]?\s*(\d+)"),
+    re.compile(r"^\s*Residual\s*\|\s*[\d.eE+-]+\s+(\d+)\s", re.MULTILINE),  # Stata's ANOVA
 )
 _SMALL_N = re.compile(r"(?<![A-Za-z0-9_])[nN]\s*=\s*(\d{1,6})(?![\d.])")
 
@@ -153,13 +155,24 @@ def check_text(text: str, where: str, rules: Rules, *, code: bool = False) -> li
                 f"({', '.join(f'n={n}' for n in small[: rules.max_examples])})",
             )
         )
-    for line, rows in sdc_tables.text_tables(text):
-        at = f"{where}, printed table at line {line}"
-        findings += check_table(sdc_tables.table_from_rows(rows, at), rules, scan_values=False)
-    for line, rows in sdc_latex.latex_tables(text):
-        at = f"{where}, LaTeX table at line {line}"
-        findings += check_table(sdc_tables.table_from_rows(rows, at), rules, scan_values=False)
+    for table in printed_tables(text, f"{where}, "):
+        findings += check_table(table, rules, scan_values=False)
     return findings
+
+
+def printed_tables(text: str, where: str = "") -> list[Table]:
+    """The tables written into ``text``: printed by pandas or R, Markdown pipe tables, LaTeX
+    tabulars and Stata's ruled tables, each named by where it starts (``where`` first)."""
+    found = [
+        sdc_tables.table_from_rows(rows, f"{where}{kind} table at line {line}")
+        for kind, tables in (
+            ("printed", sdc_tables.text_tables(text)),
+            ("LaTeX", sdc_latex.latex_tables(text)),
+            ("Stata", sdc_stata.stata_tables(text)),
+        )
+        for line, rows in tables
+    ]
+    return found
 
 
 # --- files -------------------------------------------------------------------------------------
@@ -512,14 +525,7 @@ def _tables_of(path: str, data: bytes, rules: Rules) -> list[Table]:
             doc = _json_doc(decode_text(data))
             return [] if doc is None else sdc_jsontables.json_tables(doc)[0]
         if ext in TEXT_SUFFIXES and len(data) <= MAX_DOCUMENT:
-            text = decode_text(data)
-            return [
-                sdc_tables.table_from_rows(rows, f"printed table at line {line}")
-                for line, rows in sdc_tables.text_tables(text)
-            ] + [
-                sdc_tables.table_from_rows(rows, f"LaTeX table at line {line}")
-                for line, rows in sdc_latex.latex_tables(text)
-            ]
+            return printed_tables(decode_text(data))
     except (csv.Error, ValueError, OSError, ImportError):
         return []
     return []

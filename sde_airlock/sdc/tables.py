@@ -691,7 +691,12 @@ def table_from_rows(rows: list[list[str]], where: str) -> Table:
 # --- tables printed as text --------------------------------------------------------------------
 
 _MD_SEPARATOR = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
-_FOOTER = re.compile(r"^\s*(\[\d+ rows x \d+ columns\]|\.\.\.|Name: .*dtype: \w+|dtype: \w+)\s*$")
+#: Lines around a printed table that are not rows: pandas' footers, and R's tibble title,
+#: column-type row (``<chr> <int>``) and "more rows" notes.
+_FOOTER = re.compile(
+    r"^\s*(\[\d+ rows x \d+ columns\]|\.\.\.|Name: .*dtype: \w+|dtype: \w+|"
+    r"# A tibble:.*|# (?:\u2139|i|\u2026|\.\.\.) .*|(?:<[a-z0-9_]+>\s*)+)\s*$"
+)
 
 
 def _md_cells(line: str) -> list[str]:
@@ -741,6 +746,9 @@ def _aligned(block: list[str]) -> list[list[str]] | None:
         return None
     header = block[0].split()
     body = [b.split() for b in block[1:]]
+    if len(header) == 1 and len(body) >= 2 and len(body[0]) == len(body[1]) >= 3:
+        # R's two-way table(): the column variable's name above "row variable, levels"
+        header, body = body[0], body[1:]
     if body and len(body[0]) == 1 and len(body) > 1:
         index_name, body = body[0][0], body[1:]  # "region" under the column names
     else:
