@@ -24,6 +24,7 @@ and by column *name* (:func:`identifier_rule_of_column`).
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 from datetime import date
 
@@ -230,8 +231,30 @@ def _exact_count(text: str, found: dict[str, int]) -> None:
             found[rule] = found.get(rule, 0) + 1
 
 
+#: Spaces and dashes word processors and spreadsheets put between digit groups (no-break,
+#: thin, figure and narrow no-break spaces; hyphen, non-breaking hyphen, figure, en and em
+#: dashes, minus), read as the ASCII space and hyphen the patterns know.
+_LOOKALIKES = str.maketrans(
+    {
+        **dict.fromkeys(["\u00a0", "\u2007", "\u2009", "\u200a", "\u202f", "\u3000"], " "),
+        **dict.fromkeys(["\u2010", "\u2011", "\u2012", "\u2013", "\u2014", "\u2212"], "-"),
+    }
+)
+
+
+def normalised_text(text: str) -> str:
+    """``text`` as the identifier patterns read it: look-alike spaces and dashes made ASCII,
+    then Unicode compatibility forms folded (NFKC: full-width digits and at signs). The same
+    length per character is not kept; only counts are reported. ASCII text is returned as is."""
+    if text.isascii():
+        return text
+    return unicodedata.normalize("NFKC", text.translate(_LOOKALIKES))
+
+
 def identifiers_in(text: str) -> dict[str, int]:
-    """``{rule: count}`` of the identifiers of people in ``text``."""
+    """``{rule: count}`` of the identifiers of people in ``text`` (after
+    :func:`normalised_text`)."""
+    text = normalised_text(text)
     found: dict[str, int] = {}
     if _CANDIDATE_RE is None or len(text) <= FAST_SCAN_OVER:
         _exact_count(text, found)
@@ -252,7 +275,7 @@ def exact_identifiers_in(text: str) -> dict[str, int]:
     """The counts of :func:`identifiers_in` by the exact patterns alone, over the whole text
     (what the fast scan must equal; the tests compare them)."""
     found: dict[str, int] = {}
-    _exact_count(text, found)
+    _exact_count(normalised_text(text), found)
     return found
 
 

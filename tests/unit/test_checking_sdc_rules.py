@@ -415,3 +415,21 @@ def test_n_percent_cells_in_a_descriptive_table_and_their_zeros():
 def test_a_mean_or_median_with_its_spread_is_not_a_count():
     table = "characteristic,mean (sd),median (IQR)\nage,54 (12),50 (40-60)\nbmi,27 (4),26 (23-30)\n"
     assert "threshold" not in rule_ids(csv(table))
+
+
+@pytest.mark.parametrize(
+    "text,rule",
+    [
+        ("ref 943\u00a0476\u00a05919", "nhs_number"),  # no-break spaces, as Word and Excel write
+        ("ref 943\u2009476\u20095919", "nhs_number"),  # thin spaces
+        ("ref 943\u2013476\u20135919", "nhs_number"),  # en dashes
+        ("ref \uff19\uff14\uff13\uff14\uff17\uff16\uff15\uff19\uff11\uff19", "nhs_number"),
+        ("lives at SW1A\u00a01AA", "postcode"),
+        ("mail john\uff20nhs.net", "email"),  # a full-width at sign
+        ("call 07700\u00a0900123", "phone"),
+    ],
+)
+def test_identifiers_written_with_look_alike_characters(text, rule):
+    assert (rule, "fail") in rules(sdc.check("notes.txt", text.encode()))
+    big = ("filler line without digits é\n" * 4000) + text + "\n"  # the RE2 path
+    assert sdc_values.identifiers_in(big) == sdc_values.exact_identifiers_in(big) == {rule: 1}
