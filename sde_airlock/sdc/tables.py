@@ -636,7 +636,9 @@ def read_parquet(data: bytes, max_rows: int) -> Table:
         if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
         or pa.types.is_binary(f.type)
     ]  # fmt: skip
-    header = list(probe.schema_arrow.names)
+    flat = _flattened(probe.schema_arrow.empty_table(), pa)  # struct fields as "s.n" columns
+    header = list(flat.column_names)
+    nested = [f.name for f in flat.schema if pa.types.is_nested(f.type)]  # lists and maps
     readable = []
     skipped = 0
     for g in range(meta.num_row_groups):
@@ -654,7 +656,8 @@ def read_parquet(data: bytes, max_rows: int) -> Table:
             for batch in pf.iter_batches(batch_size=4096, row_groups=[g]):
                 if limit is not None:
                     batch = batch.slice(0, limit - taken)
-                columns = [_cells(column, pa, pc) for column in batch.columns]
+                batch = _flattened(pa.Table.from_batches([batch]), pa)
+                columns = [_cells(column.combine_chunks(), pa, pc) for column in batch.columns]
                 yield from (list(r) for r in zip(*columns, strict=True))
                 taken += batch.num_rows
                 if limit is not None and taken >= limit:
@@ -662,12 +665,18 @@ def read_parquet(data: bytes, max_rows: int) -> Table:
 
     rows = list(batches(max_rows)) if header else []
     readable_rows = meta.num_rows - skipped
-    incomplete = (
-        f"{plural(skipped, 'row')} in row groups too large to decode were not checked"
-        if skipped
-        else ""
-    )
+    notes = [f"{plural(skipped, 'row')} in row groups too large to decode were not checked"]
+    notes = notes if skipped else []
+    if nested:
+        notes.append(f"list or map columns ({', '.join(nested[:5])}) were read as text only")
+    incomplete = "; ".join(notes)
     return Table(header, rows, readable_rows, all_rows=lambda: batches(None), incomplete=incomplete)
+
+
+def _flattened(table, pa):
+    while any(pa.types.is_struct(f.type) for f in table.schema):
+        table = table.flatten()
+    return table
 
 
 def _cells(column, pa, pc) -> list[str]:

@@ -532,3 +532,23 @@ def test_json_columns_as_lists():
     report = sdc.check("counts.json", json.dumps(doc).encode())
     (finding,) = [f for f in report.findings if f.rule == "threshold"]
     assert finding.where == "JSON $, column 'n'"
+
+
+def test_parquet_struct_fields_are_columns_and_list_columns_say_they_were_not_counted():
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def parquet(table) -> bytes:
+        out = io.BytesIO()
+        pq.write_table(table, out)
+        return out.getvalue()
+
+    nested = pa.table({"region": ["north", "south"], "s": [{"n": 120}, {"n": 4}]})
+    (finding,) = [
+        f for f in sdc.check("t.parquet", parquet(nested)).findings if f.rule == "threshold"
+    ]
+    assert finding.where == "column 's.n'"
+    lists = pa.table({"region": ["north", "south"], "l": [[120, 4], [5, 6]]})
+    report = sdc.check("t.parquet", parquet(lists))
+    assert report.status == "not_fully_checked"
+    assert "list or map columns (l)" in report.findings[-1].message
