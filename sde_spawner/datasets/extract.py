@@ -480,17 +480,9 @@ def _build_dataset(con, grant: GrantSpec, safe: SafeData, out_dir: Path, source_
                 f"the national data opt-out is not in force, so {grant.dataset} (person-level "
                 "data) cannot be extracted"
             )
-        norm = f"replace(CAST({quote(ident)} AS VARCHAR), ' ', '')"
         con.execute(f"CREATE OR REPLACE TEMP VIEW src AS SELECT * FROM {relation}")
-        con.execute("DROP TABLE IF EXISTS optouts_all")
-        con.execute("CREATE TEMP TABLE optouts_all (nhs_number VARCHAR)")
-        list_checks = []
         for i, ov in enumerate(safe.optouts):
-            table = safe.load_entries(ov)
-            con.register(f"optout_{i}", table)
-            con.execute(f"INSERT INTO optouts_all SELECT nhs_number FROM optout_{i}")
-            list_checks.append(f"id IN (SELECT nhs_number FROM optout_{i})")
-        con.execute("CREATE OR REPLACE TEMP TABLE optouts AS SELECT DISTINCT * FROM optouts_all")
+            con.register(f"optout_{i}", safe.load_entries(ov))
         per_list_names = [f"{ov.name} v{ov.version}" for ov in safe.optouts]
         native = (
             pseudonym_batch.available()
@@ -504,6 +496,16 @@ def _build_dataset(con, grant: GrantSpec, safe: SafeData, out_dir: Path, source_
                 con, grant, columns, row_filter, ident, per_list_names, safe, out
             )
         else:  # the SQL HMAC: a counting pass, then one COPY
+            norm = f"replace(CAST({quote(ident)} AS VARCHAR), ' ', '')"
+            con.execute("DROP TABLE IF EXISTS optouts_all")
+            con.execute("CREATE TEMP TABLE optouts_all (nhs_number VARCHAR)")
+            list_checks = []
+            for i in range(len(safe.optouts)):
+                con.execute(f"INSERT INTO optouts_all SELECT nhs_number FROM optout_{i}")
+                list_checks.append(f"id IN (SELECT nhs_number FROM optout_{i})")
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE optouts AS SELECT DISTINCT * FROM optouts_all"
+            )
             stats_sql = (
                 "SELECT count(*), count(*) FILTER (WHERE NOT valid), "
                 "count(*) FILTER (WHERE valid AND id IN (SELECT nhs_number FROM optouts))"
