@@ -33,17 +33,14 @@ def _strings(value) -> str:
     return "" if value is None else str(value)
 
 
-def _annotations(page) -> list[str]:
-    found = []
+def _annotations(page) -> tuple[list[str], bool]:
+    """The texts of a page's annotations, and whether any of them runs an action."""
+    texts, scripted = [], False
     for ref in page.get("/Annots") or []:
         annot = ref.get_object()
-        for key in ("/Contents", "/T", "/RC"):
-            if annot.get(key) is not None:
-                found.append(_strings(annot.get(key)))
-        action = annot.get("/A")
-        if action is not None and action.get_object().get("/S") in ("/JavaScript", "/Launch"):
-            found.append("")  # counted as a script by the caller
-    return found
+        texts += [_strings(annot.get(k)) for k in ("/Contents", "/T", "/RC") if annot.get(k)]
+        scripted = scripted or _has_script(annot.get("/A")) or annot.get("/AA") is not None
+    return texts, scripted
 
 
 def _has_script(obj) -> bool:
@@ -92,18 +89,18 @@ def read(data: bytes) -> PdfContent:
                 break
             try:
                 text = page.extract_text() or ""
-                notes = _annotations(page)
+                notes, scripted = _annotations(page)
             except Exception as exc:  # any fault of the parser on hostile bytes
                 content.incomplete.append(f"page {number} could not be read ({str(exc)[:100]})")
                 continue
-            if page.get("/AA") is not None or "" in notes:
+            if scripted or page.get("/AA") is not None:
                 content.scripts.append(f"page {number}")
             total += len(text) + sum(map(len, notes))
             if total > MAX_TEXT:
                 content.incomplete.append(f"text after page {number - 1} was not read")
                 break
             content.texts.append((f"page {number}", text))
-            if any(notes):
+            if notes:
                 content.texts.append((f"page {number} annotations", "\n".join(notes)))
     except Exception as exc:  # pypdf raises many kinds on malformed files
         content.incomplete.append(

@@ -88,3 +88,26 @@ def test_bytes_pypdf_cannot_parse_are_not_fully_checked():
     report = sdc.check("r.pdf", b"%PDF-1.7\n" + b"\x00garbage" * 100)
     assert report.status in ("not_fully_checked", "fail")
     assert "not_fully_checked" in {f.status for f in report.findings}
+
+
+def test_an_empty_annotation_is_not_a_script_and_an_annotation_s_javascript_is():
+    from pypdf.annotations import Text
+    from pypdf.generic import DictionaryObject, NameObject, TextStringObject
+
+    def empty_note(w):
+        w.add_annotation(0, Text(rect=(50, 50, 200, 100), text=""))
+
+    report = sdc.check("r.pdf", written(empty_note))
+    assert "script" not in {f.rule for f in report.findings}, report.findings
+
+    def scripted_note(w):
+        annot = Text(rect=(50, 50, 200, 100), text="see here")
+        annot[NameObject("/A")] = DictionaryObject(
+            {
+                NameObject("/S"): NameObject("/JavaScript"),
+                NameObject("/JS"): TextStringObject("app.alert(1);"),
+            }
+        )
+        w.add_annotation(0, annot)
+
+    assert ("script", "fail") in rules_hit(sdc.check("r.pdf", written(scripted_note)))
