@@ -163,7 +163,7 @@ def check_text(text: str, where: str, rules: Rules, *, code: bool = False) -> li
 def printed_tables(text: str, where: str = "") -> list[Table]:
     """The tables written into ``text``: printed by pandas or R, Markdown pipe tables, LaTeX
     tabulars and Stata's ruled tables, each named by where it starts (``where`` first)."""
-    found = [
+    return [
         sdc_tables.table_from_rows(rows, f"{where}{kind} table at line {line}")
         for kind, tables in (
             ("printed", sdc_tables.text_tables(text)),
@@ -172,7 +172,6 @@ def printed_tables(text: str, where: str = "") -> list[Table]:
         )
         for line, rows in tables
     ]
-    return found
 
 
 # --- files -------------------------------------------------------------------------------------
@@ -372,9 +371,8 @@ def _check_json(data: bytes, rules: Rules) -> Report:
             )
         )
         return report
-    tables, whole = sdc_jsontables.json_tables(doc)
+    tables, whole = sdc_jsontables.json_tables(doc, "JSON $")
     for table in tables:
-        table.where = f"JSON {table.where}"
         report.findings += check_table(table, rules, scan_values=False)
     report.checked.append(f"{len(tables)} table(s) in its JSON structure")
     if not whole:
@@ -395,9 +393,9 @@ def _check_table_file(path: str, data: bytes, rules: Rules) -> Report:
     width = max((len(r) for r in table.rows), default=len(table.header))
     cell_scan = not table.sampled and width * max(len(table.rows), 1) <= CELL_SCAN_CELLS
     report = Report("table", [_table_summary(table, rules)])
-    ext = PurePosixPath(path).suffix.lower()
-    if ext in TABLE_DELIMITERS and (d := table_delimiter(ext, data)) != TABLE_DELIMITERS[ext]:
-        report.checked.append(f"read with {d!r} as the delimiter, not {TABLE_DELIMITERS[ext]!r}")
+    usual = TABLE_DELIMITERS.get(PurePosixPath(path).suffix.lower(), "")
+    if table.delimiter != usual:
+        report.checked.append(f"read with {table.delimiter!r} as the delimiter, not {usual!r}")
     report.findings = check_table(table, rules, scan_values=cell_scan)
     if cell_scan:
         # The header (with any rows folded into it) is carried out too.

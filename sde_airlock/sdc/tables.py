@@ -45,6 +45,8 @@ class Table:
     all_rows: Callable[[], Iterable[list[str]]] | None = None
     #: Why part of the table could not be read at all ("" when it was read whole).
     incomplete: str = ""
+    #: The delimiter a delimited file was read with ("" for other tables).
+    delimiter: str = ""
 
     @property
     def sampled(self) -> bool:
@@ -603,7 +605,7 @@ def read_delimited(
                 continue
             yield row
 
-    return Table(header, body, total - folded, all_rows=all_rows)
+    return Table(header, body, total - folded, all_rows=all_rows, delimiter=delimiter)
 
 
 #: Bytes of decoded Parquet the checks will hold at once, and the longest cell they keep: a
@@ -639,6 +641,7 @@ def read_parquet(data: bytes, max_rows: int) -> Table:
     flat = _flattened(probe.schema_arrow.empty_table(), pa)  # struct fields as "s.n" columns
     header = list(flat.column_names)
     nested = [f.name for f in flat.schema if pa.types.is_nested(f.type)]  # lists and maps
+    structs = any(pa.types.is_struct(f.type) for f in probe.schema_arrow)
     readable = []
     skipped = 0
     for g in range(meta.num_row_groups):
@@ -656,8 +659,10 @@ def read_parquet(data: bytes, max_rows: int) -> Table:
             for batch in pf.iter_batches(batch_size=4096, row_groups=[g]):
                 if limit is not None:
                     batch = batch.slice(0, limit - taken)
-                batch = _flattened(pa.Table.from_batches([batch]), pa)
-                columns = [_cells(column.combine_chunks(), pa, pc) for column in batch.columns]
+                arrays = batch.columns
+                if structs:
+                    arrays = [c.combine_chunks() for c in _flattened(pa.table(batch), pa).columns]
+                columns = [_cells(array, pa, pc) for array in arrays]
                 yield from (list(r) for r in zip(*columns, strict=True))
                 taken += batch.num_rows
                 if limit is not None and taken >= limit:
@@ -665,8 +670,9 @@ def read_parquet(data: bytes, max_rows: int) -> Table:
 
     rows = list(batches(max_rows)) if header else []
     readable_rows = meta.num_rows - skipped
-    notes = [f"{plural(skipped, 'row')} in row groups too large to decode were not checked"]
-    notes = notes if skipped else []
+    notes = []
+    if skipped:
+        notes.append(f"{plural(skipped, 'row')} in row groups too large to decode were not checked")
     if nested:
         notes.append(f"list or map columns ({', '.join(nested[:5])}) were read as text only")
     incomplete = "; ".join(notes)
