@@ -55,6 +55,11 @@ def _flat_records(items: list) -> bool:
     return bool(items) and all(_flat_map(i) for i in items)
 
 
+def _counts(table: Table) -> int:
+    """How many of the table's columns the cell rules read as counts."""
+    return roles(table).count("count")
+
+
 def _keys(maps) -> list[str]:
     seen: dict[str, None] = {}
     for m in maps:
@@ -107,7 +112,7 @@ def _grid(outer: dict, where: str) -> Table:
         len(outer),
         where,
     )
-    if roles(index).count("count") > roles(columns).count("count"):
+    if _counts(index) > _counts(columns):
         return index
     return columns
 
@@ -159,9 +164,7 @@ def _walk(node, where: str, depth: int) -> Iterator[Table]:
     if (split := _split(node, where)) is not None:
         yield split
         return
-    if all(
-        isinstance(v, dict) and v and all(_scalar(x) for x in v.values()) for v in node.values()
-    ):
+    if all(_flat_map(v) for v in node.values()):
         yield _grid(node, where)
         return
     columns = _column_lists(node)
@@ -178,7 +181,7 @@ def _walk(node, where: str, depth: int) -> Iterator[Table]:
             # columns are more counts
             rows = [[k, _cell(v)] for k, v in scalars.items()]
             series = Table(["", ""], rows, len(rows), where)
-            if roles(series).count("count") >= roles(record).count("count"):
+            if _counts(series) >= _counts(record):
                 record = series
         yield record
     for key, value in node.items():
