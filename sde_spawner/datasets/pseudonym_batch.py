@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -70,26 +72,29 @@ def _library():
     check.restype = ctypes.c_int64
     check.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] + [ctypes.c_void_p] * 2
     check.argtypes += [ctypes.c_int64] + [ctypes.c_void_p] * 2
-    _CHECK.update(add=add, check=check)
-    return fn, valid, bool(shani())
+    encode = getattr(lib, "sde_dict_encode", None)  # None: a library from an older source
+    if encode is not None:
+        encode.restype = ctypes.c_int64
+        encode.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 3
+        encode.argtypes += [ctypes.c_int64, ctypes.c_int]
+    return _Native(fn, valid, bool(shani()), add, check, encode)
 
 
-_CHECK: dict = {}  # the opt-out check's functions, once the library is loaded
+class _Native(NamedTuple):
+    """The library's functions, typed (see the C source for each)."""
+
+    hmac: Callable
+    valid: Callable
+    shani: bool
+    optout_add: Callable
+    nhs_check: Callable
+    dict_encode: Callable | None
 
 
-@cache
 def _dict_encoder():
-    """The library's dictionary encoder, or None (a library built from an older source)."""
+    """The library's dictionary encoder, or None (no library, or one from an older source)."""
     lib = _library()
-    if lib is None:
-        return None
-    fn = getattr(ctypes.CDLL(str(LIBRARY)), "sde_dict_encode", None)
-    if fn is None:
-        return None
-    fn.restype = ctypes.c_int64
-    fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 3
-    fn.argtypes += [ctypes.c_int64, ctypes.c_int]
-    return fn
+    return None if lib is None else lib.dict_encode
 
 
 #: at most this many distinct values in one batch for :func:`dictionary_encode`
@@ -135,7 +140,7 @@ def dictionary_encode(values: pa.Array, limit: int = DICTIONARY_LIMIT) -> pa.Arr
 def uses_shani() -> bool:
     """Whether pseudonyms are hashed with the CPU's SHA extensions in this process."""
     lib = _library() if USE_NATIVE else None
-    return bool(lib and lib[2] and USE_SHANI)
+    return bool(lib and lib.shani and USE_SHANI)
 
 
 def available() -> bool:
@@ -150,7 +155,7 @@ class Pseudonymiser:
         fns = _library()
         if fns is None:
             raise RuntimeError("the native pseudonym library is not available")
-        self._fn, self._valid, _ = fns
+        self._fn, self._valid = fns.hmac, fns.valid
         self._ipad, self._opad = pads(key)
 
     def __call__(self, values: pa.Array) -> pa.Array:
@@ -212,8 +217,10 @@ class OptoutCheck:
     (only a ten-digit entry can equal a valid NHS number; others can never match)."""
 
     def __init__(self, lists):
-        if _library() is None:
+        lib = _library()
+        if lib is None:
             raise RuntimeError("the native pseudonym library is not available")
+        self._check = lib.nhs_check
         lists = [_plain(v) for v in lists]
         if not 1 <= len(lists) <= MAX_LISTS:
             raise ValueError(f"between 1 and {MAX_LISTS} opt-out lists")
@@ -225,7 +232,7 @@ class OptoutCheck:
         self._masks = pa.py_buffer(bytearray(4 * slots))
         for bit, values in enumerate(lists):
             validity, offsets, data = values.buffers()
-            rc = _CHECK["add"](
+            rc = lib.optout_add(
                 self._keys.address,
                 self._masks.address,
                 slots,
@@ -247,7 +254,7 @@ class OptoutCheck:
         valid = pa.allocate_buffer(n)
         lists = pa.allocate_buffer(4 * n)
         _, offsets, data = values.buffers()
-        spaced = _CHECK["check"](
+        spaced = self._check(
             data.address if data is not None else None,
             offsets.address if offsets is not None else None,
             n,
